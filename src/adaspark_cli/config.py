@@ -1,0 +1,152 @@
+"""AdaSparkConfig: the settings of both sparse mechanisms, stored in a checkpoint's config.json.
+
+The block lives under the key ``"adaspark"`` of ``config.json``; ``convert`` writes it, ``ask`` and
+``profile`` read it, and command-line flags override single fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+FORMAT_VERSION = 1
+CONFIG_KEY = "adaspark"
+
+
+@dataclass(frozen=True)
+class AdaSparkConfig:
+    """Settings of AdaS-Attn and AdaS-FFN (method.md sections 1-4).
+
+    cube: (t, h, w) in language-model tokens; one token covers 2 frames x 28x28 px in Qwen2.5-VL.
+    attn_top_p: nucleus mass of the cube relevance distribution each video query attends (1.0 = dense).
+    ffn_top_p: nucleus mass of the token-norm distribution in a cube that goes through the FFN (1.0 = dense).
+    sparse_layers: language-model layer indices that are sparse; None means every layer.
+    """
+
+    cube: tuple[int, int, int] = (2, 8, 8)
+    attn_top_p: float = 0.9
+    ffn_top_p: float = 0.7
+    sparse_layers: tuple[int, ...] | None = None
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        validate_cube(self.cube)
+        validate_top_p("attn_top_p", self.attn_top_p)
+        validate_top_p("ffn_top_p", self.ffn_top_p)
+        if self.sparse_layers is not None:
+            if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in self.sparse_layers):
+                raise ConfigError(
+                    f"sparse_layers: expected non-negative layer indices, got {list(self.sparse_layers)}; "
+                    "use e.g. --layers 0-27 or --layers 4,5,6"
+                )
+        if self.version != FORMAT_VERSION:
+            raise ConfigError(
+                f"adaspark block has format version {self.version}, this adaspark reads version "
+                f"{FORMAT_VERSION}; re-run `adaspark convert` with this version"
+            )
+
+    @property
+    def cube_size(self) -> int:
+        return self.cube[0] * self.cube[1] * self.cube[2]
+
+    def is_layer_sparse(self, layer_idx: int) -> bool:
+        return self.sparse_layers is None or layer_idx in self.sparse_layers
+
+    def replace(self, **changes: Any) -> AdaSparkConfig:
+        """A copy with the given fields changed; None values are ignored (flag not given)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "cube": list(self.cube),
+            "attn_top_p": self.attn_top_p,
+            "ffn_top_p": self.ffn_top_p,
+            "sparse_layers": None if self.sparse_layers is None else list(self.sparse_layers),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdaSparkConfig:
+        """Strict parse: unknown keys and wrong types are errors, never silently dropped."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"adaspark block must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known - {"calibration"})
+        if unknown:
+            raise ConfigError(f"adaspark block has unknown keys {unknown}; known keys are {sorted(known)}")
+        kwargs: dict[str, Any] = {}
+        if "version" in data:
+            kwargs["version"] = _expect_int("version", data["version"])
+        if "cube" in data:
+            cube = data["cube"]
+            if not isinstance(cube, (list, tuple)) or len(cube) != 3:
+                raise ConfigError(f"cube: expected three integers [t, h, w], got {cube!r}")
+            kwargs["cube"] = tuple(_expect_int("cube", v) for v in cube)
+        for key in ("attn_top_p", "ffn_top_p"):
+            if key in data:
+                kwargs[key] = _expect_float(key, data[key])
+        if "sparse_layers" in data and data["sparse_layers"] is not None:
+            layers = data["sparse_layers"]
+            if not isinstance(layers, (list, tuple)):
+                raise ConfigError(f"sparse_layers: expected a list of layer indices or null, got {layers!r}")
+            kwargs["sparse_layers"] = tuple(_expect_int("sparse_layers", v) for v in layers)
+        return cls(**kwargs)
+
+
+def validate_cube(cube: tuple[int, ...]) -> None:
+    if len(cube) != 3 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in cube):
+        raise ConfigError(f"cube: expected three positive integers TxHxW, got {cube!r}; e.g. --cube 2x8x8")
+
+
+def validate_top_p(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or not 0.0 < value <= 1.0:
+        raise ConfigError(f"{name}: expected a number in (0, 1], got {value!r}; 1.0 means dense")
+
+
+def parse_cube(text: str) -> tuple[int, int, int]:
+    """'2x8x8' -> (2, 8, 8)."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"cube: cannot read {text!r}; expected TxHxW with positive integers, e.g. 2x8x8") from None
+    validate_cube(values)
+    return values  # type: ignore[return-value]
+
+
+def parse_layers(text: str) -> tuple[int, ...] | None:
+    """'all' -> None; '0-3,8' -> (0, 1, 2, 3, 8)."""
+    if text.strip().lower() == "all":
+        return None
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                layers.extend(range(lo, hi + 1))
+            else:
+                layers.append(int(part))
+    except ValueError:
+        raise ConfigError(f"layers: cannot read {text!r}; expected 'all' or e.g. '0-3,8'") from None
+    if any(i < 0 for i in layers):
+        raise ConfigError(f"layers: indices must be non-negative, got {text!r}")
+    return tuple(sorted(set(layers)))
+
+
+def _expect_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    return value
+
+
+def _expect_float(name: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    return float(value)
