@@ -1,0 +1,202 @@
+"""Attach AdaSpark to a transformers Qwen2.5-VL model, reversibly, without changing checkpoint keys.
+
+- Attention: a function registered with transformers' AttentionInterface under "adaspark" (with
+  sdpa's mask function under the same name, or causality would be silently dropped), set for the
+  language model only; the vision tower keeps its own implementation.
+- FFN: each language-model MLP instance gets a `forward` bound on the instance, so parameter names
+  (and so `save_pretrained` / `from_pretrained`) are unchanged; deleting it restores the class's.
+- Per-request data (cube layout, position offset, statistics) lives on one `SparseState` that every
+  layer holds as a plain attribute, because `generate` rejects unknown forward kwargs.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attention.reference import adas_attention_reference
+from ..config import AdaSparkConfig
+from ..cubes import CubeLayout
+from ..errors import AdasparkError, CheckpointError
+from ..ffn.reference import adas_ffn_gathered
+from ..stats.collect import PrefillStats
+
+ATTN_NAME = "adaspark"
+STATE_ATTR = "adaspark_state"
+SUPPORTED_CLASSES = ("Qwen2_5_VLForConditionalGeneration",)
+
+
+class SparseState:
+    """What the patched layers read during a forward: settings, the current layout and counters."""
+
+    def __init__(self, config: AdaSparkConfig, vision_attn: str) -> None:
+        self.config = config
+        self.enabled = True
+        self.vision_attn = vision_attn
+        self.layout: CubeLayout | None = None
+        self.offset = 0  # absolute position of the first token of the current forward
+        self.stats: PrefillStats | None = None
+
+    def layer_is_sparse(self, layer_idx: int) -> bool:
+        return self.enabled and self.config.is_layer_sparse(layer_idx)
+
+    @contextmanager
+    def forward_context(
+        self, *, layout: CubeLayout | None, offset: int, stats: PrefillStats | None
+    ) -> Iterator[None]:
+        """Set what the next forward call covers; always cleared afterwards."""
+        self.layout, self.offset, self.stats = layout, offset, stats
+        try:
+            yield
+        finally:
+            self.layout, self.offset, self.stats = None, 0, None
+
+
+def language_layers(model: nn.Module) -> nn.ModuleList:
+    return model.model.language_model.layers  # type: ignore[no-any-return]
+
+
+def check_supported(model: nn.Module) -> None:
+    name = type(model).__name__
+    if name not in SUPPORTED_CLASSES:
+        raise CheckpointError(
+            f"{name} is not supported; adaspark works with {', '.join(SUPPORTED_CLASSES)} (Qwen2.5-VL checkpoints)"
+        )
+
+
+def register_attention() -> None:
+    """Register the attention and mask functions (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTN_NAME, adaspark_attention)
+    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+
+
+def sparsify(model: nn.Module, config: AdaSparkConfig) -> SparseState:
+    """Make the language model of `model` sparse with `config`; returns the shared state.
+
+    Calling it again replaces the settings. `state.enabled = False` runs the unmodified model.
+    """
+    check_supported(model)
+    existing = sparse_state(model)
+    if existing is not None:
+        existing.config = config
+        return existing
+    layers = language_layers(model)
+    if config.sparse_layers is not None and any(i >= len(layers) for i in config.sparse_layers):
+        raise AdasparkError(
+            f"sparse layers {list(config.sparse_layers)} include an index past the model's {len(layers)} layers; "
+            f"use indices 0-{len(layers) - 1}"
+        )
+    register_attention()
+    vision_attn = model.config.vision_config._attn_implementation or "sdpa"
+    state = SparseState(config, vision_attn)
+    for i, layer in enumerate(layers):
+        setattr(layer.self_attn, STATE_ATTR, state)
+        setattr(layer.mlp, STATE_ATTR, state)
+        layer.mlp.adaspark_layer_idx = i
+        layer.mlp.forward = types.MethodType(sparse_mlp_forward, layer.mlp)
+    model.set_attn_implementation({"text_config": ATTN_NAME, "vision_config": vision_attn})
+    setattr(model, STATE_ATTR, state)
+    return state
+
+
+def unsparsify(model: nn.Module) -> None:
+    """Undo `sparsify`: the class's own MLP forward and SDPA attention come back."""
+    state = sparse_state(model)
+    if state is None:
+        return
+    for layer in language_layers(model):
+        layer.mlp.__dict__.pop("forward", None)
+        layer.mlp.__dict__.pop("adaspark_layer_idx", None)
+        for module in (layer.self_attn, layer.mlp):
+            module.__dict__.pop(STATE_ATTR, None)
+    model.set_attn_implementation({"text_config": "sdpa", "vision_config": state.vision_attn})
+    model.__dict__.pop(STATE_ATTR, None)
+
+
+def sparse_state(model: nn.Module) -> SparseState | None:
+    return getattr(model, STATE_ATTR, None)
+
+
+def _sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any, **kwargs: Any) -> Any:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+
+
+def adaspark_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function. query: (B, Hq, Lq, D); key/value: (B, Hkv, Lk, D), cache included.
+
+    Sparse only where the call's queries include video tokens of the current layout (the video
+    prefill); question tokens and decode steps attend densely through SDPA. Returns (B, Lq, Hq, D).
+    """
+    state: SparseState | None = getattr(module, STATE_ATTR, None)
+    layout = state.layout if state is not None else None
+    lq, lk = query.shape[2], key.shape[2]
+    record = state.stats.layer(module.layer_idx) if state is not None and state.stats is not None else None
+    query_pos = torch.arange(lk - lq, lk, device=query.device)
+    has_video = layout is not None and lk <= layout.seq_len and bool(layout.is_video[lk - lq : lk].any())
+    if record is not None:
+        record.add_queries(query_pos, layout if has_video else None)
+    if not has_video or not state.layer_is_sparse(module.layer_idx):  # type: ignore[union-attr]
+        if record is not None and has_video:
+            record.add_dense_video_queries(query_pos, layout, key.shape[1])  # type: ignore[arg-type]
+        return _sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    if query.shape[0] != 1:
+        raise AdasparkError("AdaS-Attn runs one sequence at a time; got a batch of several")
+    if record is not None:
+        record.sparse = True
+    out = adas_attention_reference(
+        query[0],
+        key[0],
+        value[0],
+        layout,  # type: ignore[arg-type]
+        top_p=state.config.attn_top_p,  # type: ignore[union-attr]
+        scaling=module.scaling if scaling is None else scaling,
+        stats=record.attention if record is not None else None,
+    )
+    return out[None], None
+
+
+def sparse_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Bound on each language-model MLP: AdaS-FFN over the video rows of the current layout."""
+    dense_forward = type(self).forward.__get__(self)
+    state: SparseState = getattr(self, STATE_ATTR)
+    layout = state.layout
+    layer_idx = getattr(self, "adaspark_layer_idx", None)
+    record = state.stats.layer(layer_idx) if state.stats is not None and layer_idx is not None else None
+    length = x.shape[1]
+    start, end = state.offset, state.offset + length
+    token_cube = layout.cube_of_token[start:end].to(x.device) if layout is not None and end <= layout.seq_len else None
+    video_rows = int((token_cube >= 0).sum()) if token_cube is not None else 0
+    if video_rows == 0 or layer_idx is None or not state.layer_is_sparse(layer_idx):
+        if record is not None:
+            record.ffn_rows += length * x.shape[0]
+            record.ffn_total += video_rows
+            record.ffn_kept += video_rows
+        return dense_forward(x)
+    if x.shape[0] != 1:
+        raise AdasparkError("AdaS-FFN runs one sequence at a time; got a batch of several")
+    out, keep = adas_ffn_gathered(dense_forward, x[0], token_cube, layout.num_cubes, state.config.ffn_top_p)  # type: ignore[union-attr]
+    if record is not None:
+        record.sparse = True
+        record.ffn_rows += length - video_rows + int(keep.sum())
+        record.ffn_total += video_rows
+        record.ffn_kept += int(keep.sum())
+    return out[None]
