@@ -57,8 +57,8 @@ class AdaSparkConfig:
         return self.sparse_layers is None or layer_idx in self.sparse_layers
 
     def replace(self, **changes: Any) -> AdaSparkConfig:
-        """A copy with the given fields changed; None values are ignored (flag not given)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with the given fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,3 +150,14 @@ def _expect_float(name: str, value: Any) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ConfigError(f"{name}: expected a number, got {value!r}")
     return float(value)
+
+
+def config_from_checkpoint(config_json: dict[str, Any]) -> AdaSparkConfig | None:
+    """The checkpoint's ``"adaspark"`` block, validated, or None when it has none (a dense checkpoint)."""
+    block = config_json.get(CONFIG_KEY)
+    if block is None:
+        return None
+    try:
+        return AdaSparkConfig.from_dict(block)
+    except ConfigError as exc:
+        raise ConfigError(f"the checkpoint's config.json {CONFIG_KEY!r} block is invalid: {exc}") from None

@@ -1,0 +1,38 @@
+"""The `adaspark` command: a Typer app whose commands parse, call the library and render."""
+
+from __future__ import annotations
+
+import typer
+
+from .. import __version__
+from .ask import ask
+
+app = typer.Typer(
+    name="adaspark",
+    help="Video question answering with AdaSpark: adaptive cube-sparse attention and token-sparse FFN "
+    "for Qwen2.5-VL (arXiv 2604.08077).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # a crash must never dump tensors
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"adaspark {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Video question answering with AdaSpark sparsity."""
+
+
+app.command("ask")(ask)
+
+
+def main() -> None:
+    app()

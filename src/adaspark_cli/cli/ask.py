@@ -1,0 +1,111 @@
+"""`adaspark ask`: answer questions about a video, streaming, with per-layer sparsity statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import AdasparkError
+from ..qa import load_video_qa
+from ..video import decode_video
+from . import options as opt
+from .errors import handle_errors
+from .render import err_console, layer_table, note, write_answer_piece, write_json
+
+
+@handle_errors
+def ask(
+    video: Path = typer.Argument(..., help="Video file (mp4, webm, avi, mkv, ...).", show_default=False),
+    questions: list[str] = typer.Argument(None, help="One or more questions; each is answered in turn.", show_default=False),
+    model: str = opt.MODEL,
+    dense: bool = opt.DENSE,
+    cube: str = opt.CUBE,
+    top_p: float = opt.TOP_P,
+    attn_top_p: float = opt.ATTN_TOP_P,
+    ffn_top_p: float = opt.FFN_TOP_P,
+    layers: str = opt.LAYERS,
+    fps: float = opt.FPS,
+    max_frames: int = opt.MAX_FRAMES,
+    max_pixels: int = opt.MAX_PIXELS,
+    decoder: str = opt.DECODER,
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Stop an answer after this many tokens."),
+    device: str = opt.DEVICE,
+    interactive: bool = typer.Option(False, "--interactive", "-i", help="After the given questions, read more "
+                                     "from the terminal (an empty line or Ctrl-D ends)."),
+    json_out: bool = opt.JSON,
+    quiet: bool = opt.QUIET,
+) -> None:
+    """Answer QUESTIONS about VIDEO with AdaSpark sparsity in the language model.
+
+    The video is decoded and prefilled once; every question reuses its KV cache. Answers stream to
+    stdout; a per-layer table of kept cubes and tokens and the FLOPs saved goes to stderr.
+
+    Examples:
+
+        adaspark ask clip.mp4 "What happens after the door opens?"
+
+        adaspark ask clip.mp4 "Who enters?" "What color is the car?" --model Qwen/Qwen2.5-VL-7B-Instruct
+
+        adaspark ask clip.mp4 "Summarize." --dense --json
+    """
+    questions = list(questions or [])
+    if not questions and not interactive:
+        raise AdasparkError("no question given; add one after the video, e.g. adaspark ask clip.mp4 \"What happens?\", or use --interactive")
+    if max_new_tokens < 1:
+        raise AdasparkError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
+    decoded = decode_video(video, fps=fps, max_frames=max_frames, backend=decoder)
+    loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense)
+    if not quiet:
+        if loaded.device.type == "cpu":
+            note("running on the CPU (no CUDA GPU visible); long videos will be slow")
+        if loaded.bundled:
+            note("the bundled model has random weights (untrained): its answers are noise; it shows the pipeline "
+                 "and the sparsity statistics. Pass --model with a Qwen2.5-VL checkpoint for real answers.")
+    qa = loaded.qa
+    prompt = qa.prepare_video(decoded, max_pixels=max_pixels)
+    if not quiet:
+        cfg = loaded.config
+        mode = "dense" if dense else (
+            f"adaspark cube {'x'.join(map(str, cfg.cube))}, attn top-p {cfg.attn_top_p}, ffn top-p {cfg.ffn_top_p}"
+        )
+        note(f"{decoded.path.name}: {prompt.frames} frames ({decoded.backend}, {decoded.duration:.1f} s video), "
+             f"{prompt.video_tokens} video tokens in {prompt.layout.num_cubes} cubes; {mode}; prefilling...")
+    prefix = qa.prefill_video(prompt)
+    for question in _questions(questions, interactive):
+        stream = qa.answer(prefix, question, max_new_tokens=max_new_tokens)
+        if json_out:
+            for _ in stream:
+                pass
+        else:
+            if len(questions) > 1 or interactive:
+                err_console.print(f"[bold]Q:[/] {question}", markup=True, highlight=False)
+            for piece in stream:
+                write_answer_piece(piece)
+            write_answer_piece("\n")
+        result = stream.result.to_json()
+        if json_out:
+            write_json(result)
+        if not quiet:
+            err_console.print(layer_table(result))
+
+
+def _questions(given: list[str], interactive: bool):  # type: ignore[no-untyped-def]
+    yield from given
+    if not interactive:
+        return
+    while True:
+        try:
+            line = input("question> ") if _stdin_is_tty() else input()
+        except EOFError:
+            return
+        if not line.strip():
+            return
+        yield line.strip()
+
+
+def _stdin_is_tty() -> bool:
+    import sys
+
+    return sys.stdin.isatty()

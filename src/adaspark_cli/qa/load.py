@@ -1,0 +1,92 @@
+"""Open a model for video QA: resolve the checkpoint, merge its AdaSpark block with overrides, sparsify."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..adapters.qwen2_5_vl import sparsify
+from ..checkpoint import load_model, read_config_json, resolve_model_path
+from ..config import AdaSparkConfig, config_from_checkpoint
+from ..errors import AdasparkError, CheckpointError
+from .session import VideoQA
+
+BUNDLED_MODEL_NAME = "adaspark-tiny-random"
+MODEL_ENV = "ADASPARK_MODEL"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    qa: VideoQA
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+    config: AdaSparkConfig
+    config_source: str  # "checkpoint", "defaults"
+    bundled: bool
+
+
+def bundled_model_dir() -> Path:
+    """models/<name> of the source checkout this package runs from (editable install)."""
+    return Path(__file__).resolve().parents[3] / "models" / BUNDLED_MODEL_NAME
+
+
+def default_model() -> str:
+    """$ADASPARK_MODEL, else the bundled model of the checkout."""
+    env = os.environ.get(MODEL_ENV)
+    if env:
+        return env
+    path = bundled_model_dir()
+    if not (path / "config.json").is_file():
+        raise CheckpointError(
+            f"no --model given and the bundled model is not at {path} (adaspark was not installed from a "
+            "source checkout); pass --model DIR_OR_HUB_ID or set ADASPARK_MODEL"
+        )
+    return str(path)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise AdasparkError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AdasparkError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
+def load_video_qa(
+    model: str | None,
+    *,
+    device: str = "auto",
+    overrides: dict[str, Any] | None = None,
+    dense: bool = False,
+) -> LoadedModel:
+    """Load `model` (default: the bundled one), sparsify its language model and return a VideoQA.
+
+    The AdaSpark settings are the checkpoint's "adaspark" block if it has one, else the defaults,
+    with `overrides` (the fields the user set) applied; `dense` runs the unmodified model (same object, patch bypassed).
+    """
+    name = model or default_model()
+    path = resolve_model_path(name)
+    block = config_from_checkpoint(read_config_json(path))
+    config = (block or AdaSparkConfig()).replace(**(overrides or {}))
+    dev = pick_device(device)
+    net, processor = load_model(name, device=dev)
+    state = sparsify(net, config)
+    state.enabled = not dense
+    return LoadedModel(
+        qa=VideoQA(net, processor, state),
+        path=path,
+        device=dev,
+        dtype=next(net.parameters()).dtype,
+        config=config,
+        config_source="checkpoint" if block is not None else "defaults",
+        bundled=path.resolve() == bundled_model_dir().resolve(),
+    )

@@ -1,0 +1,327 @@
+"""Video question answering: prefill a video once, then answer questions from copies of its cache.
+
+The prompt puts the video before the question, so the prefix (system prompt + video) and its
+sparsity do not depend on the question: it is prefilled once under AdaSpark and its KV cache is
+deep-copied for each question, whose tokens (and the answer's) attend densely (method.md section 2).
+Decoding is greedy and streamed piece by piece.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..adapters.positions import mrope_position_ids
+from ..adapters.qwen2_5_vl import SparseState
+from ..cubes import CubeLayout, cube_layout, video_spans
+from ..errors import AdasparkError
+from ..stats import ModelDims, PrefillStats, prefill_flops, reduction
+from ..video import DecodedVideo
+
+DEFAULT_MAX_PIXELS = 448 * 448  # per frame: a 16 x 16 token grid per frame pair
+MIN_PIXELS = 4 * 28 * 28  # never upscale small frames beyond the 2 x 2 token minimum
+PLACEHOLDER_QUESTION = "?"
+
+
+@dataclass
+class VideoPrompt:
+    """A processed video prefix: token ids, vision inputs, positions and cube layout."""
+
+    frames: int
+    input_ids: torch.Tensor  # (1, P) prefix ids, up to and including <|vision_end|>
+    pixel_values_videos: torch.Tensor
+    video_grid_thw: torch.Tensor  # (1, 3)
+    positions: torch.Tensor  # (3, 1, P)
+    next_position: int  # first text position after the prefix
+    layout: CubeLayout
+
+    @property
+    def video_tokens(self) -> int:
+        return self.layout.num_video_tokens
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+@dataclass
+class VideoPrefix:
+    """The prefilled video: its KV cache (never mutated), statistics and cost."""
+
+    prompt: VideoPrompt
+    cache: Any
+    stats: PrefillStats
+    seconds: float
+    uses: int = 0
+
+
+@dataclass
+class AnswerResult:
+    question: str
+    answer: str = ""
+    frames: int = 0
+    video_tokens: int = 0
+    cubes: int = 0
+    prefill_seconds: float = 0.0
+    video_prefill_seconds: float = 0.0
+    video_prefill_reused: bool = False
+    decode_seconds: float = 0.0
+    generated_tokens: int = 0
+    stopped: str = "eos"  # "eos" or "max_new_tokens"
+    sparse: bool = True
+    stats: PrefillStats = field(default_factory=PrefillStats)
+    dims: ModelDims | None = None
+
+    def layer_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for idx in sorted(self.stats.layers):
+            rec = self.stats.layers[idx]
+            a = rec.attention
+            n = max(1, a.video_queries * max(1, a.kv_heads))
+            rows.append(
+                {
+                    "layer": idx,
+                    "sparse": rec.sparse,
+                    "cubes_total": a.cubes_total / n,
+                    "cubes_attended_mean": a.cubes_attended / n,
+                    "cubes_attended_min": a.cubes_attended_min or 0,
+                    "cubes_attended_max": a.cubes_attended_max or 0,
+                    "attn_density": a.attended_keys / a.causal_keys if a.causal_keys else 1.0,
+                    "ffn_kept": rec.ffn_kept,
+                    "ffn_total": rec.ffn_total,
+                }
+            )
+        return rows
+
+    def flops(self) -> dict[str, Any]:
+        if self.dims is None:
+            return {}
+        dense, sparse = prefill_flops(self.stats, self.dims)
+        return {"dense": dense.to_dict(), "sparse": sparse.to_dict(), "reduction": reduction(dense, sparse)}
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable `ask --json` object (docs/cli.md lists the keys)."""
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "mode": "adaspark" if self.sparse else "dense",
+            "frames": self.frames,
+            "video_tokens": self.video_tokens,
+            "cubes": self.cubes,
+            "prefill_seconds": self.prefill_seconds,
+            "video_prefill_seconds": self.video_prefill_seconds,
+            "video_prefill_reused": self.video_prefill_reused,
+            "decode_seconds": self.decode_seconds,
+            "generated_tokens": self.generated_tokens,
+            "stopped": self.stopped,
+            "layers": self.layer_rows(),
+            "flops": self.flops(),
+        }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """transformers 5.24 renamed `past_key_values` to `cache` (the old name warns until 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class VideoQA:
+    """Answers questions about one video at a time with a (sparsified) Qwen2.5-VL model."""
+
+    def __init__(self, model: torch.nn.Module, processor: Any, state: SparseState) -> None:
+        self.model = model
+        self.processor = processor
+        self.state = state
+        self.device = next(model.parameters()).device
+        self.dims = ModelDims.from_text_config(model.config.text_config)
+        self._cache_kw = _cache_kwarg(model)
+        self.stop_ids = self._stop_token_ids()
+
+    # ---- prompt -------------------------------------------------------------------------------
+
+    def _chat_text(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _stop_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.model.config, self.processor.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif isinstance(eos, (list, tuple)):
+                ids.update(int(i) for i in eos)
+        im_end = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end >= 0:
+            ids.add(im_end)
+        return ids
+
+    def prepare_video(self, video: DecodedVideo, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoPrompt:
+        """Run the processor on the sampled frames (with their real timing) and build the cube layout."""
+        from transformers.video_utils import VideoMetadata
+
+        if max_pixels < MIN_PIXELS:
+            raise AdasparkError(f"--max-pixels {max_pixels} is below the minimum {MIN_PIXELS} (2x2 tokens of 28 px)")
+        meta = VideoMetadata(
+            total_num_frames=int(video.total_frames),
+            fps=float(video.source_fps),
+            frames_indices=[int(i) for i in video.indices],
+        )
+        frames = np.ascontiguousarray(video.frames)
+        inputs = self.processor(
+            text=[self._chat_text(PLACEHOLDER_QUESTION)],
+            videos=[frames],
+            video_metadata=[meta],
+            do_sample_frames=False,
+            size={"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels},
+            return_tensors="pt",
+        )
+        ids = inputs["input_ids"][0]
+        vision_end = self.model.config.vision_end_token_id
+        ends = (ids == vision_end).nonzero().flatten()
+        if ends.numel() == 0:
+            raise AdasparkError("the chat template produced no <|vision_end|> token; the processor does not match the model")
+        prefix_len = int(ends[-1]) + 1
+        types = inputs["mm_token_type_ids"][0][:prefix_len]
+        grid = inputs["video_grid_thw"]
+        merge = self.model.config.vision_config.spatial_merge_size
+        positions, _ = mrope_position_ids(
+            types,
+            grid,
+            inputs.get("second_per_grid_ts"),
+            spatial_merge_size=merge,
+            tokens_per_second=self.model.config.vision_config.tokens_per_second,
+        )
+        layout = cube_layout(video_spans(types, grid, merge), prefix_len, self.state.config.cube)
+        return VideoPrompt(
+            frames=len(video.indices),
+            input_ids=ids[None, :prefix_len],
+            pixel_values_videos=inputs["pixel_values_videos"],
+            video_grid_thw=grid,
+            positions=positions[:, None, :],
+            next_position=int(positions.max()) + 1,
+            layout=layout,
+        )
+
+    def question_ids(self, question: str) -> torch.Tensor:
+        """Token ids after <|vision_end|> for `question` (question text and the assistant header)."""
+        text = self._chat_text(question)
+        ids = self.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        ends = (ids == self.model.config.vision_end_token_id).nonzero().flatten()
+        return ids[int(ends[-1]) + 1 :]
+
+    # ---- forward passes -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill_video(self, prompt: VideoPrompt) -> VideoPrefix:
+        """Prefill system prompt + video once; the cache is reused by every question."""
+        from transformers import DynamicCache
+
+        stats = PrefillStats()
+        cache = DynamicCache()
+        _sync(self.device)
+        start = time.perf_counter()
+        with self.state.forward_context(layout=prompt.layout.to(self.device), offset=0, stats=stats):
+            self.model(
+                input_ids=prompt.input_ids.to(self.device),
+                pixel_values_videos=prompt.pixel_values_videos.to(self.device, self.model.dtype),
+                video_grid_thw=prompt.video_grid_thw.to(self.device),
+                position_ids=prompt.positions.to(self.device),
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kw: cache},
+            )
+        _sync(self.device)
+        return VideoPrefix(prompt=prompt, cache=cache, stats=stats, seconds=time.perf_counter() - start)
+
+    def _step(self, ids: torch.Tensor, positions: torch.Tensor, cache: Any, offset: int, stats: PrefillStats | None) -> torch.Tensor:
+        with self.state.forward_context(layout=None, offset=offset, stats=stats):
+            out = self.model(
+                input_ids=ids.to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kw: cache},
+            )
+        return out.logits[0, -1]
+
+    def answer(self, prefix: VideoPrefix, question: str, *, max_new_tokens: int = 128) -> AnswerStream:
+        return AnswerStream(self, prefix, question, max_new_tokens)
+
+
+class AnswerStream:
+    """Iterate to get the answer text piece by piece; `.result` is complete once iteration ends."""
+
+    def __init__(self, qa: VideoQA, prefix: VideoPrefix, question: str, max_new_tokens: int) -> None:
+        if max_new_tokens < 1:
+            raise AdasparkError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        self.qa, self.prefix, self.question, self.max_new_tokens = qa, prefix, question, max_new_tokens
+        self.result = AnswerResult(
+            question=question,
+            frames=prefix.prompt.frames,
+            video_tokens=prefix.prompt.video_tokens,
+            cubes=prefix.prompt.layout.num_cubes,
+            video_prefill_seconds=prefix.seconds,
+            video_prefill_reused=prefix.uses > 0,
+            sparse=qa.state.enabled,
+            dims=qa.dims,
+        )
+
+    @torch.inference_mode()
+    def __iter__(self) -> Iterator[str]:
+        qa, prefix, res = self.qa, self.prefix, self.result
+        prompt = prefix.prompt
+        reused = prefix.uses > 0
+        prefix.uses += 1
+        cache = copy.deepcopy(prefix.cache)
+        ids = qa.question_ids(self.question)
+        n = int(ids.numel())
+        positions = torch.arange(prompt.next_position, prompt.next_position + n).view(1, 1, -1).expand(3, 1, -1)
+        question_stats = PrefillStats()
+        _sync(qa.device)
+        start = time.perf_counter()
+        logits = qa._step(ids[None], positions, cache, prompt.length, question_stats)
+        _sync(qa.device)
+        res.prefill_seconds = (time.perf_counter() - start) + (0.0 if reused else prefix.seconds)
+        res.stats = prefix.stats.merged_with(question_stats)
+        tokenizer = qa.processor.tokenizer
+        generated: list[int] = []
+        text = ""
+        position = prompt.next_position + n
+        length = prompt.length + n
+        start = time.perf_counter()
+        res.stopped = "max_new_tokens"
+        for _ in range(self.max_new_tokens):
+            token = int(torch.argmax(logits))
+            if token in qa.stop_ids:
+                res.stopped = "eos"
+                break
+            generated.append(token)
+            new_text = tokenizer.decode(generated, skip_special_tokens=True)
+            if not new_text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                piece, text = new_text[len(text) :], new_text
+                if piece:
+                    yield piece
+            if len(generated) == self.max_new_tokens:
+                break
+            step_pos = torch.full((3, 1, 1), position)
+            logits = qa._step(torch.tensor([[token]]), step_pos, cache, length, None)
+            position += 1
+            length += 1
+        _sync(qa.device)
+        res.decode_seconds = time.perf_counter() - start
+        res.generated_tokens = len(generated)
+        res.answer = tokenizer.decode(generated, skip_special_tokens=True)
+        if len(res.answer) > len(text):
+            yield res.answer[len(text) :]
