@@ -8,6 +8,7 @@ import typer
 
 from ..errors import AdasparkError
 from ..qa import load_video_qa
+from ..qa.session import check_max_pixels
 from ..video import decode_video
 from . import options as opt
 from .errors import handle_errors
@@ -54,6 +55,7 @@ def ask(
         raise AdasparkError("no question given; add one after the video, e.g. adaspark ask clip.mp4 \"What happens?\", or use --interactive")
     if max_new_tokens < 1:
         raise AdasparkError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    check_max_pixels(max_pixels)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
     decoded = decode_video(video, fps=fps, max_frames=max_frames, backend=decoder)
     loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense)

@@ -126,6 +126,13 @@ class AnswerResult:
         }
 
 
+def check_max_pixels(max_pixels: int) -> None:
+    if max_pixels < MIN_PIXELS:
+        raise AdasparkError(
+            f"--max-pixels {max_pixels} is below the minimum {MIN_PIXELS} (2x2 tokens of 28x28 px); e.g. --max-pixels 200704"
+        )
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -171,8 +178,7 @@ class VideoQA:
         """Run the processor on the sampled frames (with their real timing) and build the cube layout."""
         from transformers.video_utils import VideoMetadata
 
-        if max_pixels < MIN_PIXELS:
-            raise AdasparkError(f"--max-pixels {max_pixels} is below the minimum {MIN_PIXELS} (2x2 tokens of 28 px)")
+        check_max_pixels(max_pixels)
         meta = VideoMetadata(
             total_num_frames=int(video.total_frames),
             fps=float(video.source_fps),

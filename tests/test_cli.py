@@ -1,0 +1,181 @@
+"""`adaspark ask` end to end on a tiny model, and every bad input: one line, non-zero exit, no traceback."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from adaspark_cli.cli.app import app
+from video_factory import corrupt, truncate, write_audio_only, write_garbage, write_text, write_video
+
+JSON_KEYS = {
+    "question", "answer", "mode", "frames", "video_tokens", "cubes", "prefill_seconds", "video_prefill_seconds",
+    "video_prefill_reused", "decode_seconds", "generated_tokens", "stopped", "layers", "flops",
+}
+LAYER_KEYS = {
+    "layer", "sparse", "cubes_total", "cubes_attended_mean", "cubes_attended_min", "cubes_attended_max",
+    "attn_density", "ffn_kept", "ffn_total",
+}
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", n_frames=48, fps=12.0, width=112, height=112)
+
+
+def ask(runner, *args):
+    return runner.invoke(app, ["ask", *map(str, args)], catch_exceptions=False)
+
+
+def test_ask_json_several_questions(runner, clip, tiny_checkpoint):
+    res = ask(runner, clip, "what color?", "how many?", "--model", tiny_checkpoint, "--json", "--cube", "1x2x2",
+              "--top-p", "0.5", "--max-new-tokens", "3", "--max-frames", "8")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert set(first) == JSON_KEYS and set(first["layers"][0]) == LAYER_KEYS
+    assert set(first["flops"]) == {"dense", "sparse", "reduction"}
+    assert first["question"] == "what color?" and second["question"] == "how many?"
+    assert first["mode"] == "adaspark" and first["frames"] == 8 and first["video_tokens"] == 4 * 4 * 4
+    assert not first["video_prefill_reused"] and second["video_prefill_reused"]
+    assert first["flops"]["reduction"] > 0
+    assert 1 <= first["generated_tokens"] <= 3
+
+
+def test_ask_dense_streams_answer_and_table(runner, clip, tiny_checkpoint):
+    res = ask(runner, clip, "what color?", "--model", tiny_checkpoint, "--dense", "--max-new-tokens", "2",
+              "--max-frames", "4")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.endswith("\n") and "{" not in res.stdout  # the answer, not JSON
+    assert "dense: 4 frames" in res.stderr and "attn density" in res.stderr
+    assert "running on the CPU" in res.stderr
+
+
+def test_quiet_prints_only_the_answer(runner, clip, tiny_checkpoint):
+    res = ask(runner, clip, "what color?", "--model", tiny_checkpoint, "-q", "--max-new-tokens", "2", "--max-frames", "4")
+    assert res.exit_code == 0 and res.stderr == ""
+
+
+def test_interactive_reads_questions_until_empty_line(runner, clip, tiny_checkpoint):
+    res = runner.invoke(app, ["ask", str(clip), "--model", str(tiny_checkpoint), "-i", "--json", "-q",
+                              "--max-new-tokens", "1", "--max-frames", "4"], input="first?\nsecond?\n\nignored?\n")
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["question"] for x in res.stdout.splitlines()] == ["first?", "second?"]
+
+
+def test_checkpoint_block_is_used_and_flags_override(runner, clip, tiny_checkpoint, tmp_path):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["adaspark"] = {"version": 1, "cube": [1, 2, 2], "attn_top_p": 1.0, "ffn_top_p": 1.0, "sparse_layers": [1]}
+    (ck / "config.json").write_text(json.dumps(cfg))
+    res = ask(runner, clip, "q?", "--model", ck, "--json", "-q", "--max-new-tokens", "1", "--max-frames", "4")
+    out = json.loads(res.stdout)
+    assert out["cubes"] == 2 * 2 * 2 and [r["sparse"] for r in out["layers"]] == [False, True]
+    assert out["flops"]["reduction"] <= 0  # p = 1: nothing saved, scoring costs a little
+    res = ask(runner, clip, "q?", "--model", ck, "--json", "-q", "--max-new-tokens", "1", "--max-frames", "4",
+              "--layers", "all", "--top-p", "0.3")
+    out = json.loads(res.stdout)
+    assert [r["sparse"] for r in out["layers"]] == [True, True] and out["flops"]["reduction"] > 0
+
+
+def bad_videos(tmp):
+    good = write_video(tmp / "good.mp4", n_frames=24, width=64, height=64)
+    return {
+        "missing": (tmp / "nope.mp4", "not found"),
+        "directory": (tmp, "directory"),
+        "text-file": (write_text(tmp / "notes.mp4"), ""),
+        "garbage": (write_garbage(tmp / "noise.mp4"), ""),
+        "truncated": (truncate(good, tmp / "cut.mp4", keep=0.3), ""),
+        "corrupt": (corrupt(good, tmp / "bad.mp4"), ""),
+        "audio-only": (write_audio_only(tmp / "tone.m4a"), "no video stream"),
+        "no-frames": (write_video(tmp / "empty.avi", codec="mpeg4", n_frames=0), ""),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "text-file", "garbage", "truncated", "corrupt", "audio-only", "no-frames"])
+def test_bad_video_is_one_line_error(runner, tiny_checkpoint, tmp_path, case):
+    path, fragment = bad_videos(tmp_path)[case]
+    res = ask(runner, path, "q?", "--model", tiny_checkpoint)
+    assert res.exit_code == 1, res.output
+    assert res.stdout == ""
+    err = res.stderr.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    assert fragment in err
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        pytest.param(["--cube", "2x8"], "cube", id="cube-two-dims"),
+        pytest.param(["--cube", "0x8x8"], "cube", id="cube-zero"),
+        pytest.param(["--cube", "axbxc"], "cube", id="cube-letters"),
+        pytest.param(["--top-p", "0"], "top-p", id="top-p-zero"),
+        pytest.param(["--attn-top-p", "1.5"], "attn-top-p", id="attn-top-p-above-one"),
+        pytest.param(["--ffn-top-p", "nan"], "ffn-top-p", id="ffn-top-p-nan"),
+        pytest.param(["--layers", "3-1"], "layers", id="layers-reversed"),
+        pytest.param(["--layers", "0,7"], "layers", id="layer-past-the-model"),
+        pytest.param(["--fps", "0"], "fps", id="fps-zero"),
+        pytest.param(["--max-frames", "0"], "max_frames", id="max-frames-zero"),
+        pytest.param(["--max-pixels", "100"], "max-pixels", id="max-pixels-tiny"),
+        pytest.param(["--decoder", "ffmpeg"], "backend", id="unknown-decoder"),
+        pytest.param(["--max-new-tokens", "0"], "max-new-tokens", id="max-new-tokens-zero"),
+        pytest.param(["--device", "tpu:9"], "device", id="bad-device"),
+    ],
+)
+def test_bad_option_is_one_line_error(runner, clip, tiny_checkpoint, args, fragment):
+    res = ask(runner, clip, "q?", "--model", tiny_checkpoint, *args)
+    assert res.exit_code == 1, res.output
+    err = res.stderr.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    assert fragment in err
+
+
+def test_no_question_is_an_error(runner, clip, tiny_checkpoint):
+    res = ask(runner, clip, "--model", tiny_checkpoint)
+    assert res.exit_code == 1 and "no question" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "model,fragment",
+    [
+        pytest.param("{tmp}/missing-dir", "does not exist", id="missing-dir"),
+        pytest.param("{tmp}/llama", "llama", id="not-qwen"),
+        pytest.param("nobody/not-a-model", "not-a-model", id="uncached-hub-id-offline"),
+    ],
+)
+def test_bad_model_is_one_line_error(runner, clip, tmp_path, model, fragment):
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    res = ask(runner, clip, "q?", "--model", model.format(tmp=tmp_path))
+    assert res.exit_code == 1, res.output
+    err = res.stderr.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    assert fragment in err
+
+
+def test_ctrl_c_during_answer_stops_cleanly(runner, clip, tiny_checkpoint, monkeypatch):
+    from adaspark_cli.qa import session
+
+    def interrupted(self):
+        yield "partial"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session.AnswerStream, "__iter__", interrupted)
+    res = ask(runner, clip, "q?", "--model", tiny_checkpoint, "--max-frames", "4")
+    assert res.exit_code == 130
+    assert res.stdout.startswith("partial") and "interrupted" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_version_and_help(runner):
+    assert runner.invoke(app, ["--version"]).stdout.startswith("adaspark ")
+    res = runner.invoke(app, ["ask", "--help"])
+    assert res.exit_code == 0 and "Examples" in res.stdout and "--attn-top-p" in res.stdout
