@@ -1,0 +1,53 @@
+"""Shared fixtures: offline Hugging Face hub in a throw-away HF_HOME, seeded torch, one tiny checkpoint per session."""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+try:
+    import adaspark_cli  # noqa: F401
+except ImportError:  # not pip-installed: use the source tree
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch
+
+from adaspark_cli.checkpoint import build_tiny_checkpoint
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return [
+        f"torch {torch.__version__}, transformers {version('transformers')}, "
+        f"decord {version('decord2')} (decord2), av {version('av')}"
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _offline_hf_and_seed(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hub traffic and an empty HF cache for every test; huggingface_hub reads both at import, so patch it too."""
+    import huggingface_hub.constants as hf_constants
+
+    hf_home = tmp_path_factory.mktemp("hf_home")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2.5-VL checkpoint (seed 0, default sizes), built once per session; treat as read-only."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
