@@ -67,14 +67,15 @@ def allowed_keys(
     causal = key_pos[None, :] <= query_pos[:, None]  # (n, Lk)
     if selected is None:
         return causal[None]
-    key_cube = layout.cube_of_token[:num_keys]
-    key_slab = layout.slab_of_token[:num_keys]
+    # Decide per cube first, then expand to keys with one gather: text keys use an extra
+    # always-true column; text queries allow every cube.
     query_slab = layout.slab_of_token[query_pos]
-    always = (key_cube < 0)[None, :] | (key_slab[None, :] == query_slab[:, None])  # text keys, own slab
-    chosen = selected[:, :, key_cube.clamp(min=0)] & (key_cube >= 0)[None, None, :]  # (Hkv, n, Lk)
-    allowed = (always[None] | chosen) & causal[None]
-    text_query = query_slab < 0
-    return torch.where(text_query[None, :, None], causal[None], allowed)
+    own_slab = (layout.slab_of_cube[None, :] == query_slab[:, None]) | (query_slab < 0)[:, None]  # (n, C)
+    always = torch.ones(*selected.shape[:2], 1, dtype=torch.bool, device=selected.device)
+    cube_ok = torch.cat([selected | own_slab[None], always], dim=-1)  # (Hkv, n, C + 1)
+    key_cube = layout.cube_of_token[:num_keys]
+    column = torch.where(key_cube >= 0, key_cube, layout.num_cubes)
+    return cube_ok[:, :, column] & causal[None]
 
 
 def adas_attention_reference(
@@ -112,11 +113,15 @@ def adas_attention_reference(
         probs = cube_probabilities(q, mean_keys, candidates, scaling)
         selected = nucleus_mask(probs, top_p, candidates[None].expand(hkv, -1, -1))
         mask = allowed_keys(pos, layout, lk, selected)  # (Hkv, n, Lk)
-        scores = torch.einsum("kgqd,kld->kgql", q.float().reshape(hkv, group, -1, d), keys_f) * scaling
-        scores = scores.masked_fill(~mask[:, None], float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        chunk_out = torch.einsum("kgql,kld->qkgd", weights, values_f).reshape(-1, hq, d)
-        out[pos - past] = chunk_out.to(query.dtype)
+        # Masked softmax attention in float32; KV heads act as the batch, their query heads as heads.
+        chunk_out = torch.nn.functional.scaled_dot_product_attention(
+            q.float().reshape(hkv, group, -1, d),
+            keys_f[:, None].expand(-1, group, -1, -1),
+            values_f[:, None].expand(-1, group, -1, -1),
+            attn_mask=mask[:, None],
+            scale=scaling,
+        )  # (Hkv, group, n, D)
+        out[pos - past] = chunk_out.permute(2, 0, 1, 3).reshape(-1, hq, d).to(query.dtype)
         if stats is not None:
             v = is_video_q
             own_slab_cubes = (layout.slab_of_cube[None, :] == q_slab[:, None]).sum(-1)  # (n,)

@@ -198,7 +198,7 @@ def build_tiny_tokenizer():
         unk_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        model_max_length=4096,  # 131072 in Qwen2.5-VL-7B-Instruct
+        model_max_length=131072,  # as Qwen2.5-VL-7B-Instruct: long videos exceed 4096 tokens
         clean_up_tokenization_spaces=False,
         split_special_tokens=False,
     )
