@@ -17,8 +17,8 @@ from .render import err_console, layer_table, note, write_answer_piece, write_js
 
 @handle_errors
 def ask(
-    video: Path = typer.Argument(..., help="Video file (mp4, webm, avi, mkv, ...).", show_default=False),
-    questions: list[str] = typer.Argument(None, help="One or more questions; each is answered in turn.", show_default=False),
+    video: Path = typer.Argument(..., metavar="VIDEO", help="Video file (mp4, webm, avi, mkv, ...).", show_default=False),
+    questions: list[str] = typer.Argument(None, metavar="QUESTION", help="One or more questions; each is answered in turn.", show_default=False),
     model: str = opt.MODEL,
     dense: bool = opt.DENSE,
     cube: str = opt.CUBE,

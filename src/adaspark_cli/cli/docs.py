@@ -1,0 +1,52 @@
+"""Generate docs/cli.md from the real `--help` texts: `python -m adaspark_cli.cli.docs > docs/cli.md`.
+
+A test compares the file with this output, so the docs cannot go stale.
+"""
+
+from __future__ import annotations
+
+import click
+import typer
+
+from .app import app
+
+JSON_KEYS = """\
+## `ask --json`
+
+One JSON object per question, one per line, on stdout. Keys (stable):
+
+| key | meaning |
+|---|---|
+| `question`, `answer` | the question and the full answer text |
+| `mode` | `"adaspark"` or `"dense"` (`--dense`) |
+| `frames`, `video_tokens`, `cubes` | sampled frames, video tokens in the language model, cubes in the layout |
+| `prefill_seconds` | this question's prefill time; includes the video prefill unless it was reused |
+| `video_prefill_seconds`, `video_prefill_reused` | the one-off video prefill time, and whether this question reused it |
+| `decode_seconds`, `generated_tokens`, `stopped` | answer decoding; `stopped` is `"eos"` or `"max_new_tokens"` |
+| `layers[]` | per layer: `layer`, `sparse`, `cubes_total` (cubes available per video query, mean), `cubes_attended_mean`, `cubes_attended_min`, `cubes_attended_max`, `attn_density` (attended keys / causal keys over video queries), `ffn_kept`, `ffn_total` (video tokens through the FFN / all video tokens) |
+| `flops` | `dense` and `sparse` (each `attention`, `ffn`, `rest`, `scoring`, `total`) analytic prefill FLOPs of the whole prompt, and `reduction` (1 - sparse / dense) |
+"""
+
+
+def _help(args: list[str]) -> str:
+    command = typer.main.get_command(app)
+    with click.Context(command, info_name="adaspark", terminal_width=100, max_content_width=100) as ctx:
+        for name in args:
+            sub = ctx.command.get_command(ctx, name)  # type: ignore[attr-defined]
+            ctx = click.Context(sub, info_name=name, parent=ctx, terminal_width=100, max_content_width=100)
+        return ctx.get_help()
+
+
+def render_cli_docs() -> str:
+    command = typer.main.get_command(app)
+    names = sorted(command.commands)  # type: ignore[attr-defined]
+    parts = ["# adaspark command line\n", "Generated from `--help` by `python -m adaspark_cli.cli.docs > docs/cli.md`.\n"]
+    parts.append("## adaspark\n\n```\n" + _help([]) + "\n```\n")
+    for name in names:
+        parts.append(f"## adaspark {name}\n\n```\n" + _help([name]) + "\n```\n")
+    parts.append(JSON_KEYS)
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(render_cli_docs(), end="")
