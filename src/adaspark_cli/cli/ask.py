@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -93,21 +95,15 @@ def ask(
             err_console.print(layer_table(result))
 
 
-def _questions(given: list[str], interactive: bool):  # type: ignore[no-untyped-def]
+def _questions(given: list[str], interactive: bool) -> Iterator[str]:
+    """The given questions, then (interactive) lines from stdin until an empty line or EOF."""
     yield from given
     if not interactive:
         return
     while True:
-        try:
-            line = input("question> ") if _stdin_is_tty() else input()
-        except EOFError:
-            return
+        if sys.stdin.isatty():
+            err_console.print("question> ", end="")  # the prompt goes to stderr: stdout carries answers
+        line = sys.stdin.readline()
         if not line.strip():
             return
         yield line.strip()
-
-
-def _stdin_is_tty() -> bool:
-    import sys
-
-    return sys.stdin.isatty()
