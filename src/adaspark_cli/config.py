@@ -25,6 +25,9 @@ class AdaSparkConfig:
     attn_top_p: nucleus mass of the cube relevance distribution each video query attends (1.0 = dense).
     ffn_top_p: nucleus mass of the token-norm distribution in a cube that goes through the FFN (1.0 = dense).
     sparse_layers: language-model layer indices that are sparse; None means every layer.
+    layer_top_p: per-layer (layer, attn_top_p, ffn_top_p) overrides of the two global values, sorted by
+        layer, each layer sparse and listed once; None (the default) uses the global values everywhere.
+        Written by `convert --target-reduction ... --per-layer`; in JSON {"layer": [attn, ffn], ...}.
     """
 
     cube: tuple[int, int, int] = (2, 8, 8)
@@ -32,6 +35,7 @@ class AdaSparkConfig:
     ffn_top_p: float = 0.7
     sparse_layers: tuple[int, ...] | None = None
     version: int = FORMAT_VERSION
+    layer_top_p: tuple[tuple[int, float, float], ...] | None = None
 
     def __post_init__(self) -> None:
         validate_cube(self.cube)
@@ -43,6 +47,8 @@ class AdaSparkConfig:
                     f"sparse_layers: expected non-negative layer indices, got {list(self.sparse_layers)}; "
                     "use e.g. --layers 0-27 or --layers 4,5,6"
                 )
+        if self.layer_top_p is not None:
+            validate_layer_top_p(self.layer_top_p, self.sparse_layers)
         if self.version != FORMAT_VERSION:
             raise ConfigError(
                 f"adaspark block has format version {self.version}, this adaspark reads version "
@@ -56,6 +62,20 @@ class AdaSparkConfig:
     def is_layer_sparse(self, layer_idx: int) -> bool:
         return self.sparse_layers is None or layer_idx in self.sparse_layers
 
+    def attn_top_p_for(self, layer_idx: int) -> float:
+        """The layer's attn_top_p: its layer_top_p entry, else the global value."""
+        for layer, attn, _ in self.layer_top_p or ():
+            if layer == layer_idx:
+                return attn
+        return self.attn_top_p
+
+    def ffn_top_p_for(self, layer_idx: int) -> float:
+        """The layer's ffn_top_p: its layer_top_p entry, else the global value."""
+        for layer, _, ffn in self.layer_top_p or ():
+            if layer == layer_idx:
+                return ffn
+        return self.ffn_top_p
+
     def replace(self, **changes: Any) -> AdaSparkConfig:
         """A copy with the given fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -67,6 +87,8 @@ class AdaSparkConfig:
             "attn_top_p": self.attn_top_p,
             "ffn_top_p": self.ffn_top_p,
             "sparse_layers": None if self.sparse_layers is None else list(self.sparse_layers),
+            # only when set, so that checkpoints without it stay readable by builds that predate the key
+            **({} if self.layer_top_p is None else {"layer_top_p": {str(i): [a, f] for i, a, f in self.layer_top_p}}),
         }
 
     @classmethod
@@ -94,6 +116,8 @@ class AdaSparkConfig:
             if not isinstance(layers, (list, tuple)):
                 raise ConfigError(f"sparse_layers: expected a list of layer indices or null, got {layers!r}")
             kwargs["sparse_layers"] = tuple(_expect_int("sparse_layers", v) for v in layers)
+        if "layer_top_p" in data and data["layer_top_p"] is not None:
+            kwargs["layer_top_p"] = _parse_layer_top_p(data["layer_top_p"])
         return cls(**kwargs)
 
 
@@ -105,6 +129,47 @@ def validate_cube(cube: tuple[int, ...]) -> None:
 def validate_top_p(name: str, value: float) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or not 0.0 < value <= 1.0:
         raise ConfigError(f"{name}: expected a number in (0, 1], got {value!r}; 1.0 means dense")
+
+
+def validate_layer_top_p(entries: Any, sparse_layers: tuple[int, ...] | None) -> None:
+    """Per-layer overrides: a tuple of (layer, attn_top_p, ffn_top_p), sorted, each layer once and sparse."""
+    if not isinstance(entries, tuple):
+        raise ConfigError(f"layer_top_p: expected a tuple of (layer, attn_top_p, ffn_top_p), got {entries!r}")
+    layers = []
+    for entry in entries:
+        if not isinstance(entry, tuple) or len(entry) != 3:
+            raise ConfigError(f"layer_top_p: expected (layer, attn_top_p, ffn_top_p) entries, got {entry!r}")
+        layer, attn, ffn = entry
+        if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+            raise ConfigError(f"layer_top_p: expected a non-negative layer index, got {layer!r}")
+        validate_top_p(f"layer_top_p[{layer}] attn", attn)
+        validate_top_p(f"layer_top_p[{layer}] ffn", ffn)
+        if sparse_layers is not None and layer not in sparse_layers:
+            raise ConfigError(
+                f"layer_top_p sets layer {layer}, which is not in sparse_layers {list(sparse_layers)}; keep every "
+                "layer it sets sparse (--layers), or set the top-p values globally (--top-p)"
+            )
+        layers.append(layer)
+    if layers != sorted(set(layers)):
+        raise ConfigError(f"layer_top_p: layers must be sorted and listed once, got {layers}")
+
+
+def _parse_layer_top_p(value: Any) -> tuple[tuple[int, float, float], ...]:
+    """JSON {"3": [attn, ffn], ...} -> ((3, attn, ffn), ...) sorted by layer."""
+    if not isinstance(value, dict):
+        raise ConfigError(f'layer_top_p: expected an object {{"layer": [attn_top_p, ffn_top_p]}} or null, got {value!r}')
+    entries = []
+    for key, pair in value.items():
+        try:
+            layer = int(key)
+        except (TypeError, ValueError):
+            raise ConfigError(f"layer_top_p: key {key!r} is not a layer index") from None
+        if str(layer) != key:
+            raise ConfigError(f"layer_top_p: key {key!r} is not a layer index")
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ConfigError(f"layer_top_p[{key}]: expected [attn_top_p, ffn_top_p], got {pair!r}")
+        entries.append((layer, _expect_float(f"layer_top_p[{key}]", pair[0]), _expect_float(f"layer_top_p[{key}]", pair[1])))
+    return tuple(sorted(entries))
 
 
 def parse_cube(text: str) -> tuple[int, int, int]:

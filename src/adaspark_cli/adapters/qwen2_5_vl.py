@@ -41,6 +41,8 @@ class SparseState:
         self.layout: CubeLayout | None = None
         self.offset = 0  # absolute position of the first token of the current forward
         self.stats: PrefillStats | None = None
+        # layer whose per-query cube selections are kept in its stats (AttentionStats.selected_cubes_per_query)
+        self.keep_selection_layer: int | None = None
 
     def layer_is_sparse(self, layer_idx: int) -> bool:
         return self.enabled and self.config.is_layer_sparse(layer_idx)
@@ -167,9 +169,10 @@ def adaspark_attention(
         key[0],
         value[0],
         layout,  # type: ignore[arg-type]
-        top_p=state.config.attn_top_p,  # type: ignore[union-attr]
+        top_p=state.config.attn_top_p_for(module.layer_idx),  # type: ignore[union-attr]
         scaling=module.scaling if scaling is None else scaling,
         stats=record.attention if record is not None else None,
+        keep_selection=state.keep_selection_layer == module.layer_idx,  # type: ignore[union-attr]
     )
     return out[None], None
 
@@ -193,7 +196,8 @@ def sparse_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return dense_forward(x)
     if x.shape[0] != 1:
         raise AdasparkError("AdaS-FFN runs one sequence at a time; got a batch of several")
-    out, keep = adas_ffn_gathered(dense_forward, x[0], token_cube, layout.num_cubes, state.config.ffn_top_p)  # type: ignore[union-attr]
+    top_p = state.config.ffn_top_p_for(layer_idx)
+    out, keep = adas_ffn_gathered(dense_forward, x[0], token_cube, layout.num_cubes, top_p)  # type: ignore[union-attr]
     if record is not None:
         record.sparse = True
         record.ffn_rows += length - video_rows + int(keep.sum())

@@ -31,6 +31,7 @@ __all__ = [
     "quiet_hf_output",
     "read_config_json",
     "resolve_model_path",
+    "verify_checkpoint",
 ]
 
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
@@ -305,6 +306,19 @@ def _weight_files(path: Path) -> list[Path]:
         f"{path} has no model weights ({SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME}){hint}; re-download "
         "the checkpoint with its *.safetensors files"
     )
+
+
+def verify_checkpoint(path: Path) -> list[Path]:
+    """Check a checkpoint directory without loading it: a Qwen2.5-VL config.json and whole safetensors files.
+
+    Returns the weight files (the shards the index lists, or model.safetensors); CheckpointError otherwise.
+    """
+    path = Path(path)
+    _check_model_type(path, read_config_json(path))
+    files = _weight_files(path)
+    for file in files:
+        _check_safetensors_file(file)
+    return files
 
 
 # --- loading -----------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import typer
 
 from .. import __version__
 from .ask import ask
+from .convert import convert
+from .profile import profile
 
 app = typer.Typer(
     name="adaspark",
@@ -32,6 +34,8 @@ def root(
 
 
 app.command("ask")(ask)
+app.command("profile")(profile)
+app.command("convert")(convert)
 
 
 def main() -> None:

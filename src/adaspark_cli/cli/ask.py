@@ -72,7 +72,8 @@ def ask(
     if not quiet:
         cfg = loaded.config
         mode = "dense" if dense else (
-            f"adaspark cube {'x'.join(map(str, cfg.cube))}, attn top-p {cfg.attn_top_p}, ffn top-p {cfg.ffn_top_p}"
+            f"adaspark cube {'x'.join(map(str, cfg.cube))}, "
+            + ("per-layer top-p" if cfg.layer_top_p else f"attn top-p {cfg.attn_top_p}, ffn top-p {cfg.ffn_top_p}")
         )
         note(f"{decoded.path.name}: {prompt.frames} frames ({decoded.backend}, {decoded.duration:.1f} s video), "
              f"{prompt.video_tokens} video tokens in {prompt.layout.num_cubes} cubes; {mode}; prefilling...")

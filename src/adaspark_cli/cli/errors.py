@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from ..errors import AdasparkError
 from .render import err_console
@@ -33,7 +34,7 @@ def handle_errors(command: F) -> F:
         except typer.Exit:
             raise
         except AdasparkError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             sys.stdout.write("\n")
@@ -44,7 +45,7 @@ def handle_errors(command: F) -> F:
             if _debug():
                 raise
             err_console.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc).splitlines()[0]) if str(exc) else ''} "
                 "(set ADASPARK_DEBUG=1 for the traceback and please report it)",
                 markup=True,
                 highlight=False,

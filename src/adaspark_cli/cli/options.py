@@ -47,6 +47,7 @@ def sparsity_overrides(
         if value is not None:
             validate_top_p(flag, value)
             overrides.update(dict.fromkeys(fields, value))
+            overrides["layer_top_p"] = None  # a top-p flag sets every layer, also in a per-layer checkpoint
     if cube is not None:
         overrides["cube"] = parse_cube(cube)
     if layers is not None:

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 err_console = Console(stderr=True, highlight=False)
@@ -31,7 +32,7 @@ def write_json(obj: Any) -> None:
 
 
 def note(message: str) -> None:
-    err_console.print(f"[dim]{message}[/]", markup=True, soft_wrap=True)
+    err_console.print(f"[dim]{escape(message)}[/]", markup=True, soft_wrap=True)
 
 
 def human_flops(value: float) -> str:
@@ -69,4 +70,136 @@ def layer_table(result: dict[str, Any]) -> Table:
     table.caption = (table.caption or "") + f"\nprefill {result['prefill_seconds']:.2f} s ({reuse}), " + (
         f"{result['generated_tokens']} tokens in {result['decode_seconds']:.2f} s"
     )
+    return table
+
+
+out_console = Console(highlight=False)
+
+
+def human_bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _compact(flops: float) -> str:
+    return human_flops(flops).replace(" ", "")  # "4.90G": keeps "a -> b" cells on one line
+
+
+def profile_tables(report: dict[str, Any]) -> list[Table]:
+    """Per-layer tables of `profile`: what was kept, then FLOPs (attention, FFN, rest) dense and sparse."""
+    title = (
+        f"profile: {report['frames']} frames, {report['video_tokens']} video tokens, {report['cubes']} cubes; "
+        f"{report['device']} {report['dtype']}"
+    )
+    kept = Table(title=title, title_justify="left")
+    for name in ("layer", "top-p", "cubes", "attended (mean/min/max)", "attn density", "FFN kept"):
+        kept.add_column(name, justify="right")
+    flops = Table(title="prefill FLOPs per layer, dense -> adaspark", title_justify="left")
+    for name in ("layer", "attention", "FFN", "rest", "scoring"):
+        flops.add_column(name, justify="right")
+    for row in report["layers"]:
+        d, s = row["flops"]["dense"], row["flops"]["sparse"]
+        layer = str(row["layer"]) + ("" if row["sparse"] else " (dense)")
+        kept.add_row(
+            layer,
+            "-" if row.get("attn_top_p") is None else f"{row['attn_top_p']:g}/{row['ffn_top_p']:g}",
+            f"{row['cubes_total']:.1f}",
+            f"{row['cubes_attended_mean']:.1f} / {row['cubes_attended_min']} / {row['cubes_attended_max']}",
+            f"{row['attn_density']:.1%}",
+            f"{row['ffn_kept']}/{row['ffn_total']}"
+            + (f" ({row['ffn_kept'] / row['ffn_total']:.0%})" if row["ffn_total"] else ""),
+        )
+        flops.add_row(
+            layer,
+            *(f"{_compact(d[k])} -> {_compact(s[k])}" for k in ("attention", "ffn", "rest")),
+            _compact(s["scoring"]),
+        )
+    return [kept, flops]
+
+
+def profile_summary(report: dict[str, Any]) -> Table:
+    """Totals of `profile`: FLOPs, time, memory and fidelity, dense against adaspark."""
+    flops, t, mem, fid = report["flops"], report["time"], report["memory"], report["fidelity"]
+    table = Table(title="totals", title_justify="left")
+    for name, justify in (("", "left"), ("dense", "right"), ("adaspark", "right"), ("change", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_row("prefill FLOPs", human_flops(flops["dense"]["total"]), human_flops(flops["sparse"]["total"]),
+                  f"{flops['reduction']:.1%} fewer")
+    clock = "CPU time" if t["clock"] == "cpu" else "CUDA time"
+    speedup = f"{t['speedup']:.2f}x" if t["speedup"] else "-"
+    table.add_row(f"prefill time ({clock}, median of {t['repeats']}, {t['warmup']} warm-up)",
+                  f"{t['dense_s']:.3f} s", f"{t['sparse_s']:.3f} s", f"{speedup} speed-up")
+    label = "peak memory (CUDA max allocated)" if mem["measure"] == "cuda_max_allocated" else "peak memory (process RSS, running max)"
+    table.add_row(label, human_bytes(mem["dense_bytes"]), human_bytes(mem["sparse_bytes"]), "")
+    table.add_row("answer logits vs dense", "", "",
+                  f"KL {fid['kl']:.3g} nats, top-1 agreement {fid['top1_agreement']:.0%} of {fid['positions']}")
+    if t["clock"] == "cpu":
+        table.caption = "times are CPU wall-clock times with the reference (unfused) sparse kernels; " \
+                        "measure speed-ups on a GPU"
+        table.caption_justify = "left"
+    return table
+
+
+def calibration_table(record: dict[str, Any]) -> Table:
+    """Global: every (attn, ffn) top-p pair tried, highest reduction first, the chosen one marked.
+    Per layer: each layer's chosen pair and what it saves alone, with the measured total in the caption."""
+    if record["method"] == "per_layer":
+        return _per_layer_table(record)
+    chosen = record["chosen"]
+    table = Table(title=f"calibration: target {record['target_reduction']:.0%} fewer prefill FLOPs on "
+                  f"{len(record['videos'])} video(s)", title_justify="left")
+    for name in ("", "attn top-p", "ffn top-p", "FLOPs reduction", "KL (nats)", "top-1 agreement"):
+        table.add_column(name, justify="right")
+    for row in sorted(record["table"], key=lambda r: (-r["reduction"], r["kl"])):
+        mark = "*" if (row["attn_top_p"], row["ffn_top_p"]) == (chosen["attn_top_p"], chosen["ffn_top_p"]) else ""
+        style = "bold" if mark else ("dim" if row["reduction"] < record["target_reduction"] else None)
+        table.add_row(mark, f"{row['attn_top_p']:g}", f"{row['ffn_top_p']:g}", f"{row['reduction']:.1%}",
+                      f"{row['kl']:.3g}", f"{row['top1_agreement']:.0%}", style=style)
+    table.caption = "* chosen: least KL among the pairs reaching the target (dim: below the target)"
+    table.caption_justify = "left"
+    return table
+
+
+class ProgressBar:
+    """A Rich progress bar on stderr; `stage(text)` for steps of unknown length, `update` as a library callback."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err_console, transient=True, disable=not enabled or not err_console.is_terminal,
+        )
+        self._task = self._progress.add_task("starting", total=None)
+
+    def __enter__(self) -> ProgressBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def stage(self, text: str) -> None:
+        self._progress.update(self._task, description=escape(text), total=None, completed=0)
+
+    def update(self, text: str, done: int, total: int) -> None:
+        self._progress.update(self._task, description=escape(text), completed=done, total=total)
+
+
+def _per_layer_table(record: dict[str, Any]) -> Table:
+    table = Table(title=f"per-layer calibration: target {record['target_reduction']:.0%} fewer prefill FLOPs on "
+                  f"{len(record['videos'])} video(s)", title_justify="left")
+    for name in ("layer", "attn top-p", "ffn top-p", "FLOPs saved alone", "KL alone (nats)"):
+        table.add_column(name, justify="right")
+    for row in record["layers"]:
+        table.add_row(str(row["layer"]), f"{row['attn_top_p']:g}", f"{row['ffn_top_p']:g}",
+                      f"{row['reduction_alone']:.1%}", f"{row['kl_alone']:.3g}")
+    m = record["measured"]
+    table.caption = (f"all layers together: {m['reduction']:.1%} fewer FLOPs (predicted "
+                     f"{record['predicted_reduction']:.1%}), KL {m['kl']:.3g} nats, top-1 agreement "
+                     f"{m['top1_agreement']:.0%}")
+    table.caption_justify = "left"
     return table

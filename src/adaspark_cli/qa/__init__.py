@@ -1,19 +1,45 @@
 """Video question answering on top of the sparsified model: prefill once, answer many questions."""
 
+from .calibrate import (
+    DEFAULT_GRID,
+    Calibration,
+    CalibrationPoint,
+    LayerCalibration,
+    LayerChoice,
+    calibrate,
+    calibrate_per_layer,
+    parse_grid,
+)
 from .load import BUNDLED_MODEL_NAME, LoadedModel, bundled_model_dir, default_model, load_video_qa, pick_device
-from .session import DEFAULT_MAX_PIXELS, AnswerResult, AnswerStream, VideoPrefix, VideoPrompt, VideoQA
+from .profile import DEFAULT_QUESTION, CubeSelection, Fidelity, ProfileResult, logit_fidelity, profile_prefill
+from .session import DEFAULT_MAX_PIXELS, AnswerResult, AnswerStream, VideoPrefix, VideoPrompt, VideoQA, layer_rows
 
 __all__ = [
     "BUNDLED_MODEL_NAME",
+    "DEFAULT_GRID",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_QUESTION",
     "AnswerResult",
     "AnswerStream",
+    "Calibration",
+    "CalibrationPoint",
+    "CubeSelection",
+    "Fidelity",
+    "LayerCalibration",
+    "LayerChoice",
     "LoadedModel",
+    "ProfileResult",
     "VideoPrefix",
     "VideoPrompt",
     "VideoQA",
     "bundled_model_dir",
+    "calibrate",
+    "calibrate_per_layer",
     "default_model",
+    "layer_rows",
     "load_video_qa",
+    "logit_fidelity",
+    "parse_grid",
     "pick_device",
+    "profile_prefill",
 ]

@@ -80,25 +80,7 @@ class AnswerResult:
     dims: ModelDims | None = None
 
     def layer_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for idx in sorted(self.stats.layers):
-            rec = self.stats.layers[idx]
-            a = rec.attention
-            n = max(1, a.video_queries * max(1, a.kv_heads))
-            rows.append(
-                {
-                    "layer": idx,
-                    "sparse": rec.sparse,
-                    "cubes_total": a.cubes_total / n,
-                    "cubes_attended_mean": a.cubes_attended / n,
-                    "cubes_attended_min": a.cubes_attended_min or 0,
-                    "cubes_attended_max": a.cubes_attended_max or 0,
-                    "attn_density": a.attended_keys / a.causal_keys if a.causal_keys else 1.0,
-                    "ffn_kept": rec.ffn_kept,
-                    "ffn_total": rec.ffn_total,
-                }
-            )
-        return rows
+        return layer_rows(self.stats)
 
     def flops(self) -> dict[str, Any]:
         if self.dims is None:
@@ -131,6 +113,35 @@ def check_max_pixels(max_pixels: int) -> None:
         raise AdasparkError(
             f"--max-pixels {max_pixels} is below the minimum {MIN_PIXELS} (2x2 tokens of 28x28 px); e.g. --max-pixels 200704"
         )
+
+
+def layer_rows(stats: PrefillStats) -> list[dict[str, Any]]:
+    """Per-layer rows of `ask --json` / `profile --json`: cubes available and attended per video query
+    (mean over queries and KV heads), attention density over the video queries' causal keys, FFN rows kept."""
+    rows = []
+    for idx in sorted(stats.layers):
+        rec = stats.layers[idx]
+        a = rec.attention
+        n = max(1, a.video_queries * max(1, a.kv_heads))
+        rows.append(
+            {
+                "layer": idx,
+                "sparse": rec.sparse,
+                "cubes_total": a.cubes_total / n,
+                "cubes_attended_mean": a.cubes_attended / n,
+                "cubes_attended_min": a.cubes_attended_min or 0,
+                "cubes_attended_max": a.cubes_attended_max or 0,
+                "attn_density": a.attended_keys / a.causal_keys if a.causal_keys else 1.0,
+                "ffn_kept": rec.ffn_kept,
+                "ffn_total": rec.ffn_total,
+            }
+        )
+    return rows
+
+
+def question_positions(prompt: VideoPrompt, n: int) -> torch.Tensor:
+    """(3, 1, n) M-RoPE ids of n text tokens right after the video prefix (same on all three axes)."""
+    return torch.arange(prompt.next_position, prompt.next_position + n).view(1, 1, -1).expand(3, 1, -1)
 
 
 def _sync(device: torch.device) -> None:
@@ -229,15 +240,8 @@ class VideoQA:
 
     # ---- forward passes -------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def prefill_video(self, prompt: VideoPrompt) -> VideoPrefix:
-        """Prefill system prompt + video once; the cache is reused by every question."""
-        from transformers import DynamicCache
-
-        stats = PrefillStats()
-        cache = DynamicCache()
-        _sync(self.device)
-        start = time.perf_counter()
+    def _forward_prefix(self, prompt: VideoPrompt, cache: Any, stats: PrefillStats | None) -> None:
+        """System prompt + video into `cache`, with the cube layout active (the sparse part)."""
         with self.state.forward_context(layout=prompt.layout.to(self.device), offset=0, stats=stats):
             self.model(
                 input_ids=prompt.input_ids.to(self.device),
@@ -248,19 +252,57 @@ class VideoQA:
                 logits_to_keep=1,
                 **{self._cache_kw: cache},
             )
-        _sync(self.device)
-        return VideoPrefix(prompt=prompt, cache=cache, stats=stats, seconds=time.perf_counter() - start)
 
-    def _step(self, ids: torch.Tensor, positions: torch.Tensor, cache: Any, offset: int, stats: PrefillStats | None) -> torch.Tensor:
+    def _step(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        offset: int,
+        stats: PrefillStats | None,
+        *,
+        all_logits: bool = False,
+    ) -> torch.Tensor:
+        """Text tokens (question or one decoded token) after the cache, dense; logits of the last
+        position (V,), or of every position (n, V) with all_logits."""
         with self.state.forward_context(layout=None, offset=offset, stats=stats):
             out = self.model(
                 input_ids=ids.to(self.device),
                 position_ids=positions.to(self.device),
                 use_cache=True,
-                logits_to_keep=1,
+                logits_to_keep=0 if all_logits else 1,
                 **{self._cache_kw: cache},
             )
-        return out.logits[0, -1]
+        return out.logits[0] if all_logits else out.logits[0, -1]
+
+    @torch.inference_mode()
+    def prefill_video(self, prompt: VideoPrompt) -> VideoPrefix:
+        """Prefill system prompt + video once; the cache is reused by every question."""
+        from transformers import DynamicCache
+
+        stats = PrefillStats()
+        cache = DynamicCache()
+        _sync(self.device)
+        start = time.perf_counter()
+        self._forward_prefix(prompt, cache, stats)
+        _sync(self.device)
+        return VideoPrefix(prompt=prompt, cache=cache, stats=stats, seconds=time.perf_counter() - start)
+
+    @torch.inference_mode()
+    def prefill_logits(self, prompt: VideoPrompt, question: str, *, stats: PrefillStats | None = None) -> torch.Tensor:
+        """One whole prefill (video prefix, then the question) in the current mode, cache discarded.
+
+        Returns the float32 logits (n, V) at every position of the question part (the n tokens after
+        <|vision_end|>: question text, <|im_end|> and the assistant header); row i predicts token i + 1,
+        and the last row is the distribution of the first answer token. `stats` (if given) collects both calls.
+        """
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        self._forward_prefix(prompt, cache, stats)
+        ids = self.question_ids(question)
+        positions = question_positions(prompt, int(ids.numel()))
+        return self._step(ids[None], positions, cache, prompt.length, stats, all_logits=True).float()
 
     def answer(self, prefix: VideoPrefix, question: str, *, max_new_tokens: int = 128) -> AnswerStream:
         return AnswerStream(self, prefix, question, max_new_tokens)
@@ -293,7 +335,7 @@ class AnswerStream:
         cache = copy.deepcopy(prefix.cache)
         ids = qa.question_ids(self.question)
         n = int(ids.numel())
-        positions = torch.arange(prompt.next_position, prompt.next_position + n).view(1, 1, -1).expand(3, 1, -1)
+        positions = question_positions(prompt, n)
         question_stats = PrefillStats()
         _sync(qa.device)
         start = time.perf_counter()

@@ -1,0 +1,105 @@
+"""`adaspark convert`: write an AdaSpark checkpoint (same weights, config.json with an "adaspark" block)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..checkpoint import check_convert_paths, convert_checkpoint, read_config_json
+from ..config import AdaSparkConfig, config_from_checkpoint
+from ..errors import AdasparkError
+from ..qa import DEFAULT_GRID, DEFAULT_QUESTION, calibrate, calibrate_per_layer, load_video_qa, parse_grid
+from ..video import decode_video
+from . import options as opt
+from .errors import handle_errors
+from .render import ProgressBar, calibration_table, err_console, note, write_json
+
+
+@handle_errors
+def convert(
+    src: str = typer.Argument(..., metavar="SRC", help="Dense Qwen2.5-VL checkpoint: a local directory or a hub id (HF cache; "
+                              "HF_HUB_OFFLINE honoured).", show_default=False),
+    out: Path = typer.Argument(..., metavar="OUT", help="New checkpoint directory to write.", show_default=False),
+    cube: str = opt.CUBE,
+    top_p: float = opt.TOP_P,
+    attn_top_p: float = opt.ATTN_TOP_P,
+    ffn_top_p: float = opt.FFN_TOP_P,
+    layers: str = opt.LAYERS,
+    target_reduction: float = typer.Option(None, "--target-reduction", help="Choose attn/ffn top-p that cut prefill "
+                                           "FLOPs by this fraction (0.57 = 57%) on the --calibrate videos while "
+                                           "moving the logits least.", show_default=False),
+    calibrate_videos: list[Path] = typer.Option(None, "--calibrate", help="Calibration video (repeat the flag for "
+                                                "several); needs --target-reduction.", show_default=False),
+    question: str = typer.Option(DEFAULT_QUESTION, "--question", help="Question whose logits calibration compares."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Calibrate a top-p pair per layer (layers x grid^2 "
+                                   "prefills per video) instead of one global pair (grid^2)."),
+    grid: str = typer.Option(",".join(f"{g:g}" for g in DEFAULT_GRID), "--grid", help="Top-p values tried for both "
+                             "attn and ffn during calibration (every pair)."),
+    fps: float = opt.FPS,
+    max_frames: int = opt.MAX_FRAMES,
+    max_pixels: int = opt.MAX_PIXELS,
+    decoder: str = opt.DECODER,
+    device: str = opt.DEVICE,
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
+    quiet: bool = opt.QUIET,
+) -> None:
+    """Convert the dense Qwen2.5-VL checkpoint SRC into an AdaSpark checkpoint at OUT.
+
+    The weights are hard-linked (or copied across filesystems), never modified; processor and tokenizer
+    files are copied; config.json gains an "adaspark" block that ask and profile read. Options set the
+    values directly, or --target-reduction with --calibrate chooses them (one global pair, or one per
+    layer with --per-layer). The write is atomic: OUT appears complete or not at all, and SRC is never
+    written.
+
+    Examples:
+
+        adaspark convert Qwen/Qwen2.5-VL-7B-Instruct ./qwen-adaspark --attn-top-p 0.9 --ffn-top-p 0.7
+
+        adaspark convert ./Qwen2.5-VL-7B-Instruct ./qwen-adaspark --target-reduction 0.57 --calibrate a.mp4 --calibrate b.mp4
+
+        adaspark convert ./Qwen2.5-VL-7B-Instruct ./qwen-adaspark --target-reduction 0.5 --calibrate a.mp4 --per-layer --grid 1,0.8,0.5
+
+        adaspark ask clip.mp4 "What happens?" --model ./qwen-adaspark
+    """
+    videos = list(calibrate_videos or [])
+    if (target_reduction is None) != (not videos):
+        raise AdasparkError("--target-reduction and --calibrate go together: give a target and at least one video, "
+                            "or neither and set the values with --attn-top-p/--ffn-top-p")
+    if target_reduction is not None and (top_p, attn_top_p, ffn_top_p) != (None, None, None):
+        raise AdasparkError("--target-reduction chooses the top-p values; drop --top-p/--attn-top-p/--ffn-top-p")
+    if per_layer and target_reduction is None:
+        raise AdasparkError("--per-layer is a calibration method; add --target-reduction and --calibrate VIDEO")
+    overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
+    path, out, _ = check_convert_paths(src, out, force=force)
+    config = (config_from_checkpoint(read_config_json(path)) or AdaSparkConfig()).replace(**overrides)
+    record = None
+    if target_reduction is not None:
+        values = parse_grid(grid)
+        with ProgressBar(enabled=not quiet) as bar:
+            decoded = []
+            for video in videos:
+                bar.stage(f"decoding {video.name}")
+                decoded.append(decode_video(video, fps=fps, max_frames=max_frames, backend=decoder))
+            bar.stage("loading the model")
+            loaded = load_video_qa(str(path), device=device, overrides=overrides)  # same block + overrides: `config`
+            search = calibrate_per_layer if per_layer else calibrate
+            result = search(loaded.qa, decoded, target_reduction=target_reduction, question=question, grid=values,
+                            max_pixels=max_pixels, progress=bar.update)
+        config, record = result.config, result.record()
+        if not quiet:
+            err_console.print(calibration_table(record))
+    with ProgressBar(enabled=not quiet) as bar:
+        bar.stage(f"writing {out}")
+        converted = convert_checkpoint(path, out, config, force=force, calibration=record)
+    if json_out:
+        write_json(converted.to_json())
+    else:
+        typer.echo(str(converted.out))
+    if not quiet:
+        top_p_text = (f"attn top-p {config.attn_top_p}, ffn top-p {config.ffn_top_p}" if config.layer_top_p is None
+                      else "per-layer top-p")
+        note(f"wrote {converted.out}: {converted.linked} weight file(s) linked, {converted.copied} copied; adaspark "
+             f"cube {'x'.join(map(str, config.cube))}, {top_p_text}, "
+             f"layers {'all' if config.sparse_layers is None else list(config.sparse_layers)}")

@@ -1,0 +1,87 @@
+"""`adaspark profile`: dense against AdaSpark on one prefill, per layer and in total, optionally plotted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..qa import DEFAULT_QUESTION, load_video_qa, profile_prefill
+from ..qa.plot import check_plot_path, plot_profile
+from ..video import decode_video
+from . import options as opt
+from .errors import handle_errors
+from .render import ProgressBar, err_console, note, out_console, profile_summary, profile_tables, write_json
+
+
+@handle_errors
+def profile(
+    video: Path = typer.Argument(..., metavar="VIDEO", help="Video file (mp4, webm, avi, mkv, ...).", show_default=False),
+    question: str = typer.Argument(DEFAULT_QUESTION, metavar="QUESTION", help="Question after the video; its logits are compared."),
+    model: str = opt.MODEL,
+    cube: str = opt.CUBE,
+    top_p: float = opt.TOP_P,
+    attn_top_p: float = opt.ATTN_TOP_P,
+    ffn_top_p: float = opt.FFN_TOP_P,
+    layers: str = opt.LAYERS,
+    fps: float = opt.FPS,
+    max_frames: int = opt.MAX_FRAMES,
+    max_pixels: int = opt.MAX_PIXELS,
+    decoder: str = opt.DECODER,
+    device: str = opt.DEVICE,
+    warmup: int = typer.Option(None, "--warmup", help="Untimed runs per mode before timing (the first collects "
+                               "the statistics). Default: 3 on CUDA, 1 on the CPU.", show_default=False),
+    repeats: int = typer.Option(None, "--repeats", help="Timed runs per mode; the median is reported. Default: 5 "
+                                "on CUDA, 1 on the CPU.", show_default=False),
+    heatmap_layer: int = typer.Option(None, "--heatmap-layer", help="Layer whose cube selections the heatmap shows. "
+                                      "Default: the middle sparse layer.", show_default=False),
+    plot: Path = typer.Option(None, "--plot", help="Write density/FFN-keep bars and the cube-selection heatmap to "
+                              "this .png (.svg, .pdf); needs pip install 'adaspark-cli[plot]'.", show_default=False),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (tables go to stderr)."),
+    quiet: bool = opt.QUIET,
+) -> None:
+    """Profile one prefill of VIDEO + QUESTION, dense against AdaSpark, on the same model.
+
+    Per layer: cubes available and attended per video query, attention density, FFN rows kept, FLOPs
+    (attention, FFN, rest) dense and sparse. Totals: FLOPs reduction, measured prefill time (warm-up and
+    repeats; on the CPU these are CPU times), peak memory, and how far the answer's logits moved (KL and
+    top-1 agreement against dense).
+
+    Examples:
+
+        adaspark profile clip.mp4
+
+        adaspark profile clip.mp4 "What happens after the door opens?" --top-p 0.8 --plot profile.png
+
+        adaspark profile clip.mp4 --model ./qwen2.5-vl-7b-adaspark --repeats 10 --json > profile.json
+    """
+    overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
+    if plot is not None:
+        plot = check_plot_path(plot)
+    with ProgressBar(enabled=not quiet) as bar:
+        bar.stage(f"decoding {video.name}")
+        decoded = decode_video(video, fps=fps, max_frames=max_frames, backend=decoder)
+        bar.stage("loading the model")
+        loaded = load_video_qa(model, device=device, overrides=overrides)
+        bar.stage("preparing the video")
+        result = profile_prefill(
+            loaded.qa, decoded, question, max_pixels=max_pixels, warmup=warmup, repeats=repeats,
+            heatmap_layer=heatmap_layer, progress=bar.update,
+        )
+    result.extra.update(model=str(loaded.path), config_source=loaded.config_source)
+    report = result.to_json()
+    if plot is not None:
+        plot_profile(report, plot)
+    if json_out:
+        write_json(report)
+    if not quiet or not json_out:
+        console = err_console if json_out else out_console
+        for table in profile_tables(report):
+            console.print(table)
+        console.print(profile_summary(report))
+    if not quiet:
+        if loaded.bundled:
+            note("the bundled model has random weights: the statistics show the pipeline, not a trained model")
+        if plot is not None:
+            note(f"wrote {plot}")
+
