@@ -129,6 +129,7 @@ def test_bad_video_is_one_line_error(runner, tiny_checkpoint, tmp_path, case):
         pytest.param(["--decoder", "ffmpeg"], "backend", id="unknown-decoder"),
         pytest.param(["--max-new-tokens", "0"], "max-new-tokens", id="max-new-tokens-zero"),
         pytest.param(["--device", "tpu:9"], "device", id="bad-device"),
+        pytest.param(["--kernel", "fast"], "kernel", id="unknown-kernel"),
     ],
 )
 def test_bad_option_is_one_line_error(runner, clip, tiny_checkpoint, args, fragment):

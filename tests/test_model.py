@@ -164,3 +164,45 @@ def test_unsupported_model_class_is_rejected():
 
     with pytest.raises(CheckpointError, match="Qwen2_5_VLForConditionalGeneration"):
         sparsify(torch.nn.Linear(2, 2), AdaSparkConfig())
+
+
+def test_blocksparse_kernel_in_the_model(loaded):
+    """The CUDA fast path, run on the CPU (exact selection, dense masked block attention): p = 1 is
+    the dense model; at p < 1 its per-block sets attend at least what the per-token reference does."""
+    model, processor = loaded
+    video = synthetic_video(seed=3)
+    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), attn_top_p=1.0, ffn_top_p=1.0))
+    try:
+        qa = VideoQA(model, processor, state)
+        state.kernel = "blocksparse"
+        p1 = first_token_logits(qa, video)
+        results = {}
+        for kernel in ("reference", "blocksparse"):
+            state.kernel = kernel
+            state.config = AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.4, ffn_top_p=0.5)
+            stream = qa.answer(qa.prefill_video(qa.prepare_video(video, max_pixels=168 * 112)), QUESTION, max_new_tokens=1)
+            list(stream)
+            results[kernel] = stream.result.to_json()
+    finally:
+        unsparsify(model)
+    torch.testing.assert_close(p1, full_forward_logits(model, qa, video), rtol=1e-5, atol=1e-5)
+    ref, fast = results["reference"], results["blocksparse"]
+    for r, f in zip(ref["layers"], fast["layers"]):
+        assert f["cubes_total"] == r["cubes_total"]
+        assert r["cubes_attended_mean"] <= f["cubes_attended_mean"] <= f["cubes_total"]
+        assert r["attn_density"] <= f["attn_density"] <= 1.0
+        assert f["ffn_total"] == r["ffn_total"]
+
+
+def test_unknown_kernel_is_an_error(loaded):
+    from adaspark_cli.errors import AdasparkError
+
+    model, processor = loaded
+    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2)))
+    try:
+        state.kernel = "magic"
+        qa = VideoQA(model, processor, state)
+        with pytest.raises(AdasparkError, match="unknown attention kernel"):
+            qa.prefill_video(qa.prepare_video(synthetic_video(), max_pixels=168 * 112))
+    finally:
+        unsparsify(model)

@@ -19,14 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attention.blocksparse import adas_attention_blocksparse, record_blocksparse_stats
 from ..attention.reference import adas_attention_reference
 from ..config import AdaSparkConfig
 from ..cubes import CubeLayout
 from ..errors import AdasparkError, CheckpointError
+from ..ffn.fast import adas_ffn_auto
 from ..ffn.reference import adas_ffn_gathered
 from ..stats.collect import PrefillStats
 
 ATTN_NAME = "adaspark"
+KERNELS = ("auto", "reference", "blocksparse")
 STATE_ATTR = "adaspark_state"
 SUPPORTED_CLASSES = ("Qwen2_5_VLForConditionalGeneration",)
 
@@ -43,6 +46,14 @@ class SparseState:
         self.stats: PrefillStats | None = None
         # layer whose per-query cube selections are kept in its stats (AttentionStats.selected_cubes_per_query)
         self.keep_selection_layer: int | None = None
+        # "auto": the block-sparse fast path on CUDA, the exact reference elsewhere
+        self.kernel = "auto"
+
+    def fast_path(self, device: torch.device) -> bool:
+        """Whether prefill takes the block-sparse attention and block FFN ("auto": on CUDA only)."""
+        if self.kernel not in KERNELS:
+            raise AdasparkError(f"unknown attention kernel {self.kernel!r}; use one of {', '.join(KERNELS)}")
+        return self.kernel == "blocksparse" or (self.kernel == "auto" and device.type == "cuda")
 
     def layer_is_sparse(self, layer_idx: int) -> bool:
         return self.enabled and self.config.is_layer_sparse(layer_idx)
@@ -164,13 +175,22 @@ def adaspark_attention(
         raise AdasparkError("AdaS-Attn runs one sequence at a time; got a batch of several")
     if record is not None:
         record.sparse = True
+    top_p = state.config.attn_top_p_for(module.layer_idx)  # type: ignore[union-attr]
+    scaling = module.scaling if scaling is None else scaling
+    # the reference keeps per-query selections: a layer whose selections feed a heatmap stays on it
+    if state.fast_path(query.device) and state.keep_selection_layer != module.layer_idx:  # type: ignore[union-attr]
+        info: dict[str, Any] = {}
+        out = adas_attention_blocksparse(query[0], key[0], value[0], layout, top_p=top_p, scaling=scaling, info=info)  # type: ignore[arg-type]
+        if record is not None:
+            record_blocksparse_stats(info, layout, record.attention)  # type: ignore[arg-type]
+        return out[None], None
     out = adas_attention_reference(
         query[0],
         key[0],
         value[0],
         layout,  # type: ignore[arg-type]
-        top_p=state.config.attn_top_p_for(module.layer_idx),  # type: ignore[union-attr]
-        scaling=module.scaling if scaling is None else scaling,
+        top_p=top_p,
+        scaling=scaling,
         stats=record.attention if record is not None else None,
         keep_selection=state.keep_selection_layer == module.layer_idx,  # type: ignore[union-attr]
     )
@@ -197,7 +217,10 @@ def sparse_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if x.shape[0] != 1:
         raise AdasparkError("AdaS-FFN runs one sequence at a time; got a batch of several")
     top_p = state.config.ffn_top_p_for(layer_idx)
-    out, keep = adas_ffn_gathered(dense_forward, x[0], token_cube, layout.num_cubes, top_p)  # type: ignore[union-attr]
+    if state.fast_path(x.device):
+        out, keep = adas_ffn_auto(dense_forward, x[0], layout, token_cube, top_p)  # type: ignore[arg-type]
+    else:
+        out, keep = adas_ffn_gathered(dense_forward, x[0], token_cube, layout.num_cubes, top_p)  # type: ignore[union-attr]
     if record is not None:
         record.sparse = True
         record.ffn_rows += length - video_rows + int(keep.sum())

@@ -443,6 +443,11 @@ def _flex():
     if "flex" not in _COMPILED:
         from torch.nn.attention.flex_attention import flex_attention
 
+        # Each new sequence length may compile again; past dynamo's limit (default 8) flex would
+        # silently run eagerly and materialise the full score matrix, so allow more.
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
         _COMPILED["flex"] = torch.compile(flex_attention)
     return _COMPILED["flex"]
 
@@ -615,4 +620,52 @@ def _launch_union(logits, cand, valid, out, top_p: float, group: int, block: int
     kernel[(nb, hkv, block // block_t)](
         logits, cand, valid, out, min(1.0, float(top_p) + _TOP_P_SLACK), n, ccp, out.stride(0), out.stride(1),
         G=group, BLOCK=block, BLOCK_T=block_t, CPAD=cpad, ITERS=16, num_warps=4,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics of a block-sparse call, in the terms of AttentionStats (video queries only)
+
+
+def record_blocksparse_stats(info: dict[str, Any], layout: CubeLayout, stats: Any) -> None:
+    """Fill `stats` (an AttentionStats) from `adas_attention_blocksparse(..., info=info)`.
+
+    A query's attended cubes are its block's selection (shared by the block's tokens) plus its own
+    slab's cubes; attended keys are the block structure's pairs minus the text queries' (dense) keys.
+    """
+    plan: Plan = info["plan"]
+    sel, full, partial = info["selection"], info["full"], info["partial"]
+    hkv = full.shape[0]
+    device = full.device
+    b = plan.block
+    q_pos = plan.q_pos.view(-1, b).to(torch.int64)
+    valid = q_pos >= 0
+    block_slab = plan.q.block_slab.to(device)
+    video = block_slab >= 0
+    if not bool(video.any()):
+        return
+    slab_of_cube = layout.slab_of_cube.to(device)
+    own = (slab_of_cube[None, :] == block_slab[:, None]).sum(1)  # (NQB,) own-slab cubes
+    cand = torch.zeros_like(own)
+    chosen = torch.zeros(hkv, own.numel(), dtype=torch.int64, device=device)
+    if plan.sel_blocks.numel():
+        cand[plan.sel_blocks] = plan.sel_cand.to(own.dtype)
+        chosen[:, plan.sel_blocks] = sel.sum(-1)
+    per_block = valid.sum(1)  # valid queries per block
+    weight = (per_block * video)[None]  # count video queries only
+    attended = chosen + own[None]
+    pairs, _ = attended_pairs(plan, full, partial)
+    text_keys = int(((q_pos + 1) * (valid & ~video[:, None])).sum()) * hkv
+    video_causal = int(((q_pos + 1) * (valid & video[:, None])).sum()) * hkv
+    shown = attended[:, video & (per_block > 0)]
+    stats.add_counts(
+        queries=int(weight.sum()),
+        kv_heads=hkv,
+        cubes_total=int(((cand + own) * per_block * video).sum()) * hkv,
+        cubes_attended=int((attended * weight).sum()),
+        attended_min=int(shown.min()),
+        attended_max=int(shown.max()),
+        attended_keys=pairs - text_keys,
+        causal_keys=video_causal,
+        scored=int((cand * per_block * video).sum()),
     )

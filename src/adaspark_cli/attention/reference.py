@@ -43,15 +43,43 @@ class AttentionStats:
         hkv, n = attended.shape
         if n == 0:
             return
-        self.video_queries += n
-        self.kv_heads = hkv
-        self.cubes_total += int(total.sum()) * hkv
-        self.cubes_attended += int(attended.sum())
-        lo, hi = int(attended.min()), int(attended.max())
+        self.add_counts(
+            queries=n,
+            kv_heads=hkv,
+            cubes_total=int(total.sum()) * hkv,
+            cubes_attended=int(attended.sum()),
+            attended_min=int(attended.min()),
+            attended_max=int(attended.max()),
+            attended_keys=int(keys.sum()),
+            causal_keys=int(causal.sum()) * hkv,
+            scored=scored,
+        )
+
+    def add_counts(
+        self,
+        *,
+        queries: int,
+        kv_heads: int,
+        cubes_total: int,
+        cubes_attended: int,
+        attended_min: int,
+        attended_max: int,
+        attended_keys: int,
+        causal_keys: int,
+        scored: int,
+    ) -> None:
+        """Add totals (summed over KV heads) of `queries` video queries."""
+        if queries == 0:
+            return
+        self.video_queries += queries
+        self.kv_heads = kv_heads
+        self.cubes_total += cubes_total
+        self.cubes_attended += cubes_attended
+        lo, hi = attended_min, attended_max
         self.cubes_attended_min = lo if self.cubes_attended_min is None else min(lo, self.cubes_attended_min)
         self.cubes_attended_max = hi if self.cubes_attended_max is None else max(hi, self.cubes_attended_max)
-        self.attended_keys += int(keys.sum())
-        self.causal_keys += int(causal.sum()) * hkv
+        self.attended_keys += attended_keys
+        self.causal_keys += causal_keys
         self.scored_cubes += scored
 
 

@@ -34,6 +34,7 @@ def ask(
     decoder: str = opt.DECODER,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Stop an answer after this many tokens."),
     device: str = opt.DEVICE,
+    kernel: str = opt.KERNEL,
     interactive: bool = typer.Option(False, "--interactive", "-i", help="After the given questions, read more "
                                      "from the terminal (an empty line or Ctrl-D ends)."),
     json_out: bool = opt.JSON,
@@ -58,9 +59,10 @@ def ask(
     if max_new_tokens < 1:
         raise AdasparkError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     check_max_pixels(max_pixels)
+    opt.check_kernel(kernel)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
     decoded = decode_video(video, fps=fps, max_frames=max_frames, backend=decoder)
-    loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense)
+    loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense, kernel=kernel)
     if not quiet:
         if loaded.device.type == "cpu":
             note("running on the CPU (no CUDA GPU visible); long videos will be slow")
@@ -74,6 +76,7 @@ def ask(
         mode = "dense" if dense else (
             f"adaspark cube {'x'.join(map(str, cfg.cube))}, "
             + ("per-layer top-p" if cfg.layer_top_p else f"attn top-p {cfg.attn_top_p}, ffn top-p {cfg.ffn_top_p}")
+            + (", block-sparse kernel" if qa.state.fast_path(loaded.device) else ", exact reference kernel")
         )
         note(f"{decoded.path.name}: {prompt.frames} frames ({decoded.backend}, {decoded.duration:.1f} s video), "
              f"{prompt.video_tokens} video tokens in {prompt.layout.num_cubes} cubes; {mode}; prefilling...")

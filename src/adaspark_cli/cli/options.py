@@ -30,8 +30,19 @@ MAX_PIXELS = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Pixels per f
                           "28x28 px; 448x448 = 16x16 tokens per frame pair).")
 DECODER = typer.Option("auto", "--decoder", help="Video decoder: auto (decord, PyAV if it cannot open the file), "
                        "decord or pyav.")
+KERNEL = typer.Option("auto", "--kernel", help="Sparse attention kernel: auto (block-sparse FlexAttention on CUDA, "
+                      "selecting per 128-token query block; the exact per-token reference elsewhere), reference or "
+                      "blocksparse.")
 JSON = typer.Option(False, "--json", help="Print one JSON object per question on stdout instead of the streamed answer.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No notes or tables on stderr.")
+
+
+def check_kernel(kernel: str) -> None:
+    from ..adapters.qwen2_5_vl import KERNELS
+    from ..errors import ConfigError
+
+    if kernel not in KERNELS:
+        raise ConfigError(f"--kernel {kernel!r} is not one of {', '.join(KERNELS)}")
 
 
 def sparsity_overrides(

@@ -29,6 +29,7 @@ def profile(
     max_pixels: int = opt.MAX_PIXELS,
     decoder: str = opt.DECODER,
     device: str = opt.DEVICE,
+    kernel: str = opt.KERNEL,
     warmup: int = typer.Option(None, "--warmup", help="Untimed runs per mode before timing (the first collects "
                                "the statistics). Default: 3 on CUDA, 1 on the CPU.", show_default=False),
     repeats: int = typer.Option(None, "--repeats", help="Timed runs per mode; the median is reported. Default: 5 "
@@ -55,6 +56,7 @@ def profile(
 
         adaspark profile clip.mp4 --model ./qwen2.5-vl-7b-adaspark --repeats 10 --json > profile.json
     """
+    opt.check_kernel(kernel)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
     if plot is not None:
         plot = check_plot_path(plot)
@@ -62,7 +64,7 @@ def profile(
         bar.stage(f"decoding {video.name}")
         decoded = decode_video(video, fps=fps, max_frames=max_frames, backend=decoder)
         bar.stage("loading the model")
-        loaded = load_video_qa(model, device=device, overrides=overrides)
+        loaded = load_video_qa(model, device=device, overrides=overrides, kernel=kernel)
         bar.stage("preparing the video")
         result = profile_prefill(
             loaded.qa, decoded, question, max_pixels=max_pixels, warmup=warmup, repeats=repeats,

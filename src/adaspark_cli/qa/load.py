@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..adapters.qwen2_5_vl import sparsify
+from ..adapters.qwen2_5_vl import KERNELS, sparsify
 from ..checkpoint import load_model, read_config_json, resolve_model_path
 from ..config import AdaSparkConfig, config_from_checkpoint
 from ..errors import AdasparkError, CheckpointError
@@ -67,20 +67,25 @@ def load_video_qa(
     device: str = "auto",
     overrides: dict[str, Any] | None = None,
     dense: bool = False,
+    kernel: str = "auto",
 ) -> LoadedModel:
     """Load `model` (default: the bundled one), sparsify its language model and return a VideoQA.
 
     The AdaSpark settings are the checkpoint's "adaspark" block if it has one, else the defaults,
     with `overrides` (the fields the user set) applied; `dense` runs the unmodified model (same object, patch bypassed).
+    `kernel`: "auto" (block-sparse on CUDA, exact reference elsewhere), "reference" or "blocksparse".
     """
     name = model or default_model()
     path = resolve_model_path(name)
     block = config_from_checkpoint(read_config_json(path))
     config = (block or AdaSparkConfig()).replace(**(overrides or {}))
+    if kernel not in KERNELS:
+        raise AdasparkError(f"--kernel {kernel!r} is not one of {', '.join(KERNELS)}")
     dev = pick_device(device)
     net, processor = load_model(name, device=dev)
     state = sparsify(net, config)
     state.enabled = not dense
+    state.kernel = kernel
     return LoadedModel(
         qa=VideoQA(net, processor, state),
         path=path,
