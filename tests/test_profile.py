@@ -172,11 +172,11 @@ def test_profile_cli_json_and_plot(runner, clip, tiny_checkpoint, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_profile_cli_tables_on_stdout(runner, clip, tiny_checkpoint):
+def test_profile_cli_tables_on_stderr(runner, clip, tiny_checkpoint):
     res = profile_cli(runner, clip, "--model", tiny_checkpoint, "--cube", "1x2x2", "--fps", "2", "-q")
     assert res.exit_code == 0, res.output
-    assert "density" in res.stdout and "prefill FLOPs" in res.stdout and "CPU time" in res.stdout
-    assert res.stderr == ""
+    assert "density" in res.stderr and "prefill FLOPs" in res.stderr and "CPU time" in res.stderr
+    assert res.stdout == ""
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from ..qa.plot import check_plot_path, plot_profile
 from ..video import decode_video
 from . import options as opt
 from .errors import handle_errors
-from .render import ProgressBar, err_console, note, out_console, profile_summary, profile_tables, write_json
+from .render import ProgressBar, err_console, note, profile_summary, profile_tables, write_json
 
 
 @handle_errors
@@ -76,11 +76,10 @@ def profile(
         plot_profile(report, plot)
     if json_out:
         write_json(report)
-    if not quiet or not json_out:
-        console = err_console if json_out else out_console
+    if not quiet or not json_out:  # tables go to stderr (stdout is for JSON); -q hides them only with --json
         for table in profile_tables(report):
-            console.print(table)
-        console.print(profile_summary(report))
+            err_console.print(table)
+        err_console.print(profile_summary(report))
     if not quiet:
         if loaded.bundled:
             note("the bundled model has random weights: the statistics show the pipeline, not a trained model")
