@@ -10,8 +10,9 @@ from video_factory import corrupt, truncate, write_audio_only, write_garbage, wr
 
 JSON_KEYS = {
     "question", "answer", "mode", "frames", "video_tokens", "cubes", "prefill_seconds", "video_prefill_seconds",
-    "video_prefill_reused", "decode_seconds", "generated_tokens", "stopped", "layers", "flops",
+    "video_prefill_reused", "decode_seconds", "generated_tokens", "stopped", "timing", "layers", "flops",
 }
+TIMING_KEYS = {"decode_s", "preprocess_s", "vision_s", "prefill_s", "first_token_s"}
 LAYER_KEYS = {
     "layer", "sparse", "cubes_total", "cubes_attended_mean", "cubes_attended_min", "cubes_attended_max",
     "attn_density", "ffn_kept", "ffn_total",
@@ -46,6 +47,12 @@ def test_ask_json_several_questions(runner, clip, tiny_checkpoint):
     assert not first["video_prefill_reused"] and second["video_prefill_reused"]
     assert first["flops"]["reduction"] > 0
     assert 1 <= first["generated_tokens"] <= 3
+    for item in (first, second):
+        t = item["timing"]
+        assert set(t) == TIMING_KEYS and all(v >= 0 for v in t.values())
+        assert t["first_token_s"] == pytest.approx(t["decode_s"] + t["preprocess_s"] + t["vision_s"] + t["prefill_s"])
+    assert first["timing"]["decode_s"] > 0 and first["timing"]["vision_s"] > 0
+    assert second["timing"]["decode_s"] == second["timing"]["vision_s"] == 0  # reused: only its own prefill
 
 
 def test_ask_dense_streams_answer_and_table(runner, clip, tiny_checkpoint):

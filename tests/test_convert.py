@@ -31,7 +31,7 @@ from video_factory import write_video
 
 CONFIG = AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.5, ffn_top_p=0.5)
 QUESTION = "what color was the star?"
-TIMING_KEYS = {"prefill_seconds", "video_prefill_seconds", "decode_seconds"}
+TIMING_KEYS = {"prefill_seconds", "video_prefill_seconds", "decode_seconds", "timing"}
 
 
 def synthetic_video(n=8, size=112, seed=0) -> DecodedVideo:

@@ -23,6 +23,7 @@ One JSON object per question, one per line, on stdout. Keys (stable):
 | `prefill_seconds` | this question's prefill time; includes the video prefill unless it was reused |
 | `video_prefill_seconds`, `video_prefill_reused` | the one-off video prefill time, and whether this question reused it |
 | `decode_seconds`, `generated_tokens`, `stopped` | answer decoding; `stopped` is `"eos"` or `"max_new_tokens"` |
+| `timing` | the wait for the first answer token: `decode_s` (video decoding), `preprocess_s` (processor), `vision_s` (vision tower), `prefill_s` (language-model prefill), `first_token_s` (their sum; model loading excluded). A question that reuses the video prefill has only `prefill_s` |
 | `layers[]` | per layer: `layer`, `sparse`, `cubes_total` (cubes available per video query, mean), `cubes_attended_mean`, `cubes_attended_min`, `cubes_attended_max`, `attn_density` (attended keys / causal keys over video queries), `ffn_kept`, `ffn_total` (video tokens through the FFN / all video tokens) |
 | `flops` | `dense` and `sparse` (each `attention`, `ffn`, `rest`, `scoring`, `total`) analytic prefill FLOPs of the whole prompt, and `reduction` (1 - sparse / dense) |
 """

@@ -66,10 +66,15 @@ def layer_table(result: dict[str, Any]) -> Table:
             f"scoring {human_flops(s['scoring'])}): {flops['reduction']:.1%} fewer"
         )
         table.caption_justify = "left"
-    reuse = "reused video prefill" if result["video_prefill_reused"] else f"video prefill {result['video_prefill_seconds']:.2f} s"
-    table.caption = (table.caption or "") + f"\nprefill {result['prefill_seconds']:.2f} s ({reuse}), " + (
-        f"{result['generated_tokens']} tokens in {result['decode_seconds']:.2f} s"
-    )
+    t = result["timing"]
+    if result["video_prefill_reused"]:
+        wait = f"first token after {t['first_token_s']:.2f} s (reused video prefill; question prefill {t['prefill_s']:.2f} s)"
+    else:
+        wait = (
+            f"first token after {t['first_token_s']:.2f} s: decode {t['decode_s']:.2f} s, processor "
+            f"{t['preprocess_s']:.2f} s, vision tower {t['vision_s']:.2f} s, prefill {t['prefill_s']:.2f} s"
+        )
+    table.caption = (table.caption or "") + f"\n{wait}; {result['generated_tokens']} tokens in {result['decode_seconds']:.2f} s"
     return table
 
 

@@ -41,6 +41,8 @@ class VideoPrompt:
     positions: torch.Tensor  # (3, 1, P)
     next_position: int  # first text position after the prefix
     layout: CubeLayout
+    decode_seconds: float = 0.0  # decoding the video file (DecodedVideo.seconds)
+    preprocess_seconds: float = 0.0  # the processor: resize, normalise, patchify, tokenize
 
     @property
     def video_tokens(self) -> int:
@@ -58,7 +60,8 @@ class VideoPrefix:
     prompt: VideoPrompt
     cache: Any
     stats: PrefillStats
-    seconds: float
+    seconds: float  # vision tower + language-model prefill of the prefix
+    vision_seconds: float = 0.0
     uses: int = 0
 
 
@@ -78,6 +81,7 @@ class AnswerResult:
     sparse: bool = True
     stats: PrefillStats = field(default_factory=PrefillStats)
     dims: ModelDims | None = None
+    timing: dict[str, float] = field(default_factory=dict)
 
     def layer_rows(self) -> list[dict[str, Any]]:
         return layer_rows(self.stats)
@@ -103,6 +107,7 @@ class AnswerResult:
             "decode_seconds": self.decode_seconds,
             "generated_tokens": self.generated_tokens,
             "stopped": self.stopped,
+            "timing": self.timing,
             "layers": self.layer_rows(),
             "flops": self.flops(),
         }
@@ -137,6 +142,26 @@ def layer_rows(stats: PrefillStats) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def answer_timing(prefix: VideoPrefix, question_seconds: float, reused: bool) -> dict[str, float]:
+    """Where the wait for the first answer token went, in seconds (model loading excluded).
+
+    decode_s: video decoding; preprocess_s: the processor; vision_s: the vision tower; prefill_s: the
+    language-model prefill (video prefix and question); first_token_s: their sum. A question that
+    reuses the video prefill pays only its own prefill; the other stages are 0.
+    """
+    prompt = prefix.prompt
+    if reused:
+        stages = {"decode_s": 0.0, "preprocess_s": 0.0, "vision_s": 0.0, "prefill_s": question_seconds}
+    else:
+        stages = {
+            "decode_s": prompt.decode_seconds,
+            "preprocess_s": prompt.preprocess_seconds,
+            "vision_s": prefix.vision_seconds,
+            "prefill_s": prefix.seconds - prefix.vision_seconds + question_seconds,
+        }
+    return {**stages, "first_token_s": sum(stages.values())}
 
 
 def question_positions(prompt: VideoPrompt, n: int) -> torch.Tensor:
@@ -196,6 +221,7 @@ class VideoQA:
             frames_indices=[int(i) for i in video.indices],
         )
         frames = np.ascontiguousarray(video.frames)
+        start = time.perf_counter()
         inputs = self.processor(
             text=[self._chat_text(PLACEHOLDER_QUESTION)],
             videos=[frames],
@@ -229,6 +255,8 @@ class VideoQA:
             positions=positions[:, None, :],
             next_position=int(positions.max()) + 1,
             layout=layout,
+            decode_seconds=video.seconds,
+            preprocess_seconds=time.perf_counter() - start,
         )
 
     def question_ids(self, question: str) -> torch.Tensor:
@@ -282,11 +310,33 @@ class VideoQA:
 
         stats = PrefillStats()
         cache = DynamicCache()
+        vision: list[float] = []
+        hooks = self._time_module(self.model.model.visual, vision)
         _sync(self.device)
         start = time.perf_counter()
-        self._forward_prefix(prompt, cache, stats)
+        try:
+            self._forward_prefix(prompt, cache, stats)
+        finally:
+            for hook in hooks:
+                hook.remove()
         _sync(self.device)
-        return VideoPrefix(prompt=prompt, cache=cache, stats=stats, seconds=time.perf_counter() - start)
+        return VideoPrefix(
+            prompt=prompt, cache=cache, stats=stats, seconds=time.perf_counter() - start, vision_seconds=sum(vision)
+        )
+
+    def _time_module(self, module: torch.nn.Module, out: list[float]) -> list[Any]:
+        """Hooks that append the wall time of each call of `module` (synchronised on CUDA) to `out`."""
+        started: list[float] = []
+
+        def before(*_: Any) -> None:
+            _sync(self.device)
+            started.append(time.perf_counter())
+
+        def after(*_: Any) -> None:
+            _sync(self.device)
+            out.append(time.perf_counter() - started.pop())
+
+        return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
 
     @torch.inference_mode()
     def prefill_logits(self, prompt: VideoPrompt, question: str, *, stats: PrefillStats | None = None) -> torch.Tensor:
@@ -341,7 +391,9 @@ class AnswerStream:
         start = time.perf_counter()
         logits = qa._step(ids[None], positions, cache, prompt.length, question_stats)
         _sync(qa.device)
-        res.prefill_seconds = (time.perf_counter() - start) + (0.0 if reused else prefix.seconds)
+        question_seconds = time.perf_counter() - start
+        res.prefill_seconds = question_seconds + (0.0 if reused else prefix.seconds)
+        res.timing = answer_timing(prefix, question_seconds, reused)
         res.stats = prefix.stats.merged_with(question_stats)
         tokenizer = qa.processor.tokenizer
         generated: list[int] = []

@@ -16,9 +16,11 @@ intact files; PyAV is the fallback and the low-memory choice (backend="pyav").
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ class DecodedVideo:
     total_frames: int
     duration: float  # seconds
     backend: str  # "decord" or "pyav"
+    seconds: float = 0.0  # wall time decode_video took
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,6 +99,12 @@ def decode_video(
     backend: "decord", "pyav", or "auto" (tries ``AUTO_ORDER`` and falls back to the next backend
     when one cannot open or read the file). Every failure is a one-line ``VideoError``.
     """
+    start = time.perf_counter()
+    video = _decode(path, fps=fps, max_frames=max_frames, backend=backend)
+    return dataclasses.replace(video, seconds=time.perf_counter() - start)
+
+
+def _decode(path: str | Path, *, fps: float, max_frames: int, backend: str) -> DecodedVideo:
     _check_fps(fps)
     _check_max_frames(max_frames)
     if not isinstance(backend, str) or backend not in BACKENDS:
