@@ -5,7 +5,8 @@
 For a tiny (hidden 64, 2 layers) and a medium (hidden 512, head_dim 128, 4 layers) random
 Qwen2.5-VL in bf16 on CUDA, with a random video: first-token logits at p = 1 against --dense for the
 reference and the block-sparse kernel, and at p = 0.5 the statistics and prefill time of dense,
-reference and block-sparse. Random weights: the numbers check correctness and plumbing, not the
+reference and block-sparse; then `profile_prefill` on the medium model (CUDA timing and memory).
+Random weights: the numbers check correctness and plumbing, not the
 speed of a real model (see bench_prefill.py for 7B shapes). Exits non-zero on a failed check.
 """
 
@@ -47,7 +48,7 @@ def run(qa: VideoQA, video: DecodedVideo) -> tuple[torch.Tensor, dict, float]:
     return seen["logits"], stream.result.to_json(), prefix.seconds
 
 
-def check(name: str, hidden: int, layers: int, frames: int) -> bool:
+def check(name: str, hidden: int, layers: int, frames: int, *, profile: bool = False) -> bool:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(frames, 448, 448, 3), dtype=np.uint8)
     idx = np.arange(frames) * 4
@@ -81,6 +82,19 @@ def check(name: str, hidden: int, layers: int, frames: int) -> bool:
             f"{layer0['attn_density']:.3f}, cubes {layer0['cubes_attended_mean']:.1f}/{layer0['cubes_total']:.1f}, "
             f"FFN {layer0['ffn_kept']}/{layer0['ffn_total']}"
         )
+    if profile:
+        from adaspark_cli.qa import profile_prefill
+
+        state.kernel = "auto"
+        state.config = AdaSparkConfig(attn_top_p=0.5, ffn_top_p=0.5)
+        report = profile_prefill(qa, video, max_pixels=448 * 448).to_json()
+        t, m, f = report["time"], report["memory"], report["fidelity"]
+        print(
+            f"  profile (auto kernel, p=0.5): dense {t['dense_s'] * 1e3:.1f} ms, adaspark {t['sparse_s'] * 1e3:.1f} ms "
+            f"({t['speedup']:.2f}x, {t['clock']}, {t['warmup']} warm-up + {t['repeats']} repeats); memory "
+            f"{m['dense_bytes'] / 2**20:.0f} / {m['sparse_bytes'] / 2**20:.0f} MiB ({m['measure']}); KL {f['kl']:.2e}, "
+            f"top-1 agreement {f['top1_agreement']:.2f}; FLOPs -{report['flops']['reduction']:.1%}"
+        )
     del model
     torch.cuda.empty_cache()
     return ok
@@ -90,7 +104,7 @@ def main() -> int:
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}")
     t = time.perf_counter()
-    ok = check("tiny", 64, 2, 64) and check("medium", 512, 4, 128)
+    ok = check("tiny", 64, 2, 64) and check("medium", 512, 4, 128, profile=True)
     print(f"\n{'OK' if ok else 'FAILED'} in {time.perf_counter() - t:.0f} s")
     return 0 if ok else 1
 
