@@ -2,5 +2,16 @@
 
 from .positions import mrope_position_ids
 from .qwen2_5_vl import SparseState, adaspark_attention, sparse_state, sparsify, unsparsify
+from .vision import fast_vision, restore_vision, vision_state
 
-__all__ = ["SparseState", "adaspark_attention", "mrope_position_ids", "sparse_state", "sparsify", "unsparsify"]
+__all__ = [
+    "SparseState",
+    "adaspark_attention",
+    "fast_vision",
+    "mrope_position_ids",
+    "restore_vision",
+    "sparse_state",
+    "sparsify",
+    "unsparsify",
+    "vision_state",
+]

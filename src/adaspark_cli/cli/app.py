@@ -7,6 +7,7 @@ import typer
 from .. import __version__
 from .ask import ask
 from .convert import convert
+from .eval import eval_command
 from .profile import profile
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ def root(
 app.command("ask")(ask)
 app.command("profile")(profile)
 app.command("convert")(convert)
+app.command("eval")(eval_command)
 
 
 def main() -> None:

@@ -78,9 +78,6 @@ def layer_table(result: dict[str, Any]) -> Table:
     return table
 
 
-out_console = Console(highlight=False)
-
-
 def human_bytes(value: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(value) < 1024 or unit == "GiB":

@@ -1,0 +1,170 @@
+"""Synthetic long-video QA generator: determinism, answers recomputed from the drawn pixels, suites on disk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from adaspark_cli.synth import (
+    ANSWER_VOCAB,
+    COLORS,
+    TASKS,
+    make_suite,
+    needle_duration,
+    normalize_answer,
+    question_answer,
+    read_suite,
+    render_frames,
+    sample_scene,
+    write_suite,
+)
+from adaspark_cli.synth.scene import PALETTE, motion_duration
+from adaspark_cli.video import decode_video
+
+
+def _shape_ids(scene, shape):
+    base = len(scene.distractors)
+    return [base + i for i, n in enumerate(scene.needles) if n.shape == shape]
+
+
+def _visible(ids, obj_ids):
+    """(N,) bool: frames where any pixel of one of obj_ids is drawn."""
+    return np.isin(ids, obj_ids).reshape(ids.shape[0], -1).any(axis=1)
+
+
+def _runs(flags):
+    """Number of maximal runs of True."""
+    f = np.concatenate([[False], flags])
+    return int(((~f[:-1]) & f[1:]).sum())
+
+
+def answer_from_pixels(scene) -> str:
+    """Recompute the answer from the rendered frames and the object-id map alone."""
+    frames, ids = render_frames(scene, with_ids=True)
+    if scene.task == "retrieval":
+        mask = np.isin(ids, _shape_ids(scene, scene.target[0]))
+        rgb = frames[mask].astype(np.int64)
+        mean = rgb.mean(axis=0)
+        return min(COLORS, key=lambda c: float(np.sum((np.array(PALETTE[c]) - mean) ** 2)))
+    if scene.task == "ordering":
+        first = {s: int(np.argmax(_visible(ids, _shape_ids(scene, s)))) for s in scene.target}
+        return min(first, key=first.__getitem__)
+    if scene.task == "counting":
+        return str(_runs(_visible(ids, _shape_ids(scene, scene.target[0]))))
+    ball = _shape_ids(scene, "ball")
+    frames_on = np.nonzero(_visible(ids, ball))[0]
+
+    def centroid(t):
+        ys, xs = np.nonzero(np.isin(ids[t], ball))
+        return xs.mean(), ys.mean()
+
+    (x0, y0), (x1, y1) = centroid(frames_on[0]), centroid(frames_on[-1])
+    dx, dy = x1 - x0, y1 - y0
+    if abs(dx) >= abs(dy):
+        return "right" if dx > 0 else "left"
+    return "down" if dy > 0 else "up"
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("n_frames", [16, 64, 128])
+def test_answer_recomputed_from_the_drawn_scene(task, n_frames):
+    for seed in range(6):
+        for depth in (0.0, 0.5, 1.0):
+            scene = sample_scene(task, n_frames, depth, seed)
+            q, a = question_answer(scene)
+            assert a in ANSWER_VOCAB
+            assert q.endswith(("?", ".")) and scene.target[0] in q
+            assert answer_from_pixels(scene) == a, (task, n_frames, depth, seed, q, a)
+
+
+def test_same_seed_same_scene_and_frames():
+    for task in TASKS:
+        a, b = sample_scene(task, 64, 0.3, 42), sample_scene(task, 64, 0.3, 42)
+        assert a == b
+        np.testing.assert_array_equal(render_frames(a), render_frames(b))
+        assert sample_scene(task, 64, 0.3, 43) != a
+
+
+def test_scene_round_trips_through_json():
+    scene = sample_scene("ordering", 256, 0.7, 5)
+    assert type(scene).from_dict(json.loads(json.dumps(scene.to_dict()))) == scene
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_long_scene_depth_is_controlled(task, depth):
+    """1024 frames: the (first) needle starts at the requested depth (within one slot); only a window is drawn."""
+    n = 1024
+    scene = sample_scene(task, n, depth, 9)
+    first = scene.needles[0]
+    if task == "motion":
+        assert abs(first.start - depth * (n - motion_duration(n))) <= 1
+    elif task == "retrieval":
+        target = [x for x in scene.needles if x.shape == scene.target[0]][0]
+        assert abs(target.start / n - depth) <= 2 * 2 * needle_duration(n) / n + 1e-9
+    else:
+        assert first.start / n <= depth + 4 * 2 * needle_duration(n) / n
+    frames = render_frames(scene, first.start, first.end)
+    assert frames.shape == (first.end - first.start, 112, 112, 3)
+
+
+def test_counting_appearances_are_separated_by_an_empty_frame_pair():
+    for seed in range(20):
+        scene = sample_scene("counting", 64, 0.2, seed)
+        spans = sorted((n.start, n.end) for n in scene.needles)
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            empty = set(range(end, start))
+            assert any(f in empty and f + 1 in empty for f in range(0, 64, 2)), spans
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="unknown task"):
+        sample_scene("colour", 16, 0.5, 0)
+    with pytest.raises(ValueError, match="n_frames"):
+        sample_scene("retrieval", 8, 0.5, 0)
+    with pytest.raises(ValueError, match="depth"):
+        sample_scene("retrieval", 16, 1.5, 0)
+
+
+def test_normalize_answer():
+    assert normalize_answer("The STAR.") == "star"
+    assert normalize_answer("It moved to the left") == "left"
+    assert normalize_answer(" Three ") == "3"
+    assert normalize_answer("circle") == "ball"
+    assert normalize_answer("") == ""
+
+
+def test_suite_grid_and_every_task_present():
+    suite = make_suite(3, lengths=(16, 1024), depths=(0.1, 0.9), per_cell=2)
+    assert len(suite.items) == 4 * 2 * 2 * 2
+    assert {i.task for i in suite.items} == set(TASKS)
+    assert {i.n_frames for i in suite.items} == {16, 1024}
+    assert len({i.id for i in suite.items}) == len(suite.items)
+    assert make_suite(3, lengths=(16, 1024), depths=(0.1, 0.9), per_cell=2) == suite
+    assert make_suite(4, lengths=(16, 1024), depths=(0.1, 0.9), per_cell=2) != suite
+
+
+def test_written_suite_is_deterministic_and_decodes(tmp_path):
+    suite = make_suite(1, lengths=(16,), depths=(0.5,))
+    a = write_suite(suite, tmp_path / "a")
+    b = write_suite(suite, tmp_path / "b")
+    assert (tmp_path / "a" / "suite.json").read_text() == (tmp_path / "b" / "suite.json").read_text()
+    back = read_suite(tmp_path / "a")
+    assert back.items == a.items and back.items[0].video.endswith(".mp4")
+    for item in a.items:
+        assert a.video_path(item).read_bytes() == b.video_path(item).read_bytes()
+        video = decode_video(a.video_path(item), fps=suite.fps, max_frames=1024, backend="pyav")
+        assert video.frames.shape == (16, 112, 112, 3)
+        drawn = render_frames(item.scene())
+        err = np.abs(video.frames.astype(np.int16) - drawn.astype(np.int16))
+        assert err.mean() < 4.0  # H.264 at crf 16: close to the drawn frames
+
+
+def test_read_suite_errors(tmp_path):
+    with pytest.raises(ValueError, match="no suite manifest"):
+        read_suite(tmp_path)
+    (tmp_path / "suite.json").write_text("{\"format\": \"other\"}")
+    with pytest.raises(ValueError, match="not an adaspark suite"):
+        read_suite(tmp_path)
