@@ -2,7 +2,8 @@
 
     PYTHONPATH=src python benchmarks/check_cuda_session.py
 
-For a tiny (hidden 64, 2 layers) and a medium (hidden 512, head_dim 128, 4 layers) random
+With the stock and then the fast vision tower (adapters.vision.fast_vision, as `ask` uses on
+CUDA). For a tiny (hidden 64, 2 layers) and a medium (hidden 512, head_dim 128, 4 layers) random
 Qwen2.5-VL in bf16 on CUDA, with a random video: first-token logits at p = 1 against --dense for the
 reference and the block-sparse kernel, and at p = 0.5 the statistics and prefill time of dense,
 reference and block-sparse; then `profile_prefill` on the medium model (CUDA timing and memory).
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 import transformers
 
-from adaspark_cli.adapters import sparsify
+from adaspark_cli.adapters import fast_vision, sparsify, vision_state
 from adaspark_cli.checkpoint import build_tiny_checkpoint, load_model
 from adaspark_cli.config import AdaSparkConfig
 from adaspark_cli.qa import VideoQA
@@ -59,11 +60,15 @@ def check(name: str, hidden: int, layers: int, frames: int, *, profile: bool = F
     state = sparsify(model, AdaSparkConfig(attn_top_p=1.0, ffn_top_p=1.0))
     qa = VideoQA(model, processor, state)
     state.enabled = False
+    stock_dense, _, stock_s = run(qa, video)
+    fast_vision(model)  # what load_video_qa does on CUDA; everything below runs with it
     dense, dense_res, dense_s = run(qa, video)
     state.enabled = True
-    ok = True
+    vision_diff = (stock_dense - dense).abs().max().item()
+    ok = vision_diff <= 2e-2 * max(1.0, stock_dense.abs().max().item())
     print(f"\n{name}: hidden {hidden}, {layers} layers, {dense_res['video_tokens']} video tokens, {dense_res['cubes']} cubes")
-    print(f"  dense prefill {dense_s * 1e3:.1f} ms")
+    print(f"  dense prefill {stock_s * 1e3:.1f} ms with the stock vision tower, {dense_s * 1e3:.1f} ms with fast_vision "
+          f"({vision_diff:.2e} max logit diff, {vision_state(model).last_backend}) {'ok' if ok else 'FAILED'}")
     for kernel in ("reference", "blocksparse"):
         state.kernel = kernel
         state.config = AdaSparkConfig(attn_top_p=1.0, ffn_top_p=1.0)
