@@ -51,3 +51,18 @@ def _offline_hf_and_seed(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2.5-VL checkpoint (seed 0, default sizes), built once per session; treat as read-only."""
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
+
+
+@pytest.fixture(scope="session")
+def runner():
+    from typer.testing import CliRunner
+
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2 s, 8 fps, 112x112 H.264 clip written with PyAV."""
+    from video_factory import write_video
+
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", n_frames=16, fps=8.0, width=112, height=112)

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 from adaspark_cli.cli.app import app
 from video_factory import corrupt, truncate, write_audio_only, write_garbage, write_text, write_video
@@ -20,12 +19,7 @@ LAYER_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def runner():
-    return CliRunner()
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
+def clip(tmp_path_factory):  # longer than conftest's: 4 s, so --max-frames 8 takes 8 frames
     return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", n_frames=48, fps=12.0, width=112, height=112)
 
 

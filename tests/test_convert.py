@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 from adaspark_cli.adapters import sparsify
 from adaspark_cli.checkpoint import convert as convert_mod
@@ -27,7 +26,6 @@ from adaspark_cli.qa import VideoQA, calibrate, calibrate_per_layer, load_video_
 from adaspark_cli.qa.calibrate import LayerChoice, solve_per_layer
 from adaspark_cli.stats import PrefillStats, prefill_flops
 from adaspark_cli.video import DecodedVideo
-from video_factory import write_video
 
 CONFIG = AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.5, ffn_top_p=0.5)
 QUESTION = "what color was the star?"
@@ -427,16 +425,6 @@ def test_per_layer_calibration_reaches_its_target(calib_qa):
 
 
 # --- CLI ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def runner():
-    return CliRunner()
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", n_frames=16, fps=8.0, width=112, height=112)
 
 
 def convert_cli(runner, *args):

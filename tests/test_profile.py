@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from adaspark_cli.cli.app import app
 from adaspark_cli.errors import AdasparkError
 from adaspark_cli.qa import load_video_qa, logit_fidelity, profile_prefill
 from adaspark_cli.stats import layer_flops, prefill_flops
 from adaspark_cli.video import DecodedVideo
-from video_factory import write_video
 
 QUESTION = "what color was the star?"
 TOP_KEYS = {"question", "frames", "video_tokens", "cubes", "device", "dtype", "config", "layers", "flops", "time",
@@ -142,16 +140,6 @@ def test_profile_bad_arguments(loaded, kwargs, match):
 
 
 # --- CLI ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def runner():
-    return CliRunner()
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", n_frames=16, fps=8.0, width=112, height=112)
 
 
 def profile_cli(runner, *args):
