@@ -240,14 +240,45 @@ def test_decode_accepts_str_path(make_video) -> None:
 # backend "auto"
 
 
-def test_auto_prefers_first_backend_in_auto_order(make_video) -> None:
-    path = make_video(codec="h264", fps=24.0, n_frames=48, width=96, height=64)
-    assert decode_mod.AUTO_ORDER[0] == "decord" and set(decode_mod.AUTO_ORDER) == set(DECODERS)
+def test_auto_reads_sequentially_when_wanted_frames_share_keyframe_intervals(make_video) -> None:
+    path = make_video(codec="h264", fps=24.0, n_frames=48, width=96, height=64)  # one keyframe (x264's g=250)
     assert BACKENDS == ("auto", "decord", "pyav")
-    assert decode_video(path).backend == "decord"
+    assert decode_mod._probe(path).keyframe_interval is None
+    assert decode_video(path).backend == "pyav"
 
 
-def test_auto_falls_back_to_pyav_when_decord_cannot_open(make_video, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_seeks_when_wanted_frames_are_keyframe_intervals_apart(make_video) -> None:
+    path = make_video(codec="h264", fps=24.0, n_frames=96, width=96, height=64, gop=8)
+    assert decode_mod._probe(path).keyframe_interval == 8
+    video = decode_video(path, fps=0.5)  # 2 frames, 48 apart > 2 x 8
+    assert video.backend == "decord" and video.indices.tolist() == [24, 72]
+    _assert_matches_source(video, width=96, height=64)
+    assert decode_video(path, fps=4.0).backend == "pyav"  # 16 frames, 6 apart: sequential
+
+
+@pytest.mark.parametrize(
+    "expected,interval,wanted,first",
+    [
+        pytest.param(18000, 250, 256, "pyav", id="10-min-256-frames"),
+        pytest.param(1800, 30, 16, "decord", id="1-min-16-frames-1s-gop"),
+        pytest.param(1800, None, 16, "pyav", id="no-second-keyframe"),
+        pytest.param(None, 30, 0, "pyav", id="unknown-length"),
+    ],
+)
+def test_auto_order_decision(expected, interval, wanted, first) -> None:
+    probe = decode_mod._Probe(fps=30.0, header_frames=expected or 0, expected_frames=expected,
+                              pixel_format_known=True, keyframe_interval=interval)
+    order = decode_mod.auto_order(probe, wanted)
+    assert order[0] == first and set(order) == set(DECODERS)
+
+
+@pytest.fixture
+def decord_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback tests start from decord whatever the file's keyframes say."""
+    monkeypatch.setattr(decode_mod, "auto_order", lambda probe, wanted: ("decord", "pyav"))
+
+
+def test_auto_falls_back_to_pyav_when_decord_cannot_open(make_video, decord_first, monkeypatch: pytest.MonkeyPatch) -> None:
     path = make_video(codec="h264", fps=24.0, n_frames=48, width=96, height=64)
 
     def broken_open(_path: Path):
@@ -264,7 +295,7 @@ def test_auto_falls_back_to_pyav_when_decord_cannot_open(make_video, monkeypatch
     assert "decord cannot open" in _single_line(exc)
 
 
-def test_auto_falls_back_to_pyav_when_decord_cannot_read(make_video, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_falls_back_to_pyav_when_decord_cannot_read(make_video, decord_first, monkeypatch: pytest.MonkeyPatch) -> None:
     path = make_video(codec="vp9", fps=24.0, n_frames=48, width=96, height=64)
     decord = decode_mod._import_decord()
 
@@ -283,7 +314,7 @@ def test_auto_falls_back_to_pyav_when_decord_cannot_read(make_video, monkeypatch
     assert "corrupt" in message and "Error sending packet" in message and ".cc:" not in message
 
 
-def test_auto_uses_pyav_when_decord_is_not_installed(make_video, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_uses_pyav_when_decord_is_not_installed(make_video, decord_first, monkeypatch: pytest.MonkeyPatch) -> None:
     path = make_video(codec="h264", fps=24.0, n_frames=48, width=96, height=64)
 
     def no_decord():

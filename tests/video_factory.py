@@ -76,6 +76,7 @@ def write_video(
     height: int = 64,
     pattern: str = "gradient",
     faststart: bool = False,
+    gop: int | None = None,
 ) -> Path:
     """Encode ``n_frames`` pattern frames with PyAV; returns the path (suffix fixed by ``codec``).
 
@@ -83,7 +84,8 @@ def write_video(
     take odd sizes. ``fps`` may be fractional (29.97 is stored as 30000/1001). ``n_frames=0`` writes
     a container whose video stream has no frames (only .avi keeps such a stream visible: FFmpeg
     drops an empty mp4 track and cannot reopen an empty webm). ``faststart`` (mp4 only) puts the index
-    before the data, so a truncated copy still opens and claims the full frame count.
+    before the data, so a truncated copy still opens and claims the full frame count. ``gop`` (h264
+    only) puts a keyframe every ``gop`` frames.
     """
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; use one of {sorted(CODECS)}")
@@ -101,6 +103,8 @@ def write_video(
         stream.time_base = 1 / rate
         if codec == "h264":
             stream.options = {"crf": "18", "preset": "veryfast"}
+            if gop is not None:  # a keyframe every `gop` frames exactly
+                stream.options = {**stream.options, "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
         elif codec == "vp9":
             stream.options = {"crf": "20", "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
         else:
