@@ -221,6 +221,9 @@ class VideoQA:
             frames_indices=[int(i) for i in video.indices],
         )
         frames = np.ascontiguousarray(video.frames)
+        # qwen-vl-utils (the reference preprocessing) also caps the video's total tokens; transformers
+        # 5.17-5.2x apply that only when asked, and warn when not told either way
+        cap = {"cap_pixels_per_frame": True} if hasattr(self.processor.video_processor, "cap_pixels_per_frame") else {}
         start = time.perf_counter()
         inputs = self.processor(
             text=[self._chat_text(PLACEHOLDER_QUESTION)],
@@ -229,6 +232,7 @@ class VideoQA:
             do_sample_frames=False,
             size={"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels},
             return_tensors="pt",
+            **cap,
         )
         ids = inputs["input_ids"][0]
         vision_end = self.model.config.vision_end_token_id
