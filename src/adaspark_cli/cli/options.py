@@ -27,7 +27,8 @@ LAYERS = typer.Option(None, "--layers", help="Sparse layers: 'all' or e.g. '4-27
 FPS = typer.Option(2.0, "--fps", help="Frames sampled per second of video.")
 MAX_FRAMES = typer.Option(256, "--max-frames", help="At most this many frames, spread over the whole video.")
 MAX_PIXELS = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Pixels per frame after resizing (multiples of "
-                          "28x28 px; 448x448 = 16x16 tokens per frame pair).")
+                          "28x28 px; 448x448 = 16x16 tokens per frame pair). As in qwen-vl-utils, a very long video "
+                          "also gets at most ~115K video tokens in all.")
 DECODER = typer.Option("auto", "--decoder", help="Video decoder: auto (decord where seeking to keyframes pays, else "
                        "PyAV reading sequentially; each falls back to the other), decord or pyav.")
 KERNEL = typer.Option("auto", "--kernel", help="Sparse attention kernel: auto (block-sparse FlexAttention on CUDA, "
