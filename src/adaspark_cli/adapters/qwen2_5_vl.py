@@ -23,7 +23,7 @@ from ..attention.blocksparse import adas_attention_blocksparse, record_blockspar
 from ..attention.reference import adas_attention_reference
 from ..config import AdaSparkConfig
 from ..cubes import CubeLayout
-from ..errors import AdasparkError, CheckpointError
+from ..errors import AdasparkError, CheckpointError, ConfigError
 from ..ffn.fast import adas_ffn_auto
 from ..ffn.reference import adas_ffn_gathered
 from ..stats.collect import PrefillStats
@@ -32,6 +32,12 @@ ATTN_NAME = "adaspark"
 KERNELS = ("auto", "reference", "blocksparse")
 STATE_ATTR = "adaspark_state"
 SUPPORTED_CLASSES = ("Qwen2_5_VLForConditionalGeneration",)
+
+
+def check_kernel(kernel: str) -> None:
+    """Raise ConfigError unless `kernel` is one of KERNELS (the --kernel choices)."""
+    if kernel not in KERNELS:
+        raise ConfigError(f"unknown attention kernel {kernel!r}; use --kernel {', '.join(KERNELS)}")
 
 
 class SparseState:
@@ -51,8 +57,7 @@ class SparseState:
 
     def fast_path(self, device: torch.device) -> bool:
         """Whether prefill takes the block-sparse attention and block FFN ("auto": on CUDA only)."""
-        if self.kernel not in KERNELS:
-            raise AdasparkError(f"unknown attention kernel {self.kernel!r}; use one of {', '.join(KERNELS)}")
+        check_kernel(self.kernel)
         return self.kernel == "blocksparse" or (self.kernel == "auto" and device.type == "cuda")
 
     def layer_is_sparse(self, layer_idx: int) -> bool:

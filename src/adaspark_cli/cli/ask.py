@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from ..adapters.qwen2_5_vl import check_kernel
 from ..errors import AdasparkError
 from ..qa import load_video_qa
 from ..qa.session import check_max_pixels
@@ -59,7 +60,7 @@ def ask(
     if max_new_tokens < 1:
         raise AdasparkError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     check_max_pixels(max_pixels)
-    opt.check_kernel(kernel)
+    check_kernel(kernel)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
     decoded = decode_video(video, fps=fps, max_frames=max_frames, backend=decoder)
     loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense, kernel=kernel)

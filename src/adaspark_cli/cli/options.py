@@ -38,14 +38,6 @@ JSON = typer.Option(False, "--json", help="Print one JSON object per question on
 QUIET = typer.Option(False, "--quiet", "-q", help="No notes or tables on stderr.")
 
 
-def check_kernel(kernel: str) -> None:
-    from ..adapters.qwen2_5_vl import KERNELS
-    from ..errors import ConfigError
-
-    if kernel not in KERNELS:
-        raise ConfigError(f"--kernel {kernel!r} is not one of {', '.join(KERNELS)}")
-
-
 def sparsity_overrides(
     cube: str | None, top_p: float | None, attn_top_p: float | None, ffn_top_p: float | None, layers: str | None
 ) -> dict[str, Any]:

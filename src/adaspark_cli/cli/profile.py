@@ -9,6 +9,7 @@ import typer
 from ..qa import DEFAULT_QUESTION, load_video_qa, profile_prefill
 from ..qa.plot import check_plot_path, plot_profile
 from ..video import decode_video
+from ..adapters.qwen2_5_vl import check_kernel
 from . import options as opt
 from .errors import handle_errors
 from .render import ProgressBar, err_console, note, profile_summary, profile_tables, write_json
@@ -56,7 +57,7 @@ def profile(
 
         adaspark profile clip.mp4 --model ./qwen2.5-vl-7b-adaspark --repeats 10 --json > profile.json
     """
-    opt.check_kernel(kernel)
+    check_kernel(kernel)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
     if plot is not None:
         plot = check_plot_path(plot)

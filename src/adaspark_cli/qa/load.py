@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..adapters.qwen2_5_vl import KERNELS, sparsify
+from ..adapters.qwen2_5_vl import check_kernel, sparsify
 from ..adapters.vision import fast_vision
 from ..checkpoint import load_model, read_config_json, resolve_model_path
 from ..config import AdaSparkConfig, config_from_checkpoint
@@ -80,8 +80,7 @@ def load_video_qa(
     path = resolve_model_path(name)
     block = config_from_checkpoint(read_config_json(path))
     config = (block or AdaSparkConfig()).replace(**(overrides or {}))
-    if kernel not in KERNELS:
-        raise AdasparkError(f"--kernel {kernel!r} is not one of {', '.join(KERNELS)}")
+    check_kernel(kernel)
     dev = pick_device(device)
     net, processor = load_model(name, device=dev)
     state = sparsify(net, config)

@@ -317,6 +317,15 @@ def _slack(expected: int) -> int:
     return max(_MIN_SLACK_FRAMES, int(expected * _SLACK_FRACTION))
 
 
+def _check_frame_count(path: Path, probe: _Probe, counted: int) -> None:
+    """Frames counted from packets: none is an empty stream, fewer than the header promises is a cut file."""
+    if counted < 1:
+        raise _no_frames(path, probe.expected_frames)
+    expected = probe.expected_frames
+    if expected is not None and counted < expected - _slack(expected):
+        raise _truncated(path, expected, counted)
+
+
 def _truncated(path: Path, expected: int, found: int) -> VideoError:
     return _error(
         f"video is truncated or corrupt: {path} (header says {expected} frames, only {found} readable);"
@@ -380,13 +389,8 @@ def _decode_decord(path: Path, probe: _Probe, *, fps: float, max_frames: int) ->
             raise _no_frames(path, probe.expected_frames) from exc
         raise _error(f"decord cannot open {path} ({_reason(exc)}); try backend='pyav' or re-encode the video") from exc
     try:
-        total = len(reader)
-        if total < 1:
-            raise _no_frames(path, probe.expected_frames)
-        expected = probe.expected_frames
-        # decord counts packets when it opens the file: fewer than the header promises = cut short
-        if expected is not None and total < expected - _slack(expected):
-            raise _truncated(path, expected, total)
+        total = len(reader)  # decord counts packets when it opens the file
+        _check_frame_count(path, probe, total)
         indices = sample_indices(total, probe.fps, fps=fps, max_frames=max_frames)
         batch = reader.get_batch(indices.tolist())
         frames = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)  # decord bridge may be torch
@@ -425,11 +429,7 @@ def _decode_pyav(path: Path, probe: _Probe, *, fps: float, max_frames: int) -> D
             raise _error(f"video is corrupt: cannot read {path} ({_reason(exc)}); re-download or re-encode it") from exc
         finally:
             container.close()
-        if total < 1:
-            raise _no_frames(path, probe.expected_frames)
-        expected = probe.expected_frames
-        if expected is not None and total < expected - _slack(expected):
-            raise _truncated(path, expected, total)
+        _check_frame_count(path, probe, total)
     indices = sample_indices(total, probe.fps, fps=fps, max_frames=max_frames)
     frames, decoded = _read_frames(path, indices)
     if frames is None:
