@@ -159,3 +159,34 @@ def test_fast_vision_in_training_matches_the_stock_loop():
     for (out_a, grad_a), (out_b, grad_b) in zip(stock, new):
         torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(grad_a, grad_b, rtol=1e-4, atol=1e-6)
+
+
+def test_raw_frame_batches_give_the_same_model_inputs(tiny):
+    from adaspark_cli.synth.train import collate, model_inputs
+
+    _, _, encoder = tiny
+    examples = _examples(encoder, n=3, frames=16) + [
+        encoder.encode(render_frames(sample_scene("motion", 17, 0.5, 9)), "x?", "left")]  # odd: last frame repeated
+    pad = encoder.tok.pad_token_id
+    ref = collate(examples, pad)
+    raw = collate(examples, pad, raw_frames=True)
+    assert raw["frames"].dtype == torch.uint8 and "pixel_values_videos" not in raw
+    got = model_inputs(raw, torch.device("cpu"))
+    assert set(got) == set(ref)
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-6)
+
+
+def test_a_non_finite_gradient_skips_the_step():
+    from adaspark_cli.synth.train import _clipped_step
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.tensor([[1.0, float("inf"), 0.0]])).sum().backward()
+    assert not _clipped_step(model, opt)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    assert _clipped_step(model, opt)
+    assert not torch.equal(before[0], model.weight)

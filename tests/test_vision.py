@@ -106,6 +106,27 @@ def test_gradients_match_stock(model):
         assert float((f - s).norm() / s.norm()) < 1e-5
 
 
+def test_autocast_training_runs_in_the_autocast_dtype(model):
+    """Training keeps float32 weights under bf16 autocast: the fast tower then computes in bf16 (so CUDA can
+    take varlen attention) and stays within bf16 tolerance of the stock tower under the same autocast."""
+    tower = vision_tower(model)
+    x, grid_thw = pixels(tower, [(2, 10, 14)])
+
+    def out():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return tower(x, grid_thw=grid_thw, return_dict=True).pooler_output
+
+    stock = out()
+    fast_vision(model)
+    try:
+        fast = out()
+        state = vision_state(model)
+    finally:
+        restore_vision(model)
+    assert fast.dtype == torch.bfloat16 and state.last_backend == "masked"
+    assert float((fast.float() - stock.float()).norm() / stock.float().norm()) < 3e-2
+
+
 def test_index_work_is_cached_per_grid(model):
     tower = vision_tower(model)
     fast_vision(model)

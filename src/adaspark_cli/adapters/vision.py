@@ -282,9 +282,10 @@ def fast_vision_forward(self: nn.Module, hidden_states: torch.Tensor, grid_thw: 
     unit = plan.seq_len // plan.window_index.numel()
     x = x.reshape(-1, unit * x.shape[-1])[plan.window_index].reshape(plan.seq_len, -1)
 
-    backend = state.choose_backend(device, dtype, plan.seq_len)
+    compute = _compute_dtype(device, dtype)
+    backend = state.choose_backend(device, compute, plan.seq_len)
     state.last_backend = backend
-    cos, sin = plan.rope(dtype)
+    cos, sin = plan.rope(compute)
     full_blocks = set(self.fullatt_block_indexes)
     for i, block in enumerate(self.blocks):
         segments = plan.full if i in full_blocks else plan.window
@@ -295,6 +296,14 @@ def fast_vision_forward(self: nn.Module, hidden_states: torch.Tensor, grid_thw: 
     merged = self.merger(x)[plan.reverse_index]
     out = BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=merged)
     return out if return_dict else out.to_tuple()
+
+
+def _compute_dtype(device: torch.device, weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the blocks really run in: autocast's where it is on (training keeps float32 weights and
+    autocasts to bf16, so the tower's activations are bf16 and varlen attention applies)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return weight_dtype
 
 
 def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -86,11 +86,12 @@ class Scene:
     distractors: tuple[Track, ...]
     needles: tuple[Track, ...]
     target: tuple[str, ...] = field(default=())  # shapes the question names
+    hold: int | None = None  # frames a needle stays on screen, where a training curriculum overrides the default
 
     @property
     def needle_frames(self) -> int:
         """Frames a retrieval/ordering/counting needle stays on screen."""
-        return needle_duration(self.n_frames)
+        return self.hold or needle_duration(self.n_frames)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,10 +139,17 @@ def check_args(task: str, n_frames: int, depth: float, size: tuple[int, int]) ->
 
 
 def sample_scene(
-    task: str, n_frames: int, depth: float, seed: int, *, size: tuple[int, int] = (112, 112), fps: float = 2.0
+    task: str, n_frames: int, depth: float, seed: int, *, size: tuple[int, int] = (112, 112), fps: float = 2.0,
+    hold: int | None = None,
 ) -> Scene:
-    """Draw the scene of one item. ``size`` is (width, height); ``depth`` places the (first) needle."""
+    """Draw the scene of one item. ``size`` is (width, height); ``depth`` places the (first) needle.
+
+    ``hold`` (training curriculum only; held-out suites never set it): needles stay on screen this many
+    frames (an even number, at most n_frames / 4) instead of `needle_duration`, the moving ball at least as
+    long: a needle filling more of a short video gives the first training steps a stronger signal."""
     check_args(task, n_frames, depth, size)
+    if hold is not None and not (isinstance(hold, int) and hold >= 2 and hold % 2 == 0 and 4 * hold <= n_frames):
+        raise ValueError(f"hold must be an even number of frames in 2..{n_frames // 4}, got {hold!r}")
     rng = np.random.default_rng([seed, TASKS.index(task), n_frames, int(round(depth * 1000))])
     width, height = size
     background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
@@ -169,7 +177,7 @@ def sample_scene(
             )
         )
 
-    dur = needle_duration(n_frames)
+    dur = hold or needle_duration(n_frames)
     slots = n_frames // (2 * dur)  # slot k covers frames [2k*dur, 2(k+1)*dur); a needle fills its first half
 
     def slot_start(k: int) -> int:
@@ -214,7 +222,7 @@ def sample_scene(
             needles.append(static(shapes[1], colors[1], slot_start(k), dur))
         target = (shapes[0],)
     else:  # motion: the ball crosses the frame in one direction
-        mdur = motion_duration(n_frames)
+        mdur = max(motion_duration(n_frames), hold or 0)
         start = int(round(depth * (n_frames - mdur)))
         s = int(rng.integers(24, 31))
         direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
@@ -236,5 +244,5 @@ def sample_scene(
     return Scene(
         task=task, n_frames=int(n_frames), depth=float(depth), seed=int(seed), width=width, height=height,
         fps=float(fps), background=background, bg_level=bg_level, bg_contrast=bg_contrast, drift=drift,
-        distractors=tuple(distractors), needles=tuple(needles), target=target,
+        distractors=tuple(distractors), needles=tuple(needles), target=target, hold=hold,
     )

@@ -176,9 +176,12 @@ def read_suite(path: str | Path) -> Suite:
 
 
 def iter_training_items(
-    seed: int, *, lengths: Iterable[int], tasks: Sequence[str] = TASKS, size: tuple[int, int] = DEFAULT_SIZE
+    seed: int, *, lengths: Iterable[int], tasks: Sequence[str] = TASKS, size: tuple[int, int] = DEFAULT_SIZE,
+    hold: int | None = None,
 ) -> Iterable[tuple[Scene, str, str]]:
     """An endless stream of (scene, question, answer) with random depth, for training (no files).
+
+    ``hold``: needles stay on screen this many frames where a video is long enough (`sample_scene`).
 
     Seeds live in a range (2**31 + ...) that `make_suite`'s item seeds never reach, so training
     and held-out items never share a scene."""
@@ -189,6 +192,6 @@ def iter_training_items(
         n = int(lengths[int(rng.integers(len(lengths)))])
         depth = float(np.round(rng.uniform(0, 1), 3))
         s = 2**31 + int(rng.integers(0, 2**31))
-        scene = sample_scene(task, n, depth, s, size=size)
+        scene = sample_scene(task, n, depth, s, size=size, hold=hold if hold and 4 * hold <= n else None)
         q, a = question_answer(scene)
         yield scene, q, a

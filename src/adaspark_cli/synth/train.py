@@ -100,6 +100,8 @@ class TrainConfig:
     batched_vision: bool = True  # adapters.vision.fast_vision: one attention call per vision block, not one per window
     init: str | None = None  # a checkpoint folder to continue from instead of a fresh `preset` model
     check_items: int = 0  # after each phase, teacher-forced greedy accuracy on this many fresh items (0: skip)
+    check_every: int = 0  # also during the dense phase, every this many steps (0: only at the end)
+    hold: int | None = None  # curriculum: needles on screen this many frames in training videos (checks: never)
     log_every: int = 20
 
     def adaspark(self) -> AdaSparkConfig:
@@ -197,20 +199,29 @@ class Example:
     labels: torch.Tensor  # (L,) int64, IGNORE outside the answer
     types: torch.Tensor  # (L,) mm_token_type_ids: 2 on video tokens
     positions: torch.Tensor  # (3, L) official M-RoPE ids
-    pixel_values: torch.Tensor  # (t*h*w patches, 3*2*14*14) float32
+    frames: torch.Tensor  # (N, H, W, 3) uint8: a quarter of the float patches' bytes to ship from a worker
     grid: torch.Tensor  # (1, 3) video_grid_thw
     prefix_len: int  # up to and including <|vision_end|>
     answer: str = ""
 
+    @property
+    def pixel_values(self) -> torch.Tensor:
+        """(t*h*w patches, 3*2*14*14) float32, as the processor gives them."""
+        return pixel_values(self.frames)[0]
 
-def pixel_values(frames: np.ndarray, *, patch: int = 14, merge: int = 2, temporal: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+
+def pixel_values(frames: np.ndarray | torch.Tensor, *, patch: int = 14, merge: int = 2,
+                 temporal: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Qwen2.5-VL patches of (N, H, W, 3) uint8 frames whose sides are multiples of 28: (patches, 1176), grid (1, 3).
 
     Same as Qwen2VLVideoProcessor (no resize needed): rescale 1/255, CLIP normalisation, last frame
-    repeated to an even count, (t, 2, C, h/2, 2, 14, w/2, 2, 14) -> (t, h/2, w/2, 2, 2, C, 2, 14, 14)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (N, C, H, W)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    repeated to an even count, (t, 2, C, h/2, 2, 14, w/2, 2, 14) -> (t, h/2, w/2, 2, 2, C, 2, 14, 14).
+    A tensor is processed on its own device (the training loop does it on the GPU)."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.ascontiguousarray(frames))
+    x = frames.permute(0, 3, 1, 2).float()  # (N, C, H, W)
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     x = (x / 255.0 - mean) / std
     if pad := -x.shape[0] % temporal:
         x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)])
@@ -222,6 +233,7 @@ def pixel_values(frames: np.ndarray, *, patch: int = 14, merge: int = 2, tempora
 
 
 class Encoder:
+
     """Turns (frames, question, answer) into an `Example` the way `VideoQA` would prompt the model."""
 
     def __init__(self, processor: Any, model_config: Any, *, fps: float = 2.0) -> None:
@@ -242,8 +254,10 @@ class Encoder:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def encode(self, frames: np.ndarray, question: str, answer: str = "") -> Example:
-        pv, grid = pixel_values(frames)
         merge = self.cfg.vision_config.spatial_merge_size
+        patch, temporal = self.cfg.vision_config.patch_size, self.cfg.vision_config.temporal_patch_size
+        n, height, width = frames.shape[:3]
+        grid = torch.tensor([[-(-n // temporal), height // patch, width // patch]])
         n_video = int(grid.prod()) // (merge * merge)
         q_ids = self._ids(question + self._after_q)  # special tokens split the text, so this equals question_ids()
         a_ids = self._ids(answer) + [self.im_end] if answer else []
@@ -258,7 +272,8 @@ class Encoder:
             types, grid, [2.0 / self.fps], spatial_merge_size=merge,
             tokens_per_second=self.cfg.vision_config.tokens_per_second,
         )
-        return Example(ids, labels, types, positions, pv, grid, len(prefix), answer)
+        return Example(ids, labels, types, positions, torch.from_numpy(np.ascontiguousarray(frames)), grid,
+                       len(prefix), answer)
 
     def layout(self, ex: Example, cube: tuple[int, int, int]) -> CubeLayout:
         """Cube layout over the whole sequence (question and answer tokens are text: dense)."""
@@ -266,8 +281,11 @@ class Encoder:
         return cube_layout(video_spans(ex.types, ex.grid, merge), int(ex.input_ids.numel()), cube)
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch: input_ids/labels/attention_mask (B, L), position_ids (3, B, L), pixel values concatenated."""
+def collate(examples: Sequence[Example], pad_id: int, *, raw_frames: bool = False) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: input_ids/labels/attention_mask (B, L), position_ids (3, B, L), pixel values concatenated.
+
+    With ``raw_frames`` the videos stay uint8 frames (``frames``, ``frame_counts``) for `model_inputs` to
+    turn into pixel values on the GPU: a DataLoader worker then ships a quarter of the bytes."""
     length = max(int(e.input_ids.numel()) for e in examples)
     b = len(examples)
     ids = torch.full((b, length), pad_id, dtype=torch.long)
@@ -279,11 +297,24 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
         ids[i, :n], labels[i, :n], mask[i, :n], pos[:, i, :n] = e.input_ids, e.labels, 1, e.positions
         if n < length:  # padding continues the positions (masked anyway)
             pos[:, i, n:] = torch.arange(int(e.positions.max()) + 1, int(e.positions.max()) + 1 + length - n)
-    return {
-        "input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": pos,
-        "pixel_values_videos": torch.cat([e.pixel_values for e in examples]),
-        "video_grid_thw": torch.cat([e.grid for e in examples]),
-    }
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": pos,
+             "video_grid_thw": torch.cat([e.grid for e in examples])}
+    if raw_frames:
+        batch["frames"] = torch.cat([e.frames for e in examples])
+        batch["frame_counts"] = torch.tensor([int(e.frames.shape[0]) for e in examples])
+    else:
+        batch["pixel_values_videos"] = torch.cat([e.pixel_values for e in examples])
+    return batch
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Move a collated batch to `device`; raw uint8 frames become pixel values there."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if "frames" in batch:
+        counts = batch.pop("frame_counts").tolist()
+        videos = batch.pop("frames").split(counts)
+        batch["pixel_values_videos"] = torch.cat([pixel_values(v)[0] for v in videos])
+    return batch
 
 
 def batch_size(cfg: TrainConfig, n_frames: int) -> int:
@@ -296,7 +327,8 @@ def example_stream(encoder: Encoder, cfg: TrainConfig, seed: int) -> Iterator[li
     rng = np.random.default_rng([seed, 1])
     weights = np.asarray(cfg.length_weights or [1.0] * len(cfg.lengths), dtype=np.float64)
     weights = weights / weights.sum()
-    streams = {n: iter(iter_training_items(seed * 1000 + n, lengths=[n], tasks=cfg.tasks)) for n in cfg.lengths}
+    streams = {n: iter(iter_training_items(seed * 1000 + n, lengths=[n], tasks=cfg.tasks, hold=cfg.hold))
+               for n in cfg.lengths}
     while True:
         n = int(rng.choice(cfg.lengths, p=weights))
         batch = []
@@ -306,24 +338,34 @@ def example_stream(encoder: Encoder, cfg: TrainConfig, seed: int) -> Iterator[li
         yield batch
 
 
+def collated_stream(encoder: Encoder, cfg: TrainConfig, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """`example_stream` collated with raw uint8 frames: what a DataLoader worker ships for a dense step."""
+    pad_id = encoder.tok.pad_token_id
+    for examples in example_stream(encoder, cfg, seed):
+        yield collate(examples, pad_id, raw_frames=True)
+
+
 class _BatchDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
     """Each DataLoader worker renders its own stream (worker id mixed into the seed)."""
 
-    def __init__(self, encoder: Encoder, cfg: TrainConfig, seed: int) -> None:
-        self.encoder, self.cfg, self.seed = encoder, cfg, seed
+    def __init__(self, encoder: Encoder, cfg: TrainConfig, seed: int, collated: bool) -> None:
+        self.encoder, self.cfg, self.seed, self.collated = encoder, cfg, seed, collated
 
-    def __iter__(self) -> Iterator[list[Example]]:
+    def __iter__(self) -> Iterator[Any]:
         info = torch.utils.data.get_worker_info()
         wid = 0 if info is None else info.id + 1
-        return example_stream(self.encoder, self.cfg, self.seed * 100 + wid)
+        stream = collated_stream if self.collated else example_stream
+        return stream(self.encoder, self.cfg, self.seed * 100 + wid)  # type: ignore[operator]
 
 
-def batches(encoder: Encoder, cfg: TrainConfig, seed: int) -> Iterator[list[Example]]:
+def batches(encoder: Encoder, cfg: TrainConfig, seed: int, *, collated: bool = False) -> Iterator[Any]:
+    """Batches from `example_stream` (lists of examples) or, ``collated``, from `collated_stream`."""
     if cfg.workers <= 0:
-        return example_stream(encoder, cfg, seed)
+        stream = collated_stream if collated else example_stream
+        return stream(encoder, cfg, seed)  # type: ignore[operator]
     loader = torch.utils.data.DataLoader(
-        _BatchDataset(encoder, cfg, seed), batch_size=None, num_workers=cfg.workers, prefetch_factor=4,
-        persistent_workers=False,
+        _BatchDataset(encoder, cfg, seed, collated), batch_size=None, num_workers=cfg.workers, prefetch_factor=4,
+        persistent_workers=False, pin_memory=torch.cuda.is_available(),
     )
     return iter(loader)
 
@@ -341,12 +383,15 @@ def _lr_at(step: int, total: int, base: float, warmup: int, time_fraction: float
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return model_inputs(batch, device)
 
 
-def dense_loss(model: Any, examples: Sequence[Example], pad_id: int, device: torch.device) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens of a padded batch (the model unmodified)."""
-    batch = _to(collate(examples, pad_id), device)
+def dense_loss(model: Any, batch: Sequence[Example] | dict[str, torch.Tensor], pad_id: int,
+               device: torch.device) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of a padded batch (the model unmodified).
+
+    ``batch``: examples, or what `collate` made of them."""
+    batch = model_inputs(batch if isinstance(batch, dict) else collate(batch, pad_id), device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         out = model(**batch, use_cache=False)
     return out.loss  # type: ignore[no-any-return]
@@ -408,6 +453,36 @@ def answer_accuracy(model: Any, encoder: Encoder, cfg: TrainConfig, *, items: in
     return out
 
 
+def _vision_backward_works(model: Any, device: torch.device) -> bool:
+    """One tiny forward and backward through the (fast) vision tower under autocast."""
+    tower = model.model.visual
+    width = tower.patch_embed.proj.weight[0].numel()
+    x = torch.randn(2 * 8 * 8, width, device=device)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = tower(x, grid_thw=torch.tensor([[2, 8, 8]], device=device), return_dict=True).pooler_output
+        out.float().square().mean().backward()
+    except RuntimeError:
+        return False
+    finally:
+        model.zero_grad(set_to_none=True)
+    return True
+
+
+def _clipped_step(model: Any, opt: torch.optim.Optimizer) -> bool:
+    """Clip the gradient norm to 1 and step, unless the gradient is not finite (then drop it)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    return True
+
+
+def _fmt(check: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0%}" for k, v in check.items())
+
+
 class _null:
     def __enter__(self) -> None:
         return None
@@ -438,10 +513,13 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, device: str | 
         from ..adapters.vision import fast_vision
 
         fast_vision(model)
+        if dev.type == "cuda" and not _vision_backward_works(model, dev):  # an older torch: no varlen backward
+            fast_vision(model, backend="loop")
+            log("varlen attention has no backward here: the vision tower loops over windows")
     encoder = Encoder(processor, model.config)
     pad_id = encoder.tok.pad_token_id
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model {cfg.preset}: {n_params:,} parameters on {dev}")
+    log(f"model {cfg.init or cfg.preset}: {n_params:,} parameters on {dev}")
     record: dict[str, Any] = {"config": {**asdict(cfg)}, "parameters": n_params, "device": str(dev),
                               "dense": [], "adaspark": []}
     budget = cfg.time_budget_s
@@ -450,8 +528,9 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, device: str | 
         return budget is not None and time.perf_counter() - start > budget * fraction
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    stream = batches(encoder, cfg, cfg.seed)
+    stream = batches(encoder, cfg, cfg.seed, collated=True)
     dense_budget = None if budget is None else 0.85 * budget
+    waited = 0.0  # seconds the GPU loop spent waiting for batches: is rendering the limit?
     try:
         for step in range(cfg.steps):
             if over(0.85):
@@ -460,21 +539,33 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, device: str | 
             frac = 0.0 if dense_budget is None else (time.perf_counter() - start) / dense_budget
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, cfg.steps, cfg.lr, cfg.warmup, frac)
-            loss = dense_loss(model, next(stream), pad_id, dev)
+            t0 = time.perf_counter()
+            batch = next(stream)
+            waited += time.perf_counter() - t0
+            loss = dense_loss(model, batch, pad_id, dev)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            record["dense"].append(float(loss.detach()))
+            if _clipped_step(model, opt):
+                record["dense"].append(float(loss.detach()))
+            else:  # one bad batch must not turn every weight into NaN
+                record["skipped_steps"] = record.get("skipped_steps", 0) + 1
+                log(f"dense step {step}: non-finite gradient, step skipped")
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                recent = record["dense"][-cfg.log_every :]
-                log(f"dense step {step}: loss {sum(recent) / len(recent):.4f} ({time.perf_counter() - start:.0f} s)")
+                recent = record["dense"][-cfg.log_every :] or [float("nan")]
+                elapsed = time.perf_counter() - start
+                log(f"dense step {step}: loss {sum(recent) / len(recent):.4f} ({elapsed:.0f} s, "
+                    f"{waited:.0f} s waiting for data)")
+            if cfg.check_items and cfg.check_every and step and step % cfg.check_every == 0:
+                check = answer_accuracy(model, encoder, cfg, items=cfg.check_items)
+                record.setdefault("dense_checks", []).append({"step": step, **check})
+                log(f"dense check at step {step}: {_fmt(check)}")
     except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # keep what was learned: a one-shot GPU run
         if not record["dense"]:
             raise
         record["dense_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log(f"dense phase stopped: {record['dense_error']}")
     record["dense_steps"] = len(record["dense"])
+    record["dense_data_wait_seconds"] = waited
     record["dense_seconds"] = time.perf_counter() - start
     if out_dir is not None:  # saved before the checks: a run killed later keeps it
         save_checkpoint(model, processor, Path(out_dir) / "dense", adaspark=None, dtype=getattr(torch, cfg.save_dtype))
@@ -502,9 +593,11 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, device: str | 
                 g["lr"] = _lr_at(step, cfg.sparse_steps, cfg.sparse_lr, min(cfg.warmup, cfg.sparse_steps // 10 + 1), frac)
             opt.zero_grad(set_to_none=True)
             loss_value = sparse_loss(model, encoder, next(sparse_stream), state, cfg.cube, dev)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            record["adaspark"].append(loss_value)
+            if _clipped_step(model, opt):
+                record["adaspark"].append(loss_value)
+            else:
+                record["skipped_steps"] = record.get("skipped_steps", 0) + 1
+                log(f"adaspark step {step}: non-finite gradient, step skipped")
             if step % cfg.log_every == 0 or step == cfg.sparse_steps - 1:
                 recent = record["adaspark"][-cfg.log_every :]
                 log(f"adaspark step {step}: loss {sum(recent) / len(recent):.4f} ({time.perf_counter() - start:.0f} s)")
@@ -579,6 +672,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--save-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--check-items", type=int, default=0)
+    p.add_argument("--check-every", type=int, default=0, help="also check every this many dense steps")
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--hold", type=int, default=None,
+                   help="curriculum: training needles stay on screen this many frames (even; videos of >= 4x that)")
     p.add_argument("--sparse-lengths", default=None)
     p.add_argument("--init", default=None, help="continue from this checkpoint folder (its sizes; --preset ignored)")
     p.add_argument("--no-batched-vision", action="store_true",
@@ -590,7 +687,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         length_weights=None if args.length_weights is None else tuple(float(x) for x in args.length_weights.split(",")),
         seed=args.seed, cube=tuple(int(x) for x in args.cube.split("x")),  # type: ignore[arg-type]
         attn_top_p=args.attn_top_p, ffn_top_p=args.ffn_top_p, time_budget_s=args.time_budget, workers=args.workers,
-        save_dtype=args.save_dtype, check_items=args.check_items, batched_vision=not args.no_batched_vision,
+        save_dtype=args.save_dtype, check_items=args.check_items, check_every=args.check_every, log_every=args.log_every, hold=args.hold,
+        batched_vision=not args.no_batched_vision,
         init=args.init,
         sparse_lengths=None if args.sparse_lengths is None else tuple(int(x) for x in args.sparse_lengths.split(",")),
     )
