@@ -9,7 +9,7 @@ from video_factory import corrupt, truncate, write_audio_only, write_garbage, wr
 
 JSON_KEYS = {
     "question", "answer", "mode", "frames", "video_tokens", "cubes", "prefill_seconds", "video_prefill_seconds",
-    "video_prefill_reused", "decode_seconds", "generated_tokens", "stopped", "timing", "layers", "flops",
+    "video_prefill_reused", "decode_seconds", "generated_tokens", "stopped", "timing", "layers", "flops", "decode",
 }
 TIMING_KEYS = {"decode_s", "preprocess_s", "vision_s", "prefill_s", "first_token_s"}
 LAYER_KEYS = {

@@ -28,6 +28,9 @@ class AdaSparkConfig:
     layer_top_p: per-layer (layer, attn_top_p, ffn_top_p) overrides of the two global values, sorted by
         layer, each layer sparse and listed once; None (the default) uses the global values everywhere.
         Written by `convert --target-reduction ... --per-layer`; in JSON {"layer": [attn, ffn], ...}.
+    decode_top_p: nucleus mass of the cube relevance distribution each answer token attends in a decode
+        step (on the sparse layers; text keys are always attended), or None (the default) for dense
+        decoding. 1.0 is exactly dense. Ours, not the paper's (method.md section 2).
     """
 
     cube: tuple[int, int, int] = (2, 8, 8)
@@ -36,6 +39,7 @@ class AdaSparkConfig:
     sparse_layers: tuple[int, ...] | None = None
     version: int = FORMAT_VERSION
     layer_top_p: tuple[tuple[int, float, float], ...] | None = None
+    decode_top_p: float | None = None
 
     def __post_init__(self) -> None:
         validate_cube(self.cube)
@@ -49,6 +53,8 @@ class AdaSparkConfig:
                 )
         if self.layer_top_p is not None:
             validate_layer_top_p(self.layer_top_p, self.sparse_layers)
+        if self.decode_top_p is not None:
+            validate_top_p("decode_top_p", self.decode_top_p)
         if self.version != FORMAT_VERSION:
             raise ConfigError(
                 f"adaspark block has format version {self.version}, this adaspark reads version "
@@ -89,6 +95,7 @@ class AdaSparkConfig:
             "sparse_layers": None if self.sparse_layers is None else list(self.sparse_layers),
             # only when set, so that checkpoints without it stay readable by builds that predate the key
             **({} if self.layer_top_p is None else {"layer_top_p": {str(i): [a, f] for i, a, f in self.layer_top_p}}),
+            **({} if self.decode_top_p is None else {"decode_top_p": self.decode_top_p}),
         }
 
     @classmethod
@@ -118,6 +125,8 @@ class AdaSparkConfig:
             kwargs["sparse_layers"] = tuple(_expect_int("sparse_layers", v) for v in layers)
         if "layer_top_p" in data and data["layer_top_p"] is not None:
             kwargs["layer_top_p"] = _parse_layer_top_p(data["layer_top_p"])
+        if "decode_top_p" in data and data["decode_top_p"] is not None:
+            kwargs["decode_top_p"] = _expect_float("decode_top_p", data["decode_top_p"])
         return cls(**kwargs)
 
 

@@ -28,6 +28,7 @@ def ask(
     top_p: float = opt.TOP_P,
     attn_top_p: float = opt.ATTN_TOP_P,
     ffn_top_p: float = opt.FFN_TOP_P,
+    decode_top_p: float = opt.DECODE_TOP_P,
     layers: str = opt.LAYERS,
     fps: float = opt.FPS,
     max_frames: int = opt.MAX_FRAMES,
@@ -61,7 +62,7 @@ def ask(
         raise AdasparkError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     check_max_pixels(max_pixels)
     check_kernel(kernel)
-    overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
+    overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers, decode_top_p)
     decoded = decode_video(video, fps=fps, max_frames=max_frames, backend=decoder)
     loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense, kernel=kernel)
     if not quiet:
@@ -78,6 +79,7 @@ def ask(
             f"adaspark cube {'x'.join(map(str, cfg.cube))}, "
             + ("per-layer top-p" if cfg.layer_top_p else f"attn top-p {cfg.attn_top_p}, ffn top-p {cfg.ffn_top_p}")
             + (", block-sparse kernel" if qa.state.fast_path(loaded.device) else ", exact reference kernel")
+            + ("" if cfg.decode_top_p is None else f", decode top-p {cfg.decode_top_p}")
         )
         note(f"{decoded.path.name}: {prompt.frames} frames ({decoded.backend}, {decoded.duration:.1f} s video), "
              f"{prompt.video_tokens} video tokens in {prompt.layout.num_cubes} cubes; {mode}; prefilling...")

@@ -22,6 +22,9 @@ ATTN_TOP_P = typer.Option(None, "--attn-top-p", help="Mass of cube relevance eac
                           "the checkpoint's, else 0.9.", show_default=False)
 FFN_TOP_P = typer.Option(None, "--ffn-top-p", help="Mass of token norms per cube that goes through the FFN. "
                          "Default: the checkpoint's, else 0.7.", show_default=False)
+DECODE_TOP_P = typer.Option(None, "--decode-top-p", help="Answer tokens attend only this mass of cube relevance "
+                            "of the video (plus all text); 1 = dense. Default: the checkpoint's, else dense decoding.",
+                            show_default=False)
 LAYERS = typer.Option(None, "--layers", help="Sparse layers: 'all' or e.g. '4-27' or '0,2,5'. Default: the "
                       "checkpoint's, else all.", show_default=False)
 FPS = typer.Option(2.0, "--fps", help="Frames sampled per second of video.")
@@ -39,7 +42,12 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No notes or tables on stderr.
 
 
 def sparsity_overrides(
-    cube: str | None, top_p: float | None, attn_top_p: float | None, ffn_top_p: float | None, layers: str | None
+    cube: str | None,
+    top_p: float | None,
+    attn_top_p: float | None,
+    ffn_top_p: float | None,
+    layers: str | None,
+    decode_top_p: float | None = None,
 ) -> dict[str, Any]:
     """The given flags as AdaSparkConfig field overrides; raises ConfigError on bad values."""
     overrides: dict[str, Any] = {}
@@ -52,6 +60,9 @@ def sparsity_overrides(
             validate_top_p(flag, value)
             overrides.update(dict.fromkeys(fields, value))
             overrides["layer_top_p"] = None  # a top-p flag sets every layer, also in a per-layer checkpoint
+    if decode_top_p is not None:
+        validate_top_p("--decode-top-p", decode_top_p)
+        overrides["decode_top_p"] = decode_top_p
     if cube is not None:
         overrides["cube"] = parse_cube(cube)
     if layers is not None:

@@ -2,8 +2,9 @@
 
 The prompt puts the video before the question, so the prefix (system prompt + video) and its
 sparsity do not depend on the question: it is prefilled once under AdaSpark and its KV cache is
-deep-copied for each question, whose tokens (and the answer's) attend densely (method.md section 2).
-Decoding is greedy and streamed piece by piece.
+deep-copied for each question, whose tokens attend densely (method.md section 2). Answer tokens
+attend densely too, or, with `decode_top_p` set, their top-p cubes of the video, scored against cube
+mean keys computed once per prefix. Decoding is greedy and streamed piece by piece.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import numpy as np
 import torch
 
 from ..adapters.positions import mrope_position_ids
-from ..adapters.qwen2_5_vl import SparseState
+from ..adapters.qwen2_5_vl import SparseState, cached_layer_keys
+from ..attention.decode import DecodeContext, DecodeStats, VideoCubeKeys, video_cube_keys
 from ..cubes import CubeLayout, cube_layout, video_spans
 from ..errors import AdasparkError
 from ..stats import ModelDims, PrefillStats, prefill_flops, reduction
 from ..video import DecodedVideo
+from ..video.stream import DEFAULT_CHUNK_FRAMES, DEFAULT_WORKERS, VideoStream
 
 DEFAULT_MAX_PIXELS = 448 * 448  # per frame: a 16 x 16 token grid per frame pair
 MIN_PIXELS = 4 * 28 * 28  # never upscale small frames beyond the 2 x 2 token minimum
@@ -36,13 +39,15 @@ class VideoPrompt:
 
     frames: int
     input_ids: torch.Tensor  # (1, P) prefix ids, up to and including <|vision_end|>
-    pixel_values_videos: torch.Tensor
+    pixel_values_videos: torch.Tensor | None  # None when video_embeds were computed chunk by chunk
     video_grid_thw: torch.Tensor  # (1, 3)
     positions: torch.Tensor  # (3, 1, P)
     next_position: int  # first text position after the prefix
     layout: CubeLayout
-    decode_seconds: float = 0.0  # decoding the video file (DecodedVideo.seconds)
+    decode_seconds: float = 0.0  # decoding (DecodedVideo.seconds); pipelined: opening + time waited for frames
     preprocess_seconds: float = 0.0  # the processor: resize, normalise, patchify, tokenize
+    video_embeds: torch.Tensor | None = None  # (video tokens, hidden) vision-tower output, on the model's device
+    vision_seconds: float = 0.0  # the vision tower, when it ran in prepare_video_stream
 
     @property
     def video_tokens(self) -> int:
@@ -63,6 +68,7 @@ class VideoPrefix:
     seconds: float  # vision tower + language-model prefill of the prefix
     vision_seconds: float = 0.0
     uses: int = 0
+    cube_keys: VideoCubeKeys | None = None  # for sparse decoding; computed from `cache` on first use
 
 
 @dataclass
@@ -82,6 +88,9 @@ class AnswerResult:
     stats: PrefillStats = field(default_factory=PrefillStats)
     dims: ModelDims | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    decode_top_p: float | None = None  # None: dense decoding
+    decode_steps: int = 0  # forward calls after the question (one per answer token that needed one)
+    decode_stats: DecodeStats = field(default_factory=DecodeStats)
 
     def layer_rows(self) -> list[dict[str, Any]]:
         return layer_rows(self.stats)
@@ -110,6 +119,7 @@ class AnswerResult:
             "timing": self.timing,
             "layers": self.layer_rows(),
             "flops": self.flops(),
+            "decode": self.decode_stats.to_json(top_p=self.decode_top_p, steps=self.decode_steps, num_cubes=self.cubes),
         }
 
 
@@ -221,47 +231,149 @@ class VideoQA:
             frames_indices=[int(i) for i in video.indices],
         )
         frames = np.ascontiguousarray(video.frames)
-        # qwen-vl-utils (the reference preprocessing) also caps the video's total tokens; transformers
-        # 5.17-5.2x apply that only when asked, and warn when not told either way
-        cap = {"cap_pixels_per_frame": True} if hasattr(self.processor.video_processor, "cap_pixels_per_frame") else {}
         start = time.perf_counter()
         inputs = self.processor(
             text=[self._chat_text(PLACEHOLDER_QUESTION)],
             videos=[frames],
             video_metadata=[meta],
             do_sample_frames=False,
-            size={"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels},
             return_tensors="pt",
-            **cap,
+            **self._processor_size_kwargs(max_pixels),
         )
-        ids = inputs["input_ids"][0]
+        prompt = self._video_prompt(
+            inputs["input_ids"][0], inputs["mm_token_type_ids"][0], inputs["video_grid_thw"], inputs.get("second_per_grid_ts")
+        )
+        prompt.frames = len(video.indices)
+        prompt.pixel_values_videos = inputs["pixel_values_videos"]
+        prompt.decode_seconds = video.seconds
+        prompt.preprocess_seconds = time.perf_counter() - start
+        return prompt
+
+    def _video_prompt(
+        self, ids: torch.Tensor, types: torch.Tensor, grid: torch.Tensor, second_per_grid_ts: Any
+    ) -> VideoPrompt:
+        """The prefix up to <|vision_end|> with its M-RoPE positions and cube layout (no pixels yet)."""
         vision_end = self.model.config.vision_end_token_id
         ends = (ids == vision_end).nonzero().flatten()
         if ends.numel() == 0:
             raise AdasparkError("the chat template produced no <|vision_end|> token; the processor does not match the model")
         prefix_len = int(ends[-1]) + 1
-        types = inputs["mm_token_type_ids"][0][:prefix_len]
-        grid = inputs["video_grid_thw"]
+        types = types[:prefix_len]
         merge = self.model.config.vision_config.spatial_merge_size
         positions, _ = mrope_position_ids(
             types,
             grid,
-            inputs.get("second_per_grid_ts"),
+            second_per_grid_ts,
             spatial_merge_size=merge,
             tokens_per_second=self.model.config.vision_config.tokens_per_second,
         )
         layout = cube_layout(video_spans(types, grid, merge), prefix_len, self.state.config.cube)
         return VideoPrompt(
-            frames=len(video.indices),
+            frames=0,
             input_ids=ids[None, :prefix_len],
-            pixel_values_videos=inputs["pixel_values_videos"],
+            pixel_values_videos=None,
             video_grid_thw=grid,
             positions=positions[:, None, :],
             next_position=int(positions.max()) + 1,
             layout=layout,
-            decode_seconds=video.seconds,
-            preprocess_seconds=time.perf_counter() - start,
         )
+
+    # ---- pipelined video input (issue 6, part 2) --------------------------------------------------
+
+    def _processor_size_kwargs(self, max_pixels: int) -> dict[str, Any]:
+        """The resize settings passed to the processor: --max-pixels, never the processor's image limit."""
+        # qwen-vl-utils (the reference preprocessing) also caps the video's total tokens; transformers
+        # 5.17-5.2x apply that only when asked, and warn when not told either way
+        cap = {"cap_pixels_per_frame": True} if hasattr(self.processor.video_processor, "cap_pixels_per_frame") else {}
+        return {"size": {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels}, **cap}
+
+    def frame_size(self, height: int, width: int, frames: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+        """(height, width) the processor resizes `frames` frames of height x width to in `prepare_video`.
+
+        The same rule as transformers' Qwen2-VL video processor: smart_resize to multiples of
+        patch x merge px within [MIN_PIXELS, max_pixels], with max_pixels first lowered to the video's even
+        share of the total-token budget when the processor caps pixels per frame (qwen-vl-utils' rule).
+        A frame already at this size passes through the processor unchanged.
+        """
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import smart_resize
+
+        check_max_pixels(max_pixels)
+        vp = self.processor.video_processor
+        factor = vp.patch_size * vp.merge_size
+        limit = max_pixels
+        if self._processor_size_kwargs(max_pixels).get("cap_pixels_per_frame"):
+            total_pixels = int(vp.max_video_tokens * factor * factor * 0.9)
+            limit = max(min(limit, total_pixels * vp.temporal_patch_size // frames), int(MIN_PIXELS * 1.05))
+        return smart_resize(height, width, factor=factor, min_pixels=MIN_PIXELS, max_pixels=limit)
+
+    @torch.inference_mode()
+    def prepare_video_stream(
+        self,
+        stream: VideoStream,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        workers: int = DEFAULT_WORKERS,
+    ) -> VideoPrompt:
+        """`prepare_video` with the vision tower run chunk by chunk while the next frames decode.
+
+        Frames arrive already resized to `frame_size` (decoded and resized in background threads); each
+        chunk of frame pairs goes through the processor and the vision tower, and the embeddings are
+        concatenated. This is exact: the processor works frame by frame, and every attention of the
+        Qwen2.5-VL vision tower (window and full blocks) stays inside one frame pair (cu_seqlens are per
+        temporal patch), so the result equals one call on the whole video (tests/test_pipeline.py).
+        The returned prompt carries `video_embeds` instead of pixel values.
+        """
+        from transformers.video_utils import VideoMetadata
+
+        size = self.frame_size(stream.height, stream.width, len(stream.indices), max_pixels=max_pixels)
+        size_kwargs = self._processor_size_kwargs(max_pixels)
+        base = self.model.model  # get_video_features: the same vision call (and dtype cast) as the model's forward
+        embeds: list[torch.Tensor] = []
+        grid_t = 0
+        grid_hw: tuple[int, int] | None = None
+        preprocess = vision = 0.0
+        for chunk in stream.chunks(size=size, chunk_frames=chunk_frames, workers=workers):
+            start = time.perf_counter()
+            inputs = self.processor.video_processor(
+                videos=[chunk.frames], do_sample_frames=False, return_tensors="pt", **size_kwargs
+            )
+            preprocess += time.perf_counter() - start
+            (t, h, w) = (int(x) for x in inputs["video_grid_thw"][0])
+            if grid_hw not in (None, (h, w)):
+                raise AdasparkError(f"frame chunks of different sizes ({grid_hw} and {(h, w)} patches); this is a bug")
+            grid_hw = (h, w)
+            grid_t += t
+            _sync(self.device)
+            start = time.perf_counter()
+            out = base.get_video_features(
+                inputs["pixel_values_videos"].to(self.device), inputs["video_grid_thw"].to(self.device), return_dict=True
+            )
+            embeds.append(torch.cat(list(out.pooler_output)))
+            _sync(self.device)
+            vision += time.perf_counter() - start
+        assert grid_hw is not None  # a stream has at least one frame
+        start = time.perf_counter()
+        grid = torch.tensor([[grid_t, *grid_hw]])
+        merge = self.processor.video_processor.merge_size
+        n_tokens = grid_t * grid_hw[0] * grid_hw[1] // (merge * merge)
+        video_token = self.processor.video_token
+        text = self._chat_text(PLACEHOLDER_QUESTION).replace(video_token, video_token * n_tokens, 1)
+        ids = self.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        types = (ids == self.processor.video_token_id).to(torch.int64) * 2  # 2 marks video tokens, as the processor
+        meta = VideoMetadata(
+            total_num_frames=int(stream.total_frames),
+            fps=float(stream.source_fps),
+            frames_indices=[int(i) for i in stream.indices],
+        )
+        seconds_per_grid = [self.processor.video_processor.temporal_patch_size / meta.sampled_fps]
+        prompt = self._video_prompt(ids, types, grid, seconds_per_grid)
+        prompt.frames = len(stream.indices)
+        prompt.video_embeds = torch.cat(embeds)
+        prompt.decode_seconds = stream.open_seconds + stream.wait_seconds
+        prompt.preprocess_seconds = preprocess + time.perf_counter() - start
+        prompt.vision_seconds = vision
+        return prompt
 
     def question_ids(self, question: str) -> torch.Tensor:
         """Token ids after <|vision_end|> for `question` (question text and the assistant header)."""
@@ -274,16 +386,35 @@ class VideoQA:
 
     def _forward_prefix(self, prompt: VideoPrompt, cache: Any, stats: PrefillStats | None) -> None:
         """System prompt + video into `cache`, with the cube layout active (the sparse part)."""
+        if prompt.video_embeds is not None:  # vision tower already run (prepare_video_stream)
+            inputs: dict[str, Any] = {"inputs_embeds": self._embed_with_video(prompt)}
+        else:
+            assert prompt.pixel_values_videos is not None
+            inputs = {
+                "input_ids": prompt.input_ids.to(self.device),
+                "pixel_values_videos": prompt.pixel_values_videos.to(self.device, self.model.dtype),
+                "video_grid_thw": prompt.video_grid_thw.to(self.device),
+            }
         with self.state.forward_context(layout=prompt.layout.to(self.device), offset=0, stats=stats):
             self.model(
-                input_ids=prompt.input_ids.to(self.device),
-                pixel_values_videos=prompt.pixel_values_videos.to(self.device, self.model.dtype),
-                video_grid_thw=prompt.video_grid_thw.to(self.device),
+                **inputs,
                 position_ids=prompt.positions.to(self.device),
                 use_cache=True,
                 logits_to_keep=1,
                 **{self._cache_kw: cache},
             )
+
+    def _embed_with_video(self, prompt: VideoPrompt) -> torch.Tensor:
+        """(1, P, hidden) token embeddings with the video tokens replaced by the vision tower's output,
+        as the model's own forward does with pixel values."""
+        ids = prompt.input_ids.to(self.device)
+        embeds = self.model.get_input_embeddings()(ids)
+        mask = (ids == self.model.config.video_token_id)[..., None].expand_as(embeds)
+        video = prompt.video_embeds
+        assert video is not None
+        if int(mask[0, :, 0].sum()) != video.shape[0]:
+            raise AdasparkError(f"{video.shape[0]} video embeddings for {int(mask[0, :, 0].sum())} video tokens; this is a bug")
+        return embeds.masked_scatter(mask, video.to(embeds.device, embeds.dtype))
 
     def _step(
         self,
@@ -294,10 +425,12 @@ class VideoQA:
         stats: PrefillStats | None,
         *,
         all_logits: bool = False,
+        decode: DecodeContext | None = None,
     ) -> torch.Tensor:
-        """Text tokens (question or one decoded token) after the cache, dense; logits of the last
-        position (V,), or of every position (n, V) with all_logits."""
-        with self.state.forward_context(layout=None, offset=offset, stats=stats):
+        """Text tokens (question or one decoded token) after the cache, dense unless `decode` is given
+        (a decode step attending top-p cubes); logits of the last position (V,), or of every position
+        (n, V) with all_logits."""
+        with self.state.forward_context(layout=None, offset=offset, stats=stats, decode=decode):
             out = self.model(
                 input_ids=ids.to(self.device),
                 position_ids=positions.to(self.device),
@@ -324,9 +457,10 @@ class VideoQA:
             for hook in hooks:
                 hook.remove()
         _sync(self.device)
-        return VideoPrefix(
-            prompt=prompt, cache=cache, stats=stats, seconds=time.perf_counter() - start, vision_seconds=sum(vision)
-        )
+        # a streamed prompt ran the vision tower before: count it here, so timing stays decode + vision + prefill
+        vision_seconds = sum(vision) + prompt.vision_seconds
+        seconds = time.perf_counter() - start + prompt.vision_seconds
+        return VideoPrefix(prompt=prompt, cache=cache, stats=stats, seconds=seconds, vision_seconds=vision_seconds)
 
     def _time_module(self, module: torch.nn.Module, out: list[float]) -> list[Any]:
         """Hooks that append the wall time of each call of `module` (synchronised on CUDA) to `out`."""
@@ -358,6 +492,21 @@ class VideoQA:
         positions = question_positions(prompt, int(ids.numel()))
         return self._step(ids[None], positions, cache, prompt.length, stats, all_logits=True).float()
 
+    def decode_context(self, prefix: VideoPrefix, stats: DecodeStats) -> DecodeContext | None:
+        """The sparse decode setting for answers from `prefix`, or None for dense decoding (--dense, or
+        decode_top_p unset). The cube mean keys are computed once per prefix from its (unmutated) cache."""
+        top_p = self.state.config.decode_top_p
+        if not self.state.enabled or top_p is None:
+            return None
+        if prefix.cube_keys is None:
+            prefix.cube_keys = VideoCubeKeys(layout=prefix.prompt.layout.to(self.device))
+        video = prefix.cube_keys
+        # the sparse layers can change between questions (state.config); add any not computed yet
+        missing = [i for i in range(self.dims.layers) if self.state.layer_is_sparse(i) and i not in video.mean_keys]
+        if missing:
+            video.mean_keys.update(video_cube_keys(cached_layer_keys(prefix.cache, missing), video.layout).mean_keys)
+        return DecodeContext(video=video, top_p=top_p, stats=stats)
+
     def answer(self, prefix: VideoPrefix, question: str, *, max_new_tokens: int = 128) -> AnswerStream:
         return AnswerStream(self, prefix, question, max_new_tokens)
 
@@ -378,6 +527,7 @@ class AnswerStream:
             video_prefill_reused=prefix.uses > 0,
             sparse=qa.state.enabled,
             dims=qa.dims,
+            decode_top_p=qa.state.config.decode_top_p if qa.state.enabled else None,
         )
 
     @torch.inference_mode()
@@ -405,6 +555,7 @@ class AnswerStream:
         position = prompt.next_position + n
         length = prompt.length + n
         start = time.perf_counter()
+        decode = qa.decode_context(prefix, res.decode_stats)
         res.stopped = "max_new_tokens"
         for _ in range(self.max_new_tokens):
             token = int(torch.argmax(logits))
@@ -420,7 +571,8 @@ class AnswerStream:
             if len(generated) == self.max_new_tokens:
                 break
             step_pos = torch.full((3, 1, 1), position)
-            logits = qa._step(torch.tensor([[token]]), step_pos, cache, length, None)
+            logits = qa._step(torch.tensor([[token]]), step_pos, cache, length, None, decode=decode)
+            res.decode_steps += 1
             position += 1
             length += 1
         _sync(qa.device)

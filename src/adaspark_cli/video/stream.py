@@ -1,0 +1,353 @@
+"""Pipelined decoding (issue 6, part 2): the sampled frames of a video in chunks, decoded and resized by
+background threads while the caller works on the previous chunk.
+
+`open_video_stream` probes the file and demuxes it once (packets only, nothing decoded: 0.1 s for a
+10-minute 854x480 H.264 file), which gives the exact frame count, every frame's pts and the keyframes.
+`VideoStream.chunks` then hands out chunks of ``chunk_frames`` sampled frames, in order. Each chunk is
+decoded by a worker thread (PyAV, one decoder thread each) that seeks to the keyframe before the
+chunk's first frame and, inside the chunk, jumps over every stretch of frames up to the next keyframe
+that holds no wanted frame. A frame is identified by its pts, not by counting, so seeking is exact.
+Each wanted frame is converted to RGB at full size and resized with the same torchvision call the
+Qwen2-VL video processor makes (bicubic, antialias, uint8), so the processor then sees frames that are
+already at its target size and leaves them as they are: the pixels are bit-identical to resizing in the
+processor. Memory is bounded by the chunks in flight (``workers + 1``), never by the video.
+
+Measured 2026-11-25 on the 2-core CPU (benchmarks/bench_decode.py; 10-minute 854x480 30 fps H.264, a
+keyframe every 250 frames, 256 frames resized to 588x336): see docs/benchmarks.md. Choices, by the numbers:
+- one decoder thread per worker and two workers on two chunks beat FFmpeg's own frame threads: x264's
+  cheap frames spend more in frame-thread hand-offs than in decoding (PyAV sequential, resized, frame
+  threads: 4.0-4.5 s wall, 6.1-6.9 s CPU; one thread: 3.8-4.8 s wall, 4.2-5.2 s CPU; two threads of one
+  decoder thread each: 2.2-2.4 s wall, 4.2-4.6 s CPU; a loaded machine, so ranges);
+- skipping non-reference frames (``skip_frame="NONREF"``) is not used: this file (x264 ultrafast,
+  constrained baseline) has none, and on files with B-frames it drops them, so wanted frames would move
+  by a frame or two (it halved decoding of a grainy 640x360 file with B-frames: 4.7 s to 2.2 s);
+- resizing with swscale instead differs from the processor's torchvision resize (one step: 3.6-3.9 grey
+  levels on average; RGB first, then bicubic: 0.19, but 4.6 ms a frame against torchvision's ~1.5 ms).
+
+Files whose packets carry no usable pts (missing or repeated) are read sequentially by one worker,
+counting frames as `decode_video`'s PyAV backend does.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .decode import (
+    _check_fps,
+    _check_frame_count,
+    _check_max_frames,
+    _check_path,
+    _error,
+    _no_frames,
+    _open_av,
+    _probe,
+    _reason,
+    _video_stream,
+    sample_indices,
+)
+from ..errors import VideoError
+
+DEFAULT_CHUNK_FRAMES = 32  # 16 frame pairs; 588x336 RGB: 19 MB per chunk
+DEFAULT_WORKERS = 2
+
+__all__ = ["DEFAULT_CHUNK_FRAMES", "FrameChunk", "VideoStream", "open_video_stream", "resize_frames"]
+
+
+@dataclass(frozen=True)
+class FrameChunk:
+    """Consecutive sampled frames of one video."""
+
+    frames: np.ndarray  # (n, H, W, 3) uint8 RGB, at the size asked for
+    indices: np.ndarray  # (n,) int64 source frame indices
+    first: int  # position of the first frame among all sampled frames
+
+
+@dataclass(frozen=True)
+class _Packets:
+    """What one demux pass tells about the video stream, in display order."""
+
+    pts: list[int]  # pts of display frame i
+    gop_start: list[int]  # display index of the keyframe to seek to before decoding display frame i
+
+
+@dataclass
+class VideoStream:
+    """The sampled frames of one video, read in chunks by `chunks`; opening it decodes nothing.
+
+    `open_seconds` is the time `open_video_stream` took (probe and packet scan); `wait_seconds` the time the
+    consumer spent blocked waiting for frames (the decode that other work did not hide); `seconds` the wall
+    time from the first chunk asked for to the last one delivered.
+    """
+
+    path: Path
+    width: int
+    height: int
+    source_fps: float
+    total_frames: int
+    indices: np.ndarray  # (N,) int64 source frame indices that will be delivered
+    timestamps: np.ndarray  # (N,) float64 seconds: indices / source_fps, as DecodedVideo
+    duration: float
+    backend: str = "pyav"
+    open_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    seconds: float = 0.0
+    _packets: _Packets | None = field(default=None, repr=False)  # None: no usable pts, read sequentially
+
+    def chunks(
+        self,
+        *,
+        size: tuple[int, int] | None = None,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        workers: int = DEFAULT_WORKERS,
+    ) -> Iterator[FrameChunk]:
+        """Chunks of up to `chunk_frames` frames (even, so frame pairs never straddle chunks), in order.
+
+        size: (height, width) to resize every frame to, or None for the decoded size. Decoding runs in
+        `workers` threads, at most `workers + 1` chunks ahead of the consumer.
+        """
+        if not isinstance(chunk_frames, int) or chunk_frames < 2 or chunk_frames % 2:
+            raise VideoError(f"chunk_frames must be an even integer >= 2, got {chunk_frames!r}; use e.g. 32")
+        if not isinstance(workers, int) or workers < 1:
+            raise VideoError(f"workers must be an integer >= 1, got {workers!r}; use e.g. 2")
+        self.wait_seconds = 0.0
+        start = time.perf_counter()
+        try:
+            if self._packets is None:
+                yield from self._waited(iter(self._sequential_chunks(size, chunk_frames)))
+            else:
+                yield from self._waited(self._parallel_chunks(size, chunk_frames, workers))
+        finally:
+            self.seconds = time.perf_counter() - start
+
+    def _waited(self, chunks: Iterator[FrameChunk]) -> Iterator[FrameChunk]:
+        """Yield from `chunks`, adding the time spent waiting for each one to `wait_seconds`."""
+        try:
+            while True:
+                wait = time.perf_counter()
+                chunk = next(chunks, None)
+                self.wait_seconds += time.perf_counter() - wait
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:  # stops the workers when the consumer stops early
+                close()
+
+    def _parallel_chunks(self, size: tuple[int, int] | None, chunk_frames: int, workers: int) -> Iterator[FrameChunk]:
+        """Chunks decoded by `workers` threads, delivered in order, at most `workers + 1` in flight."""
+        firsts = iter(range(0, len(self.indices), chunk_frames))
+        pending: deque[Future[FrameChunk]] = deque()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adaspark-decode") as pool:
+            try:
+                for first in firsts:
+                    pending.append(pool.submit(self._decode_chunk, first, first + chunk_frames, size))
+                    if len(pending) > workers:
+                        break
+                while pending:
+                    chunk = pending.popleft().result()
+                    first = next(firsts, None)
+                    if first is not None:
+                        pending.append(pool.submit(self._decode_chunk, first, first + chunk_frames, size))
+                    yield chunk
+            finally:  # the consumer stopped early or a chunk failed: drop the queued work
+                for future in pending:
+                    future.cancel()
+
+    def read_all(self, *, size: tuple[int, int] | None = None, workers: int = DEFAULT_WORKERS) -> np.ndarray:
+        """Every sampled frame as one (N, H, W, 3) array (no overlap with other work; for benchmarks/tests)."""
+        return np.concatenate([c.frames for c in self.chunks(size=size, workers=workers)])
+
+    # ---- workers -------------------------------------------------------------------------------
+
+    def _decode_chunk(self, first: int, stop: int, size: tuple[int, int] | None) -> FrameChunk:
+        """Decode sampled frames first..stop-1: seek to their group of pictures, skip groups with none."""
+        packets = self._packets
+        assert packets is not None
+        wanted = self.indices[first:stop].tolist()
+        out: np.ndarray | None = None
+        by_pts = {packets.pts[i]: slot for slot, i in enumerate(wanted)}
+        found = 0
+        container = _open_av(self.path)
+        try:
+            stream = _video_stream(container, self.path)
+            stream.codec_context.thread_type = "NONE"  # parallel across chunks instead (see the module doc)
+            slot = 0
+            while slot < len(wanted):
+                gop = packets.gop_start[wanted[slot]]
+                # frames of this group of pictures that are wanted; the next group starts a new seek
+                last = slot
+                while last + 1 < len(wanted) and packets.gop_start[wanted[last + 1]] == gop:
+                    last += 1
+                targets = {packets.pts[i] for i in wanted[slot : last + 1]}
+                container.seek(packets.pts[gop], stream=stream, backward=True, any_frame=False)
+                for frame in container.decode(stream):
+                    if frame.pts in targets:
+                        image = _rgb(frame, size)
+                        if out is None:
+                            out = np.empty((len(wanted), *image.shape), dtype=np.uint8)
+                        out[by_pts[frame.pts]] = image
+                        targets.discard(frame.pts)
+                        found += 1
+                        if not targets:
+                            break
+                    elif frame.pts is not None and frame.pts > packets.pts[wanted[last]] and targets:
+                        break  # past the group's last wanted frame without it: reported below
+                if targets:
+                    raise self._missing(wanted, targets)
+                slot = last + 1
+        except VideoError:
+            raise
+        except Exception as exc:  # av.error.InvalidDataError from a damaged packet, ...
+            raise _error(f"video is corrupt: {self.path} cannot be decoded ({_reason(exc)}); re-encode it") from exc
+        finally:
+            container.close()
+        assert out is not None and found == len(wanted)
+        return FrameChunk(frames=out, indices=self.indices[first:stop].copy(), first=first)
+
+    def _missing(self, wanted: list[int], targets: set[int]) -> VideoError:
+        assert self._packets is not None
+        missing = sorted(i for i in wanted if self._packets.pts[i] in targets)
+        return _error(
+            f"video is corrupt: frame {missing[0]} of {self.path} cannot be decoded"
+            f" ({len(missing)} wanted frames missing); re-encode it"
+        )
+
+    def _sequential_chunks(self, size: tuple[int, int] | None, chunk_frames: int) -> list[FrameChunk]:
+        """Fallback without usable pts: decode from the start counting frames, as decode_video's PyAV backend
+        does, in the caller's thread (no overlap, all frames at once; rare: raw streams, broken muxers)."""
+        wanted = self.indices.tolist()
+        frames: list[np.ndarray] = []
+        count = 0
+        container = _open_av(self.path)
+        try:
+            stream = _video_stream(container, self.path)
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                if count == wanted[len(frames)]:
+                    frames.append(_rgb(frame, size))
+                    if len(frames) == len(wanted):
+                        break
+                count += 1
+        except VideoError:
+            raise
+        except Exception as exc:
+            raise _error(
+                f"video is corrupt: {self.path} cannot be decoded after frame {count} ({_reason(exc)}); re-encode it"
+            ) from exc
+        finally:
+            container.close()
+        if len(frames) < len(wanted):
+            raise _error(
+                f"video is truncated or corrupt: {self.path} (frame {wanted[len(frames)]} is missing, only {count}"
+                " decodable); re-download or re-encode it"
+            )
+        return [
+            FrameChunk(frames=np.stack(frames[i : i + chunk_frames]), indices=self.indices[i : i + chunk_frames].copy(), first=i)
+            for i in range(0, len(frames), chunk_frames)
+        ]
+
+
+# --------------------------------------------------------------------------------------------
+# opening
+
+
+def open_video_stream(path: str | Path, *, fps: float = 2.0, max_frames: int = 256) -> VideoStream:
+    """Probe `path` and plan which frames to read (uniform in time, as `decode_video`); decodes nothing.
+
+    Every failure is a one-line `VideoError`, with `decode_video`'s messages for the same problems.
+    """
+    start = time.perf_counter()
+    _check_fps(fps)
+    _check_max_frames(max_frames)
+    path = _check_path(path)
+    probe = _probe(path)  # not a video, no video stream, unknown frame rate
+    packets, total, width, height = _scan(path)
+    _check_frame_count(path, probe, total)  # no frames, or fewer than the header promises
+    indices = sample_indices(total, probe.fps, fps=fps, max_frames=max_frames)
+    return VideoStream(
+        path=path,
+        width=width,
+        height=height,
+        source_fps=float(probe.fps),
+        total_frames=total,
+        indices=indices.astype(np.int64),
+        timestamps=indices.astype(np.float64) / probe.fps,
+        duration=total / probe.fps,
+        open_seconds=time.perf_counter() - start,
+        _packets=packets,
+    )
+
+
+def _scan(path: Path) -> tuple[_Packets | None, int, int, int]:
+    """Demux every packet once (no decoding): frame count, pts in display order, keyframes."""
+    container = _open_av(path)
+    pts: list[int | None] = []
+    keys: list[bool] = []
+    try:
+        stream = _video_stream(container, path)
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        for packet in container.demux(stream):
+            if packet.size:
+                pts.append(packet.pts)
+                keys.append(bool(packet.is_keyframe))
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise _error(f"video is corrupt: cannot read {path} ({_reason(exc)}); re-download or re-encode it") from exc
+    finally:
+        container.close()
+    if not pts:
+        raise _no_frames(path)
+    return _index_packets(pts, keys), len(pts), width, height
+
+
+def _index_packets(pts: list[int | None], keys: list[bool]) -> _Packets | None:
+    """Display order from pts; None (read sequentially) when pts are missing or repeated or no keyframe comes first."""
+    if any(p is None for p in pts) or len(set(pts)) != len(pts) or not keys[0]:
+        return None
+    decode_position = sorted(range(len(pts)), key=lambda i: pts[i])  # display index -> decode position
+    display_index = {d: i for i, d in enumerate(decode_position)}
+    key_positions = [d for d, key in enumerate(keys) if key]
+    gop_start: list[int] = []
+    for i, d in enumerate(decode_position):
+        # a frame's references follow the last keyframe before it in DECODE order
+        k = bisect.bisect_right(key_positions, d) - 1
+        if i < display_index[key_positions[k]] and k > 0:
+            k -= 1  # a leading picture of an open GOP also needs the group before
+        gop_start.append(display_index[key_positions[k]])
+    return _Packets(pts=[int(pts[d]) for d in decode_position], gop_start=gop_start)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# conversion
+
+
+def _rgb(frame: Any, size: tuple[int, int] | None) -> np.ndarray:
+    image = frame.to_ndarray(format="rgb24")
+    return image if size is None else resize_frames(image[None], size)[0]
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(n, H, W, 3) uint8 -> (n, h, w, 3) uint8 with the call the Qwen2-VL video processor makes.
+
+    transformers' processor resizes uint8 (n, 3, H, W) tensors with torchvision's bicubic, antialiased
+    resize; doing the same here gives bit-identical frames, and the processor skips a same-size resize.
+    """
+    import torch
+    import torchvision.transforms.v2.functional as tvF
+
+    if frames.shape[1:3] == tuple(size):
+        return frames
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    resized = tvF.resize(video, list(size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+    return resized.permute(0, 2, 3, 1).contiguous().numpy()
