@@ -88,6 +88,43 @@ def test_checkpoint_block_is_used_and_flags_override(runner, clip, tiny_checkpoi
     assert [r["sparse"] for r in out["layers"]] == [True, True] and out["flops"]["reduction"] > 0
 
 
+# the keys of `ask --json` that depend on the frames and the model, not on the clock
+SAME_KEYS = sorted(JSON_KEYS - {"prefill_seconds", "video_prefill_seconds", "decode_seconds", "timing"})
+
+
+def _answers(res):
+    assert res.exit_code == 0, res.output
+    return [{k: v for k, v in json.loads(line).items() if k in SAME_KEYS} for line in res.stdout.strip().splitlines()]
+
+
+def test_ask_pipelined_decoder_gives_the_one_shot_answers(runner, clip, tiny_checkpoint):
+    # --decoder auto (the pipelined stream, vision tower chunk by chunk) against pyav (one array, one tower call)
+    args = [clip, "what color?", "how many?", "--model", tiny_checkpoint, "--json", "--cube", "1x2x2", "--top-p", "0.5",
+            "--max-new-tokens", "4", "--max-frames", "8"]
+    piped = ask(runner, *args)
+    one_shot = ask(runner, *args, "--decoder", "pyav")
+    assert "(pyav, pipelined, 4.0 s video)" in piped.stderr, piped.stderr
+    assert "(pyav, 4.0 s video)" in one_shot.stderr, one_shot.stderr
+    first, second = _answers(piped)
+    assert first["frames"] == 8 and first["flops"]["reduction"] > 0 and first["generated_tokens"] >= 1
+    assert [first, second] == _answers(one_shot)
+    timing = json.loads(piped.stdout.splitlines()[0])["timing"]
+    assert timing["decode_s"] > 0 and timing["vision_s"] > 0
+    assert timing["first_token_s"] == pytest.approx(sum(v for k, v in timing.items() if k != "first_token_s"))
+
+
+def test_ask_falls_back_to_one_shot_decoding_without_usable_pts(runner, clip, tiny_checkpoint, monkeypatch):
+    from adaspark_cli.video import stream
+
+    args = [clip, "what color?", "--model", tiny_checkpoint, "--json", "--dense", "--max-new-tokens", "3", "--max-frames", "6"]
+    reference = _answers(ask(runner, *args, "--decoder", "pyav"))
+    monkeypatch.setattr(stream, "_index_packets", lambda pts, keys: None)  # as for a file with missing pts
+    assert not stream.open_video_stream(clip).pipelined
+    res = ask(runner, *args)
+    assert "(pyav, 4.0 s video)" in res.stderr and "pipelined" not in res.stderr, res.stderr
+    assert _answers(res) == reference
+
+
 def bad_videos(tmp):
     good = write_video(tmp / "good.mp4", n_frames=24, width=64, height=64)
     return {
@@ -111,6 +148,20 @@ def test_bad_video_is_one_line_error(runner, tiny_checkpoint, tmp_path, case):
     err = res.stderr.strip()
     assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
     assert fragment in err
+
+
+@pytest.mark.parametrize("decoder", ["auto", "pyav"])
+def test_damage_found_while_decoding_is_one_line_error(runner, tiny_checkpoint, tmp_path, decoder):
+    # the file opens; its damaged packets are hit while decoding: with the pipelined reader (auto) that is
+    # after the model has loaded, so the notes come first and the error is the last line
+    path = corrupt(write_video(tmp_path / "full.mp4"), tmp_path / "damaged.mp4", start=0.4, fraction=0.05)
+    res = ask(runner, path, "q?", "--model", tiny_checkpoint, "--decoder", decoder)
+    assert res.exit_code == 1, res.output
+    assert res.stdout == "" and "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: video is corrupt:") and last.endswith("re-encode it"), res.stderr
+    quiet = ask(runner, path, "q?", "--model", tiny_checkpoint, "--decoder", decoder, "-q")
+    assert quiet.exit_code == 1 and quiet.stderr.strip() == last
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,8 @@ from adaspark_cli.errors import VideoError
 from adaspark_cli.qa import VideoQA
 from adaspark_cli.qa.session import answer_timing
 from adaspark_cli.video import decode_video, sample_indices
-from adaspark_cli.video.stream import open_video_stream, resize_frames
+from adaspark_cli.video import DecodedVideo
+from adaspark_cli.video.stream import VideoStream, open_video, open_video_stream, resize_frames
 
 QUESTION = "what color was the star?"
 
@@ -225,6 +226,28 @@ def test_pipelined_timing_adds_up(make_video, qa: VideoQA) -> None:
     assert timing["first_token_s"] == pytest.approx(sum(v for k, v in timing.items() if k != "first_token_s"))
     answer = "".join(qa.answer(prefix, QUESTION, max_new_tokens=2))
     assert isinstance(answer, str)
+
+
+def test_open_video_picks_the_reader(make_video, qa: VideoQA, monkeypatch: pytest.MonkeyPatch) -> None:
+    # what `ask --decoder` does: auto -> a stream (nothing decoded yet), decord / pyav -> frames decoded now
+    from adaspark_cli.video import stream as stream_module
+
+    path = make_video(codec="h264", fps=24.0, n_frames=48, width=160, height=120)
+    auto = open_video(path, fps=4.0, decoder="auto")
+    assert isinstance(auto, VideoStream) and auto.pipelined
+    for name in ("pyav", "decord"):
+        one_shot = open_video(path, fps=4.0, decoder=name)
+        assert isinstance(one_shot, DecodedVideo) and one_shot.backend == name
+        assert one_shot.indices.tolist() == auto.indices.tolist()
+    with pytest.raises(VideoError, match="unknown video backend 'ffmpeg'"):
+        open_video(path, decoder="ffmpeg")
+    # prepare_video takes either; a stream goes through prepare_video_stream
+    piped = qa.prepare_video(auto, max_pixels=112 * 84)
+    assert piped.video_embeds is not None and piped.pixel_values_videos is None and piped.frames == 8
+    # packets without usable pts: decoded in one go by decode_video's auto choice instead
+    monkeypatch.setattr(stream_module, "_index_packets", lambda pts, keys: None)
+    fallback = open_video(path, fps=4.0)
+    assert isinstance(fallback, DecodedVideo) and fallback.indices.tolist() == auto.indices.tolist()
 
 
 # --------------------------------------------------------------------------------------------

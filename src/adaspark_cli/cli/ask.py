@@ -12,7 +12,7 @@ from ..adapters.qwen2_5_vl import check_kernel
 from ..errors import AdasparkError
 from ..qa import load_video_qa
 from ..qa.session import check_max_pixels
-from ..video import decode_video
+from ..video.stream import VideoStream, open_video
 from . import options as opt
 from .errors import handle_errors
 from .render import err_console, layer_table, note, write_answer_piece, write_json
@@ -33,7 +33,7 @@ def ask(
     fps: float = opt.FPS,
     max_frames: int = opt.MAX_FRAMES,
     max_pixels: int = opt.MAX_PIXELS,
-    decoder: str = opt.DECODER,
+    decoder: str = opt.ASK_DECODER,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Stop an answer after this many tokens."),
     device: str = opt.DEVICE,
     kernel: str = opt.KERNEL,
@@ -44,8 +44,10 @@ def ask(
 ) -> None:
     """Answer QUESTIONS about VIDEO with AdaSpark sparsity in the language model.
 
-    The video is decoded and prefilled once; every question reuses its KV cache. Answers stream to
-    stdout; a per-layer table of kept cubes and tokens and the FLOPs saved goes to stderr.
+    The video is decoded and prefilled once; every question reuses its KV cache. By default decoding
+    runs in background threads while the vision tower works on the frames already decoded (--decoder).
+    Answers stream to stdout; a per-layer table of kept cubes and tokens and the FLOPs saved goes to
+    stderr.
 
     Examples:
 
@@ -63,7 +65,7 @@ def ask(
     check_max_pixels(max_pixels)
     check_kernel(kernel)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers, decode_top_p)
-    decoded = decode_video(video, fps=fps, max_frames=max_frames, backend=decoder)
+    source = open_video(video, fps=fps, max_frames=max_frames, decoder=decoder)  # a stream is decoded in prepare_video
     loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense, kernel=kernel)
     if not quiet:
         if loaded.device.type == "cpu":
@@ -72,7 +74,7 @@ def ask(
             note("the bundled model has random weights (untrained): its answers are noise; it shows the pipeline "
                  "and the sparsity statistics. Pass --model with a Qwen2.5-VL checkpoint for real answers.")
     qa = loaded.qa
-    prompt = qa.prepare_video(decoded, max_pixels=max_pixels)
+    prompt = qa.prepare_video(source, max_pixels=max_pixels)
     if not quiet:
         cfg = loaded.config
         mode = "dense" if dense else (
@@ -81,7 +83,8 @@ def ask(
             + (", block-sparse kernel" if qa.state.fast_path(loaded.device) else ", exact reference kernel")
             + ("" if cfg.decode_top_p is None else f", decode top-p {cfg.decode_top_p}")
         )
-        note(f"{decoded.path.name}: {prompt.frames} frames ({decoded.backend}, {decoded.duration:.1f} s video), "
+        reader = f"{source.backend}, pipelined" if isinstance(source, VideoStream) else source.backend
+        note(f"{source.path.name}: {prompt.frames} frames ({reader}, {source.duration:.1f} s video), "
              f"{prompt.video_tokens} video tokens in {prompt.layout.num_cubes} cubes; {mode}; prefilling...")
     prefix = qa.prefill_video(prompt)
     for question in _questions(questions, interactive):

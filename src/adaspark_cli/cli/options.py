@@ -34,6 +34,11 @@ MAX_PIXELS = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Pixels per f
                           "also gets at most ~115K video tokens in all.")
 DECODER = typer.Option("auto", "--decoder", help="Video decoder: auto (decord where seeking to keyframes pays, else "
                        "PyAV reading sequentially; each falls back to the other), decord or pyav.")
+ASK_DECODER = typer.Option("auto", "--decoder", help="Video decoder: auto (pipelined: 2 worker threads decode and "
+                           "resize 32 frames at a time, seeking by timestamp, while the vision tower runs on the "
+                           "previous chunk; a file without usable timestamps is read in one go instead, with decord "
+                           "where seeking to keyframes pays, else PyAV), decord or pyav (every sampled frame is read "
+                           "first with that library, then the vision tower runs; no fallback).")
 KERNEL = typer.Option("auto", "--kernel", help="Sparse attention kernel: auto (block-sparse FlexAttention on CUDA, "
                       "selecting per 128-token query block; the exact per-token reference elsewhere), reference or "
                       "blocksparse.")

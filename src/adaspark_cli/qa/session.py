@@ -220,11 +220,17 @@ class VideoQA:
             ids.add(im_end)
         return ids
 
-    def prepare_video(self, video: DecodedVideo, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoPrompt:
-        """Run the processor on the sampled frames (with their real timing) and build the cube layout."""
+    def prepare_video(self, video: DecodedVideo | VideoStream, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoPrompt:
+        """Run the processor on the sampled frames (with their real timing) and build the cube layout.
+
+        A `VideoStream` (from `open_video_stream` / `open_video`) goes to `prepare_video_stream` with its default
+        chunks and workers: decoded chunk by chunk while the vision tower runs, the prompt carrying `video_embeds`.
+        """
         from transformers.video_utils import VideoMetadata
 
         check_max_pixels(max_pixels)
+        if isinstance(video, VideoStream):
+            return self.prepare_video_stream(video, max_pixels=max_pixels)
         meta = VideoMetadata(
             total_num_frames=int(video.total_frames),
             fps=float(video.source_fps),
