@@ -576,6 +576,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, device: str | 
     _write_log(out_dir, record)
     if cfg.sparse_steps > 0:
         state = sparsify(model, cfg.adaspark())
+        state.kernel = "reference"  # exact per-token selection, differentiable in the kept paths; fast kernels are for inference
         if cfg.check_items:  # the training-free baseline: dense weights, AdaSpark on
             record["training_free_check"] = answer_accuracy(model, encoder, cfg, items=cfg.check_items, state=state)
             log(f"training-free adaspark check: {record['training_free_check']}")
