@@ -202,11 +202,20 @@ def run_adaspark(qa: VideoQA, path: Path, frames: int, max_pixels: int, device: 
             "decode_busy_s": stream.seconds, "flops_reduction": answer.result.flops().get("reduction")}
 
 
+def pipeline_config(pipeline: str) -> AdaSparkConfig:
+    """'sparse@P' sets both top-p values to P (random weights give flat relevance: P keeps about P of the
+    cubes and FFN rows); 'sparse' and 'dense' use the defaults."""
+    if pipeline.startswith("sparse@"):
+        p = float(pipeline.split("@", 1)[1])
+        return AdaSparkConfig(attn_top_p=p, ffn_top_p=p)
+    return AdaSparkConfig()
+
+
 def setup(model: Any, processor: Any, pipeline: str, kernel: str) -> VideoQA | None:
     if pipeline == "stock":
         return None
-    state = sparsify(model, AdaSparkConfig())
-    state.enabled = pipeline == "sparse"
+    state = sparsify(model, pipeline_config(pipeline))
+    state.enabled = pipeline.startswith("sparse")
     state.kernel = kernel
     fast_vision(model)
     return VideoQA(model, processor, state)
@@ -219,7 +228,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="16,32,64", help="video tokens in K (256 per frame pair of 448x448)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per (size, pipeline) after one warm-up")
-    ap.add_argument("--pipelines", default="stock,dense,sparse")
+    ap.add_argument("--pipelines", default="stock,dense,sparse",
+                    help="stock, dense, sparse (default top-p) and sparse@P (both top-p values P)")
     ap.add_argument("--kernel", default="auto", help="adaspark kernel for the sparse pipeline")
     ap.add_argument("--budget-s", type=float, default=400.0, help="skip further sizes past this many seconds")
     ap.add_argument("--video-dir", type=Path, default=None, help="where to write the test videos (default: a temp dir)")
@@ -296,7 +306,8 @@ def main() -> int:
                 timed = runs[1:] or runs
                 row[name] = {key: statistics.median(r[key] for r in timed) for key in
                              ("decode_s", "preprocess_s", "vision_s", "prefill_s", "first_token_s", "wall_s")}
-                row[name].update(video_tokens=timed[0]["video_tokens"], warmup=runs[0], runs=timed)
+                row[name].update(video_tokens=timed[0]["video_tokens"], flops_reduction=timed[0].get("flops_reduction"),
+                                 warmup=runs[0], runs=timed)
                 if "peak_gib" in timed[0]:
                     row[name]["peak_gib"] = max(r["peak_gib"] for r in timed)
             except Exception:  # noqa: BLE001
@@ -323,19 +334,19 @@ def report(results: dict) -> None:
     env = results["env"]
     log(f"\n# {env['device']}, torch {env['torch']}, transformers {env['transformers']}, {env['date_utc']} UTC")
     log("| video tokens | pipeline | decode s | preprocess s | vision s | prefill s | first token s | wall s "
-        "| vs stock | vs adaspark dense |")
-    log("|---|---|---|---|---|---|---|---|---|---|")
+        "| LM FLOPs cut | vs stock | vs adaspark dense |")
+    log("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in results["sizes"]:
         stock = row.get("stock", {}).get("first_token_s")
         dense = row.get("dense", {}).get("first_token_s")
-        for name in ("stock", "dense", "sparse"):
-            r = row.get(name)
-            if r is None:
+        for name, r in row.items():
+            if not isinstance(r, dict):
                 continue
+            cut = "-" if r.get("flops_reduction") is None else f"{100 * r['flops_reduction']:.0f}%"
             vs_stock = f"{stock / r['first_token_s']:.2f}x" if stock else "-"
             vs_dense = f"{dense / r['first_token_s']:.2f}x" if dense else "-"
             log(f"| {r['video_tokens']} | {name} | {r['decode_s']:.2f} | {r['preprocess_s']:.2f} | {r['vision_s']:.2f} "
-                f"| {r['prefill_s']:.2f} | {r['first_token_s']:.2f} | {r['wall_s']:.2f} | {vs_stock} | {vs_dense} |")
+                f"| {r['prefill_s']:.2f} | {r['first_token_s']:.2f} | {r['wall_s']:.2f} | {cut} | {vs_stock} | {vs_dense} |")
     log(f"total {time.perf_counter() - T0:.0f} s")
 
 

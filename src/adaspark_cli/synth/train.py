@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..adapters.patches import video_patches
 from ..adapters.positions import mrope_position_ids
 from ..config import AdaSparkConfig
 from ..cubes import CubeLayout, cube_layout, video_spans
@@ -48,8 +49,6 @@ from .render import render_frames
 from .scene import TASKS
 from .suite import iter_training_items
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OPENAI_CLIP_MEAN, Qwen2.5-VL's image_mean
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IGNORE = -100
 
 
@@ -210,26 +209,12 @@ class Example:
         return pixel_values(self.frames)[0]
 
 
-def pixel_values(frames: np.ndarray | torch.Tensor, *, patch: int = 14, merge: int = 2,
-                 temporal: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Qwen2.5-VL patches of (N, H, W, 3) uint8 frames whose sides are multiples of 28: (patches, 1176), grid (1, 3).
-
-    Same as Qwen2VLVideoProcessor (no resize needed): rescale 1/255, CLIP normalisation, last frame
-    repeated to an even count, (t, 2, C, h/2, 2, 14, w/2, 2, 14) -> (t, h/2, w/2, 2, 2, C, 2, 14, 14).
-    A tensor is processed on its own device (the training loop does it on the GPU)."""
+def pixel_values(frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen2.5-VL patches of (N, H, W, 3) uint8 frames whose sides are multiples of 28: (patches, 1176), grid (1, 3),
+    as Qwen2VLVideoProcessor gives them (`adapters.patches.video_patches`; a tensor stays on its device)."""
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(np.ascontiguousarray(frames))
-    x = frames.permute(0, 3, 1, 2).float()  # (N, C, H, W)
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-    x = (x / 255.0 - mean) / std
-    if pad := -x.shape[0] % temporal:
-        x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)])
-    n, c, h, w = x.shape
-    gt, gh, gw = n // temporal, h // patch, w // patch
-    p = x.view(gt, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
-    p = p.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gt * gh * gw, c * temporal * patch * patch)
-    return p, torch.tensor([[gt, gh, gw]])
+    return video_patches(frames)
 
 
 class Encoder:
