@@ -54,7 +54,7 @@ def test_eval_json_has_the_documented_keys(runner, suite_dir, tiny_checkpoint):
 def test_eval_generates_a_suite_and_plots(runner, tiny_checkpoint, tmp_path):
     png = tmp_path / "eval.png"
     res = run(runner, "--model", tiny_checkpoint, "--lengths", "16", "--depths", "0.2", "--tasks", "retrieval,motion",
-              "--max-new-tokens", "1", "--out", tmp_path / "suite", "--plot", png, "--device", "cpu")
+              "--max-new-tokens", "1", "--out", tmp_path / "suite", "--plot", png, "--device", "cpu", "--workers", "2")
     assert res.exit_code == 0, res.output
     assert "accuracy by task" in res.stderr and "16x0.2" in res.stderr and res.stdout == ""
     assert png.stat().st_size > 1000
@@ -81,6 +81,7 @@ def test_evaluate_restores_the_mode_and_matches_itself(suite_dir, tiny_checkpoin
         (["--lengths", "8"], "--lengths: '8' is not a frame count"),
         (["--depths", "2"], "--depths: '2' is not a depth"),
         (["--per-cell", "0"], "--per-cell must be at least 1"),
+        (["--workers", "0"], "--workers must be at least 1"),
         (["--limit", "0"], "--limit must be at least 1"),
         (["--plot", "{tmp}/p.txt"], "use a .png, .svg or .pdf"),
         (["{tmp}"], "no suite manifest"),

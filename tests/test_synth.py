@@ -168,3 +168,17 @@ def test_read_suite_errors(tmp_path):
     (tmp_path / "suite.json").write_text("{\"format\": \"other\"}")
     with pytest.raises(ValueError, match="not an adaspark suite"):
         read_suite(tmp_path)
+
+
+def test_parallel_suite_writing_gives_the_same_files(tmp_path):
+    suite = make_suite(2, lengths=(16,), depths=(0.5,), tasks=("retrieval", "motion", "counting"))
+    seen = []
+    a = write_suite(suite, tmp_path / "a")
+    b = write_suite(suite, tmp_path / "b", workers=2, progress=lambda done, total, item: seen.append((done, total, item.id)))
+    assert (tmp_path / "a" / "suite.json").read_text() == (tmp_path / "b" / "suite.json").read_text()
+    assert a.items == b.items
+    for item in a.items:
+        assert a.video_path(item).read_bytes() == b.video_path(item).read_bytes()
+    assert [d for d, _, _ in seen] == [1, 2, 3] and {i for _, _, i in seen} == {item.id for item in suite.items}
+    with pytest.raises(ValueError, match="workers"):
+        write_suite(suite, tmp_path / "c", workers=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from ..synth.suite import DEFAULT_DEPTHS, DEFAULT_LENGTHS, make_suite, read_suit
 from . import options as opt
 from .errors import handle_errors
 from .render import ProgressBar, err_console, human_flops, write_json
+
+DEFAULT_WRITERS = min(8, os.cpu_count() or 1)  # encoding is CPU-bound; more rarely pays
 
 HELD_OUT_SEED = 1000
 
@@ -79,6 +82,9 @@ def eval_command(
     depths: str = typer.Option(",".join(f"{d:g}" for d in DEFAULT_DEPTHS), "--depths",
                                help="Needle depths in [0, 1] of a generated suite."),
     per_cell: int = typer.Option(1, "--per-cell", help="Items per (task, length, depth) cell of a generated suite."),
+    workers: int = typer.Option(DEFAULT_WRITERS, "--workers",
+                                help="Processes that render and encode a generated suite's videos (the same files for any "
+                                     "number). Default: the CPU cores, at most 8.", show_default=False),
     out: Path = typer.Option(None, "--out", help="Keep the generated suite (videos + suite.json) in this folder. "
                              "Default: a temporary folder, deleted afterwards.", show_default=False),
     limit: int = typer.Option(None, "--limit", help="Evaluate only the first N items.", show_default=False),
@@ -111,6 +117,8 @@ def eval_command(
         raise AdasparkError(f"--limit must be at least 1, got {limit}")
     if per_cell < 1:
         raise AdasparkError(f"--per-cell must be at least 1, got {per_cell}")
+    if workers < 1:
+        raise AdasparkError(f"--workers must be at least 1, got {workers}")
     check_max_pixels(max_pixels)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
     if plot is not None:
@@ -127,7 +135,7 @@ def eval_command(
             spec = make_suite(seed, tasks=grid[0], lengths=grid[1], depths=grid[2], per_cell=per_cell)
             if limit is not None:
                 spec = type(spec)(spec.seed, spec.fps, spec.size, spec.items[:limit])
-            suite = write_suite(spec, out if out is not None else Path(tmp),
+            suite = write_suite(spec, out if out is not None else Path(tmp), workers=workers,
                                 progress=lambda done, total, item: bar.update(f"writing {item.id}", done, total))
         if limit is not None:
             suite = type(suite)(suite.seed, suite.fps, suite.size, suite.items[:limit], root=suite.root)

@@ -135,22 +135,40 @@ def write_video(path: Path, frames: np.ndarray, fps: float, *, crf: int = 16) ->
 
 
 def write_suite(
-    suite: Suite, out_dir: str | Path, *, progress: Callable[[int, int, SuiteItem], None] | None = None
+    suite: Suite, out_dir: str | Path, *, progress: Callable[[int, int, SuiteItem], None] | None = None,
+    workers: int = 1,
 ) -> Suite:
-    """Render and encode every item into ``out_dir/videos/`` and write ``out_dir/suite.json``."""
+    """Render and encode every item into ``out_dir/videos/`` and write ``out_dir/suite.json``.
+
+    ``workers`` > 1 renders and encodes items in that many processes (each file is the same bytes either
+    way: every encoder is single-threaded); ``progress`` then reports items as they finish."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, item in enumerate(suite.items):
-        rel = f"videos/{item.id}.mp4"
-        frames = render_frames(item.scene(size=suite.size, fps=suite.fps))
-        write_video(out / rel, frames, suite.fps)  # type: ignore[arg-type]
-        written.append(SuiteItem(**{**asdict(item), "video": rel}))
-        if progress is not None:
-            progress(i + 1, len(suite.items), item)
-    result = Suite(suite.seed, suite.fps, suite.size, tuple(written), root=out)
+    jobs = [(item, out / f"videos/{item.id}.mp4", suite.size, suite.fps) for item in suite.items]
+    if workers == 1 or len(jobs) < 2:
+        for i, job in enumerate(jobs):
+            _write_item(*job)
+            if progress is not None:
+                progress(i + 1, len(jobs), job[0])
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            futures = {pool.submit(_write_item, *job): job[0] for job in jobs}
+            for done, future in enumerate(as_completed(futures), start=1):
+                future.result()
+                if progress is not None:
+                    progress(done, len(jobs), futures[future])
+    written = tuple(SuiteItem(**{**asdict(item), "video": f"videos/{item.id}.mp4"}) for item in suite.items)
+    result = Suite(suite.seed, suite.fps, suite.size, written, root=out)
     (out / MANIFEST).write_text(json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8")
     return result
+
+
+def _write_item(item: SuiteItem, path: Path, size: tuple[int, int], fps: float) -> None:
+    write_video(path, render_frames(item.scene(size=size, fps=fps)), fps)  # type: ignore[arg-type]
 
 
 def read_suite(path: str | Path) -> Suite:
