@@ -8,9 +8,9 @@ decoded by a worker thread (PyAV, one decoder thread each) that seeks to the key
 chunk's first frame and, inside the chunk, jumps over every stretch of frames up to the next keyframe
 that holds no wanted frame. A frame is identified by its pts, not by counting, so seeking is exact.
 Each wanted frame is converted to RGB at full size and resized with the same torchvision call the
-Qwen2-VL video processor makes (bicubic, antialias, uint8), so the processor then sees frames that are
-already at its target size and leaves them as they are: the pixels are bit-identical to resizing in the
-processor. Memory is bounded by the chunks in flight (``workers + 1``), never by the video.
+Qwen2-VL video processor makes (bicubic, antialias, uint8), so the frames are already at its target size:
+`adapters.patches` (or the processor itself) then only rescales, normalises and patches them, and the
+pixels are bit-identical to resizing in the processor. Memory is bounded by the chunks in flight (``workers + 1``), never by the video.
 
 Measured 2026-11-25 on the 2-core CPU (benchmarks/bench_decode.py; 10-minute 854x480 30 fps H.264, a
 keyframe every 250 frames, 256 frames resized to 588x336): see docs/benchmarks.md. Choices, by the numbers:
