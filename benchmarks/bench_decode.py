@@ -50,6 +50,15 @@ print(json.dumps({**out, "peak_rss_mb": ru.ru_maxrss / 1024, "rss_before_mb": be
 
 
 def write_long_video(path: Path, *, width: int = 854, height: int = 480, fps: int = 30, seconds: int = 600) -> Path:
+    """The issue's test file: a keyframe every 250 frames exactly (x264 ultrafast, crf 28)."""
+    return write_panning_video(path, width=width, height=height, fps=fps, frames=fps * seconds, shift=2,
+                               options={"g": "250", "keyint_min": "250", "sc_threshold": "0"})
+
+
+def write_panning_video(path: Path, *, width: int, height: int, fps: int, frames: int, shift: int,
+                        options: dict[str, str]) -> Path:
+    """H.264 (x264 ultrafast, crf 28, plus `options`) of a blocky random texture panning right by `shift` px a
+    frame; seeded, so the same arguments give the same frames."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,9 +68,9 @@ def write_long_video(path: Path, *, width: int = 854, height: int = 480, fps: in
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "28", "g": "250", "keyint_min": "250", "sc_threshold": "0"}
-        for i in range(fps * seconds):
-            x = (i * 2) % 400
+        stream.options = {"preset": "ultrafast", "crf": "28", **options}
+        for i in range(frames):
+            x = (i * shift) % 400
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[:, x : x + width]), format="rgb24")
             frame.pts = i
             for packet in stream.encode(frame):

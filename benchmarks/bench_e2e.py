@@ -38,11 +38,9 @@ import sys
 import tempfile
 import time
 import traceback
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
@@ -55,6 +53,7 @@ from adaspark_cli.qa import VideoQA  # noqa: E402
 from adaspark_cli.qa.session import MIN_PIXELS  # noqa: E402
 from adaspark_cli.video import decode_video  # noqa: E402
 from adaspark_cli.video.stream import open_video_stream  # noqa: E402
+from bench_decode import write_panning_video  # noqa: E402  (this folder is on sys.path when run as a script)
 
 QUESTION = "What happens in the video?"
 FPS = 8.0
@@ -117,25 +116,7 @@ def build_model(quick: bool, device: torch.device, dtype: torch.dtype) -> tuple[
 
 def write_video(path: Path, frames: int, size: int) -> Path:
     """`frames` frames of size x size at 8 fps: a blocky random texture drifting right (x264 ultrafast, crf 28)."""
-    import av
-
-    rng = np.random.default_rng(0)
-    texture = rng.integers(40, 215, size=(size // 16 + 1, (size + 400) // 16 + 1, 3), dtype=np.uint8)
-    texture = texture.repeat(16, 0).repeat(16, 1)[:size, : size + 400]
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=Fraction(int(FPS)))
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "28", "g": "250"}
-        for i in range(frames):
-            x = (i * 3) % 400
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[:, x : x + size]), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    return write_panning_video(path, width=size, height=size, fps=int(FPS), frames=frames, shift=3, options={"g": "250"})
 
 
 # ---- the three pipelines -------------------------------------------------------------------------

@@ -61,6 +61,25 @@ def runner():
 
 
 @pytest.fixture(scope="module")
+def make_video(tmp_path_factory: pytest.TempPathFactory):
+    """`make(**kwargs)` -> a video_factory.write_video file; each distinct video is encoded once per module and
+    shared by its tests (they only read it)."""
+    from video_factory import write_video
+
+    cache: dict[tuple, Path] = {}
+    folder = tmp_path_factory.mktemp("videos")
+
+    def make(**kwargs) -> Path:
+        key = tuple(sorted(kwargs.items()))
+        if key not in cache:
+            name = "_".join(f"{k}-{v}" for k, v in key).replace(".", "p")
+            cache[key] = write_video(folder / name, **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2 s, 8 fps, 112x112 H.264 clip written with PyAV."""
     from video_factory import write_video

@@ -29,22 +29,6 @@ QUESTION = "what color was the star?"
 
 
 @pytest.fixture(scope="module")
-def make_video(tmp_path_factory: pytest.TempPathFactory):
-    """Encodes each distinct video once per module."""
-    cache: dict[tuple, Path] = {}
-    folder = tmp_path_factory.mktemp("videos")
-
-    def make(**kwargs) -> Path:
-        key = tuple(sorted(kwargs.items()))
-        if key not in cache:
-            name = "_".join(f"{k}-{v}" for k, v in key).replace(".", "p")
-            cache[key] = vf.write_video(folder / name, **kwargs)
-        return cache[key]
-
-    return make
-
-
-@pytest.fixture(scope="module")
 def qa(tiny_checkpoint) -> VideoQA:
     model, processor = load_model(str(tiny_checkpoint))
     state = sparsify(model, AdaSparkConfig(cube=(2, 2, 2)))

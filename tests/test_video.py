@@ -124,22 +124,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def make_video(tmp_path_factory: pytest.TempPathFactory):
-    """Encodes each distinct video once per module; tests share the file (they only read it)."""
-    cache: dict[tuple, Path] = {}
-    folder = tmp_path_factory.mktemp("videos")
-
-    def make(**kwargs) -> Path:
-        key = tuple(sorted(kwargs.items()))
-        if key not in cache:
-            name = "_".join(f"{k}-{v}" for k, v in key).replace(".", "p")
-            cache[key] = vf.write_video(folder / name, **kwargs)
-        return cache[key]
-
-    return make
-
-
 @pytest.mark.parametrize("backend", DECODERS)
 @pytest.mark.parametrize(("codec", "fps", "n_frames", "width", "height"), CASES)
 def test_decode_codecs_sizes_rates(

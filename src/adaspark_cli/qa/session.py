@@ -389,8 +389,7 @@ class VideoQA:
             frames_t = torch.from_numpy(np.ascontiguousarray(frames))
             if self.device.type == "cuda":
                 frames_t = frames_t.pin_memory().to(self.device, non_blocking=True)
-            pixels, grid = video_patches(frames_t, spec)
-            return pixels, grid
+            return video_patches(frames_t, spec)
         inputs = self.processor.video_processor(videos=[frames], do_sample_frames=False, return_tensors="pt", **size_kwargs)
         return inputs["pixel_values_videos"].to(self.device), inputs["video_grid_thw"]
 

@@ -367,10 +367,6 @@ def _lr_at(step: int, total: int, base: float, warmup: int, time_fraction: float
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return model_inputs(batch, device)
-
-
 def dense_loss(model: Any, batch: Sequence[Example] | dict[str, torch.Tensor], pad_id: int,
                device: torch.device) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens of a padded batch (the model unmodified).
@@ -388,7 +384,7 @@ def sparse_loss(model: Any, encoder: Encoder, examples: Sequence[Example], state
     total_tokens = sum(int((e.labels != IGNORE).sum()) for e in examples)
     loss_sum = 0.0
     for e in examples:
-        batch = _to(collate([e], encoder.tok.pad_token_id), device)
+        batch = model_inputs(collate([e], encoder.tok.pad_token_id), device)
         batch.pop("attention_mask")  # one unpadded sequence: causal SDPA / the sparse path
         labels = batch.pop("labels")
         layout = encoder.layout(e, cube).to(device)
@@ -420,7 +416,7 @@ def answer_accuracy(model: Any, encoder: Encoder, cfg: TrainConfig, *, items: in
         for _ in range(items):
             scene, q, a = next(stream)
             e = encoder.encode(render_frames(scene), q, a)  # type: ignore[arg-type]
-            batch = _to(collate([e], encoder.tok.pad_token_id), dev)
+            batch = model_inputs(collate([e], encoder.tok.pad_token_id), dev)
             batch.pop("attention_mask")
             labels = batch.pop("labels")
             ctx = state.forward_context(layout=encoder.layout(e, cfg.cube).to(dev), offset=0, stats=None) \
@@ -462,6 +458,16 @@ def _clipped_step(model: Any, opt: torch.optim.Optimizer) -> bool:
         return False
     opt.step()
     return True
+
+
+def _optimizer_step(model: Any, opt: torch.optim.Optimizer, record: dict[str, Any], where: str,
+                    log: Callable[[str], None]) -> bool:
+    """`_clipped_step`, counting and logging a skipped one: one bad batch must not turn every weight into NaN."""
+    if _clipped_step(model, opt):
+        return True
+    record["skipped_steps"] = record.get("skipped_steps", 0) + 1
+    log(f"{where}: non-finite gradient, step skipped")
+    return False
 
 
 def _fmt(check: dict[str, float]) -> str:
@@ -530,11 +536,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, device: str | 
             loss = dense_loss(model, batch, pad_id, dev)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if _clipped_step(model, opt):
+            if _optimizer_step(model, opt, record, f"dense step {step}", log):
                 record["dense"].append(float(loss.detach()))
-            else:  # one bad batch must not turn every weight into NaN
-                record["skipped_steps"] = record.get("skipped_steps", 0) + 1
-                log(f"dense step {step}: non-finite gradient, step skipped")
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 recent = record["dense"][-cfg.log_every :] or [float("nan")]
                 elapsed = time.perf_counter() - start
@@ -579,11 +582,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, device: str | 
                 g["lr"] = _lr_at(step, cfg.sparse_steps, cfg.sparse_lr, min(cfg.warmup, cfg.sparse_steps // 10 + 1), frac)
             opt.zero_grad(set_to_none=True)
             loss_value = sparse_loss(model, encoder, next(sparse_stream), state, cfg.cube, dev)
-            if _clipped_step(model, opt):
+            if _optimizer_step(model, opt, record, f"adaspark step {step}", log):
                 record["adaspark"].append(loss_value)
-            else:
-                record["skipped_steps"] = record.get("skipped_steps", 0) + 1
-                log(f"adaspark step {step}: non-finite gradient, step skipped")
             if step % cfg.log_every == 0 or step == cfg.sparse_steps - 1:
                 recent = record["adaspark"][-cfg.log_every :]
                 log(f"adaspark step {step}: loss {sum(recent) / len(recent):.4f} ({time.perf_counter() - start:.0f} s)")
