@@ -15,6 +15,7 @@ def test_cli_docs_are_current():
 
 def test_readme_quick_start_uses_bundled_files():
     readme = (ROOT / "README.md").read_text()
-    assert "adaspark ask examples/demo.mp4" in readme and (ROOT / "examples" / "demo.mp4").is_file()
-    assert (ROOT / "models" / "adaspark-tiny-random" / "config.json").is_file()
+    assert 'adaspark ask examples/demo.mp4 "What color is the heart in the video?"' in readme
+    assert (ROOT / "examples" / "demo.mp4").is_file()
+    assert (ROOT / "models" / "adaspark-synth-small" / "config.json").is_file()
     assert "<!-- test-command -->" in readme and "pytest" in readme.split("<!-- test-command -->")[1]

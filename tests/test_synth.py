@@ -20,7 +20,8 @@ from adaspark_cli.synth import (
     sample_scene,
     write_suite,
 )
-from adaspark_cli.synth.scene import PALETTE, motion_duration
+from adaspark_cli.synth.scene import MAX_HOLD_SHARE, PALETTE, hold_for_share, max_hold, motion_duration
+from adaspark_cli.synth.suite import iter_training_items
 from adaspark_cli.video import decode_video
 
 
@@ -117,6 +118,43 @@ def test_counting_appearances_are_separated_by_an_empty_frame_pair():
         for (_, end), (start, _) in zip(spans, spans[1:]):
             empty = set(range(end, start))
             assert any(f in empty and f + 1 in empty for f in range(0, 64, 2)), spans
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("share", [1.0, 0.5, 0.25])
+def test_curriculum_scenes_keep_their_answers(task, share):
+    """A longer hold and no clutter change only how easy the needle is to find: the answer recomputed
+    from the pixels still agrees, the needle stays on screen as long as asked, nothing else is drawn."""
+    for n in (16, 32, 64):
+        hold = hold_for_share(task, n, share)
+        assert hold is None or (hold % 2 == 0 and hold <= max_hold(task, n) <= MAX_HOLD_SHARE[task] * n)
+        for seed in range(4):
+            for depth in (0.0, 0.6, 1.0):
+                scene = sample_scene(task, n, depth, seed, hold=hold, clutter=False)
+                assert scene.distractors == () and all(t.shape in scene.target for t in scene.needles)
+                if hold is not None and task != "motion":
+                    assert all(t.end - t.start == hold for t in scene.needles)
+                assert all(0 <= t.start < t.end <= n for t in scene.needles)
+                assert answer_from_pixels(scene) == question_answer(scene)[1], (n, depth, seed, hold)
+                assert type(scene).from_dict(json.loads(json.dumps(scene.to_dict()))) == scene
+
+
+def test_retrieval_needle_can_fill_the_whole_video():
+    scene = sample_scene("retrieval", 32, 0.4, 3, hold=32)
+    (needle,) = [t for t in scene.needles if t.shape == scene.target[0]]
+    assert (needle.start, needle.end) == (0, 32)
+    assert _visible(render_frames(scene, with_ids=True)[1], _shape_ids(scene, scene.target[0])).all()
+
+
+def test_training_stream_defaults_are_the_held_out_distribution():
+    import itertools
+
+    plain = [s for s, _, _ in itertools.islice(iter_training_items(5, lengths=[16, 32]), 12)]
+    assert all(s.hold is None and s.clutter for s in plain)
+    mixed = [s for s, _, _ in itertools.islice(iter_training_items(5, lengths=[32], needle_share=(1.0, 0.0)), 80)]
+    assert {s.hold is None for s in mixed} == {True, False}  # each item draws a share: both kinds occur
+    with pytest.raises(ValueError, match="hold must be"):
+        sample_scene("ordering", 32, 0.5, 0, hold=16)  # two needles cannot each fill half the video
 
 
 def test_bad_arguments_are_rejected():

@@ -10,12 +10,12 @@ import typer
 
 from ..adapters.qwen2_5_vl import check_kernel
 from ..errors import AdasparkError
-from ..qa import load_video_qa
+from ..qa import is_bundled_demo, load_video_qa
 from ..qa.session import check_max_pixels
 from ..video.stream import VideoStream, open_video
 from . import options as opt
 from .errors import handle_errors
-from .render import err_console, layer_table, note, write_answer_piece, write_json
+from .render import BUNDLED_MODEL_NOTE, err_console, layer_table, note, write_answer_piece, write_json
 
 
 @handle_errors
@@ -70,9 +70,8 @@ def ask(
     if not quiet:
         if loaded.device.type == "cpu":
             note("running on the CPU (no CUDA GPU visible); long videos will be slow")
-        if loaded.bundled:
-            note("the bundled model has random weights (untrained): its answers are noise; it shows the pipeline "
-                 "and the sparsity statistics. Pass --model with a Qwen2.5-VL checkpoint for real answers.")
+        if loaded.bundled and not is_bundled_demo(video):
+            note(BUNDLED_MODEL_NOTE)
     qa = loaded.qa
     prompt = qa.prepare_video(source, max_pixels=max_pixels)
     if not quiet:

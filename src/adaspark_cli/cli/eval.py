@@ -92,8 +92,9 @@ def eval_command(
     decoder: str = opt.DECODER,
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="Stop an answer after this many tokens."),
     device: str = opt.DEVICE,
-    plot: Path = typer.Option(None, "--plot", help="Write accuracy bars per task and length to this .png (.svg, .pdf); "
-                              "needs pip install 'adaspark-cli[plot]'.", show_default=False),
+    plot: Path = typer.Option(None, "--plot", help="Write accuracy heatmaps over length x depth (dense beside "
+                              "AdaSpark) and bars per task to this .png (.svg, .pdf); needs pip install "
+                              "'adaspark-cli[plot]'.", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (tables go to stderr)."),
     quiet: bool = opt.QUIET,
 ) -> None:

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import typer
 
-from ..qa import DEFAULT_QUESTION, load_video_qa, profile_prefill
+from ..qa import DEFAULT_QUESTION, is_bundled_demo, load_video_qa, profile_prefill
 from ..qa.plot import check_plot_path, plot_profile
 from ..video import decode_video
 from ..adapters.qwen2_5_vl import check_kernel
 from . import options as opt
 from .errors import handle_errors
-from .render import ProgressBar, err_console, note, profile_summary, profile_tables, write_json
+from .render import BUNDLED_MODEL_NOTE, ProgressBar, err_console, note, profile_summary, profile_tables, write_json
 
 
 @handle_errors
@@ -82,8 +82,8 @@ def profile(
             err_console.print(table)
         err_console.print(profile_summary(report))
     if not quiet:
-        if loaded.bundled:
-            note("the bundled model has random weights: the statistics show the pipeline, not a trained model")
+        if loaded.bundled and not is_bundled_demo(video):
+            note(BUNDLED_MODEL_NOTE)
         if plot is not None:
             note(f"wrote {plot}")
 

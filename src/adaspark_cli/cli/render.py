@@ -31,6 +31,13 @@ def write_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+BUNDLED_MODEL_NOTE = (
+    "the bundled model knows only adaspark's synthetic scenes (colored shapes on a drifting texture, 112x112 px, "
+    "2 fps): on other videos its answers mean nothing. For real videos pass --model with a Qwen2.5-VL checkpoint, "
+    "a local directory or a hub id such as Qwen/Qwen2.5-VL-7B-Instruct"
+)
+
+
 def note(message: str) -> None:
     err_console.print(f"[dim]{escape(message)}[/]", markup=True, soft_wrap=True)
 

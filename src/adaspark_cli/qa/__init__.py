@@ -10,7 +10,15 @@ from .calibrate import (
     calibrate_per_layer,
     parse_grid,
 )
-from .load import BUNDLED_MODEL_NAME, LoadedModel, bundled_model_dir, default_model, load_video_qa, pick_device
+from .load import (
+    BUNDLED_MODEL_NAME,
+    LoadedModel,
+    bundled_model_dir,
+    default_model,
+    is_bundled_demo,
+    load_video_qa,
+    pick_device,
+)
 from .profile import DEFAULT_QUESTION, CubeSelection, Fidelity, ProfileResult, logit_fidelity, profile_prefill
 from .session import DEFAULT_MAX_PIXELS, AnswerResult, AnswerStream, VideoPrefix, VideoPrompt, VideoQA, layer_rows
 
@@ -36,6 +44,7 @@ __all__ = [
     "calibrate",
     "calibrate_per_layer",
     "default_model",
+    "is_bundled_demo",
     "layer_rows",
     "load_video_qa",
     "logit_fidelity",

@@ -159,25 +159,46 @@ def _run_item(qa: VideoQA, suite: Suite, item: SuiteItem, *, max_pixels: int, ma
 
 
 def plot_eval(report: dict[str, Any], path: str | Path) -> Path:
-    """Accuracy per task and per length, dense against AdaSpark, to ``path`` (.png, .svg or .pdf)."""
+    """Accuracy heatmaps over length x depth, dense beside AdaSpark, and accuracy per task, to ``path``
+    (.png, .svg or .pdf)."""
     from .plot import _matplotlib
 
     figure_cls, canvas_cls = _matplotlib()
-    fig = figure_cls(figsize=(10, 4), dpi=120)
+    fig = figure_cls(figsize=(13, 4.2), dpi=120)
     canvas_cls(fig)
-    for ax, key, title in ((fig.add_subplot(1, 2, 1), "by_task", "accuracy per task"),
-                           (fig.add_subplot(1, 2, 2), "by_length", "accuracy per length (frames)")):
-        groups = report[key]
-        names = list(groups)
-        xs = range(len(names))
-        for offset, mode, color in ((-0.2, "dense", "#888888"), (0.2, "adaspark", "#d9480f")):
-            ax.bar([x + offset for x in xs], [groups[n][mode]["accuracy"] for n in names], width=0.4,
-                   label=mode, color=color)
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels(names)
-        ax.set_ylim(0, 1.05)
-        ax.set_title(title)
-        ax.legend(loc="lower right")
+    cells = report["by_length_depth"]
+    lengths = sorted({int(k.split("x")[0]) for k in cells})
+    depths = sorted({float(k.split("x")[1]) for k in cells})
+    for i, mode in enumerate(MODES):
+        ax = fig.add_subplot(1, 3, i + 1)
+        grid = [[cells.get(f"{n}x{d:g}", {}).get(mode, {}).get("accuracy", float("nan")) for d in depths]
+                for n in lengths]
+        image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        for r, row in enumerate(grid):
+            for c, value in enumerate(row):
+                if value == value:  # not NaN
+                    ax.text(c, r, f"{value:.0%}", ha="center", va="center", color="white" if value < 0.6 else "black")
+        ax.set_xticks(range(len(depths)))
+        ax.set_xticklabels([f"{d:g}" for d in depths])
+        ax.set_yticks(range(len(lengths)))
+        ax.set_yticklabels([str(n) for n in lengths])
+        ax.set_xlabel("needle depth")
+        ax.set_ylabel("frames")
+        ax.set_title(f"{mode} accuracy")
+        if i == 1:
+            fig.colorbar(image, ax=ax, fraction=0.046)
+    ax = fig.add_subplot(1, 3, 3)
+    groups = report["by_task"]
+    names = list(groups)
+    xs = range(len(names))
+    for offset, mode, color in ((-0.2, "dense", "#888888"), (0.2, "adaspark", "#d9480f")):
+        ax.bar([x + offset for x in xs], [groups[n][mode]["accuracy"] for n in names], width=0.4, label=mode,
+               color=color)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("accuracy per task")
+    ax.legend(loc="upper right")
     red = report["adaspark"]["flops_reduction"]
     fig.suptitle(f"{report['items']} items: dense {report['dense']['accuracy']:.1%}, adaspark "
                  f"{report['adaspark']['accuracy']:.1%} with {red:.1%} fewer prefill FLOPs")

@@ -16,7 +16,7 @@ from ..config import AdaSparkConfig, config_from_checkpoint
 from ..errors import AdasparkError, CheckpointError
 from .session import VideoQA
 
-BUNDLED_MODEL_NAME = "adaspark-tiny-random"
+BUNDLED_MODEL_NAME = "adaspark-synth-small"  # trained on synthetic scenes only (its model card)
 MODEL_ENV = "ADASPARK_MODEL"
 
 
@@ -31,9 +31,21 @@ class LoadedModel:
     bundled: bool
 
 
+def _checkout() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
 def bundled_model_dir() -> Path:
     """models/<name> of the source checkout this package runs from (editable install)."""
-    return Path(__file__).resolve().parents[3] / "models" / BUNDLED_MODEL_NAME
+    return _checkout() / "models" / BUNDLED_MODEL_NAME
+
+
+def is_bundled_demo(video: str | Path) -> bool:
+    """Whether ``video`` is the checkout's examples/demo.mp4, the one real video the bundled model knows."""
+    try:
+        return Path(video).resolve() == (_checkout() / "examples" / "demo.mp4").resolve()
+    except OSError:
+        return False
 
 
 def default_model() -> str:

@@ -35,6 +35,9 @@ DIRECTIONS = ("left", "right", "up", "down")
 BACKGROUNDS = ("noise", "stripes", "checker", "blobs")
 MIN_FRAMES, MAX_FRAMES = 16, 4096
 MAX_COUNT = 4  # counting answers are 1..MAX_COUNT
+# Training curriculum only: the largest share of the frames a needle may fill while the task still has its
+# answer (ordering needs two needles in separate slots, counting at least two slots).
+MAX_HOLD_SHARE = {"retrieval": 1.0, "ordering": 0.25, "counting": 0.25, "motion": 1.0}
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class Scene:
     needles: tuple[Track, ...]
     target: tuple[str, ...] = field(default=())  # shapes the question names
     hold: int | None = None  # frames a needle stays on screen, where a training curriculum overrides the default
+    clutter: bool = True  # distractor shapes and decoy needles (a training curriculum may leave them out)
 
     @property
     def needle_frames(self) -> int:
@@ -126,6 +130,19 @@ def motion_duration(n_frames: int) -> int:
     return max(4, n_frames // 16)
 
 
+def max_hold(task: str, n_frames: int) -> int:
+    """The longest even ``hold`` `sample_scene` takes for a task and length (see `MAX_HOLD_SHARE`)."""
+    return max(2, int(MAX_HOLD_SHARE[task] * n_frames) // 2 * 2)
+
+
+def hold_for_share(task: str, n_frames: int, share: float) -> int | None:
+    """The even hold that fills about ``share`` of the frames, capped by `max_hold`; None where that is no
+    longer than the default duration (the scene is then drawn as in a held-out suite)."""
+    hold = min(int(round(share * n_frames / 2)) * 2, max_hold(task, n_frames))
+    default = motion_duration(n_frames) if task == "motion" else needle_duration(n_frames)
+    return hold if hold > default else None
+
+
 def check_args(task: str, n_frames: int, depth: float, size: tuple[int, int]) -> None:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
@@ -140,16 +157,21 @@ def check_args(task: str, n_frames: int, depth: float, size: tuple[int, int]) ->
 
 def sample_scene(
     task: str, n_frames: int, depth: float, seed: int, *, size: tuple[int, int] = (112, 112), fps: float = 2.0,
-    hold: int | None = None,
+    hold: int | None = None, clutter: bool = True,
 ) -> Scene:
     """Draw the scene of one item. ``size`` is (width, height); ``depth`` places the (first) needle.
 
-    ``hold`` (training curriculum only; held-out suites never set it): needles stay on screen this many
-    frames (an even number, at most n_frames / 4) instead of `needle_duration`, the moving ball at least as
-    long: a needle filling more of a short video gives the first training steps a stronger signal."""
+    Training curriculum only (held-out suites never set them): ``hold`` keeps needles on screen this many
+    frames (an even number up to `max_hold`: the whole video for retrieval and motion) instead of
+    `needle_duration`, the moving ball at least as long; ``clutter=False`` leaves out the distractor shapes
+    and the decoy needles. Both make where the answer is in the video easier to find, which a model
+    trained from scratch must learn first (docs/training.md). With the defaults the random draws, and so
+    the scene, are those of a held-out item."""
     check_args(task, n_frames, depth, size)
-    if hold is not None and not (isinstance(hold, int) and hold >= 2 and hold % 2 == 0 and 4 * hold <= n_frames):
-        raise ValueError(f"hold must be an even number of frames in 2..{n_frames // 4}, got {hold!r}")
+    limit = max_hold(task, n_frames)
+    if hold is not None and not (isinstance(hold, int) and 2 <= hold <= limit and hold % 2 == 0):
+        raise ValueError(f"hold must be an even number of frames in 2..{limit} for {task} at {n_frames} frames, "
+                         f"got {hold!r}")
     rng = np.random.default_rng([seed, TASKS.index(task), n_frames, int(round(depth * 1000))])
     width, height = size
     background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
@@ -197,7 +219,10 @@ def sample_scene(
     target: tuple[str, ...]
     shapes = [str(x) for x in rng.permutation(NEEDLE_SHAPES)]
     colors = [str(x) for x in rng.permutation(COLORS)]
-    if task == "retrieval":
+    if task == "retrieval" and slots == 0:  # a hold of over half the video: one needle, no room for decoys
+        needles.append(static(shapes[0], colors[0], int(round(depth * (n_frames - dur) / 2)) * 2, dur))
+        target = (shapes[0],)
+    elif task == "retrieval":
         first = int(round(depth * (slots - 1)))
         needles.append(static(shapes[0], colors[0], slot_start(first), dur))
         for i, k in enumerate(others(int(rng.integers(0, 3)), {first})):  # decoys: other shapes, other colors
@@ -240,9 +265,13 @@ def sample_scene(
             x0, y0, vx, vy = cx, float(margin), 0.0, travel_y * step
         needles.append(Track("ball", colors[0], s, x0, y0, round(vx, 4), round(vy, 4), start, start + mdur))
         target = ("ball",)
+    if not clutter:
+        distractors = []
+        needles = [t for t in needles if t.shape in target]
     needles.sort(key=lambda t: t.start)
     return Scene(
         task=task, n_frames=int(n_frames), depth=float(depth), seed=int(seed), width=width, height=height,
         fps=float(fps), background=background, bg_level=bg_level, bg_contrast=bg_contrast, drift=drift,
         distractors=tuple(distractors), needles=tuple(needles), target=target, hold=hold,
+        clutter=clutter,
     )

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .render import render_frames
-from .scene import TASKS, Scene, sample_scene
+from .scene import TASKS, Scene, hold_for_share, sample_scene
 from .tasks import question_answer
 
 FORMAT = "adaspark-synth-suite"
@@ -195,21 +195,27 @@ def read_suite(path: str | Path) -> Suite:
 
 def iter_training_items(
     seed: int, *, lengths: Iterable[int], tasks: Sequence[str] = TASKS, size: tuple[int, int] = DEFAULT_SIZE,
-    hold: int | None = None,
+    needle_share: float | Sequence[float] | None = None, clutter: bool = True,
 ) -> Iterable[tuple[Scene, str, str]]:
     """An endless stream of (scene, question, answer) with random depth, for training (no files).
 
-    ``hold``: needles stay on screen this many frames where a video is long enough (`sample_scene`).
+    Curriculum knobs (`sample_scene`): ``needle_share`` keeps needles on screen for about that share of
+    each video's frames (capped per task by `MAX_HOLD_SHARE`; several values: each item draws one, 0 the
+    held-out duration); ``clutter=False`` drops distractors and decoys. The defaults give the held-out
+    distribution.
 
     Seeds live in a range (2**31 + ...) that `make_suite`'s item seeds never reach, so training
     and held-out items never share a scene."""
     rng = np.random.default_rng([seed, 0x7EA1])
     lengths = list(lengths)
+    shares = [needle_share] if isinstance(needle_share, (int, float)) else list(needle_share or [])
     while True:
         task = tasks[int(rng.integers(len(tasks)))]
         n = int(lengths[int(rng.integers(len(lengths)))])
         depth = float(np.round(rng.uniform(0, 1), 3))
         s = 2**31 + int(rng.integers(0, 2**31))
-        scene = sample_scene(task, n, depth, s, size=size, hold=hold if hold and 4 * hold <= n else None)
+        share = float(rng.choice(shares)) if shares else 0.0
+        hold = hold_for_share(task, n, share) if share else None
+        scene = sample_scene(task, n, depth, s, size=size, hold=hold, clutter=clutter)
         q, a = question_answer(scene)
         yield scene, q, a

@@ -68,7 +68,7 @@ class ModelSpec:
 
 
 PRESETS: dict[str, ModelSpec] = {
-    # the size of models/adaspark-tiny-random: for CPU smoke tests only
+    # the size of the tests' tiny checkpoint (build_tiny_checkpoint): for CPU smoke tests only
     "tiny": ModelSpec(2, 64, 4, 2, 128, 2, 32, 2, 64),
     # ~6 M parameters (12 MB in bf16): the bundled trained model
     "small": ModelSpec(),
@@ -100,8 +100,14 @@ class TrainConfig:
     init: str | None = None  # a checkpoint folder to continue from instead of a fresh `preset` model
     check_items: int = 0  # after each phase, teacher-forced greedy accuracy on this many fresh items (0: skip)
     check_every: int = 0  # also during the dense phase, every this many steps (0: only at the end)
-    hold: int | None = None  # curriculum: needles on screen this many frames in training videos (checks: never)
+    needle_share: tuple[float, ...] | None = None  # curriculum: needles on screen this share of the frames (0: as held out)
+    clutter: bool = True  # curriculum: False leaves distractors and decoy needles out of training videos
     log_every: int = 20
+
+    @property
+    def curriculum(self) -> bool:
+        """Training videos differ from the held-out distribution (checks then report both)."""
+        return any(self.needle_share or ()) or not self.clutter
 
     def adaspark(self) -> AdaSparkConfig:
         return AdaSparkConfig(cube=self.cube, attn_top_p=self.attn_top_p, ffn_top_p=self.ffn_top_p)
@@ -312,7 +318,8 @@ def example_stream(encoder: Encoder, cfg: TrainConfig, seed: int) -> Iterator[li
     rng = np.random.default_rng([seed, 1])
     weights = np.asarray(cfg.length_weights or [1.0] * len(cfg.lengths), dtype=np.float64)
     weights = weights / weights.sum()
-    streams = {n: iter(iter_training_items(seed * 1000 + n, lengths=[n], tasks=cfg.tasks, hold=cfg.hold))
+    streams = {n: iter(iter_training_items(seed * 1000 + n, lengths=[n], tasks=cfg.tasks,
+                                                 needle_share=cfg.needle_share, clutter=cfg.clutter))
                for n in cfg.lengths}
     while True:
         n = int(rng.choice(cfg.lengths, p=weights))
@@ -402,16 +409,19 @@ def sparse_loss(model: Any, encoder: Encoder, examples: Sequence[Example], state
 
 @torch.no_grad()
 def answer_accuracy(model: Any, encoder: Encoder, cfg: TrainConfig, *, items: int = 64, seed: int = 99,
-                    state: Any = None, lengths: Sequence[int] | None = None) -> dict[str, float]:
+                    state: Any = None, lengths: Sequence[int] | None = None,
+                    curriculum: bool = False) -> dict[str, float]:
     """Share of generated items whose whole answer (and <|im_end|>) is the argmax at every answer position.
 
     Under teacher forcing that is exactly what greedy decoding would produce. With ``state`` the
-    forward runs with AdaSpark active (one sequence at a time); per task and overall."""
+    forward runs with AdaSpark active (one sequence at a time); per task and overall. Items follow the
+    held-out distribution, or with ``curriculum`` the training videos' (cfg.needle_share, cfg.clutter)."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
     hits: dict[str, list[bool]] = {t: [] for t in cfg.tasks}
-    stream = iter(iter_training_items(seed, lengths=lengths or cfg.lengths, tasks=cfg.tasks))
+    knobs = {"needle_share": cfg.needle_share, "clutter": cfg.clutter} if curriculum else {}
+    stream = iter(iter_training_items(seed, lengths=lengths or cfg.lengths, tasks=cfg.tasks, **knobs))
     try:
         for _ in range(items):
             scene, q, a = next(stream)
@@ -547,6 +557,10 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, device: str | 
                 check = answer_accuracy(model, encoder, cfg, items=cfg.check_items)
                 record.setdefault("dense_checks", []).append({"step": step, **check})
                 log(f"dense check at step {step}: {_fmt(check)}")
+                if cfg.curriculum:
+                    check = answer_accuracy(model, encoder, cfg, items=cfg.check_items, curriculum=True)
+                    record.setdefault("dense_checks_curriculum", []).append({"step": step, **check})
+                    log(f"dense check at step {step}, training videos: {_fmt(check)}")
     except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # keep what was learned: a one-shot GPU run
         if not record["dense"]:
             raise
@@ -560,6 +574,10 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, device: str | 
     if cfg.check_items:
         record["dense_check"] = answer_accuracy(model, encoder, cfg, items=cfg.check_items)
         log(f"dense check (teacher-forced greedy, {cfg.check_items} items): {record['dense_check']}")
+        if cfg.curriculum:
+            record["dense_check_curriculum"] = answer_accuracy(model, encoder, cfg, items=cfg.check_items,
+                                                               curriculum=True)
+            log(f"dense check on training videos (curriculum): {record['dense_check_curriculum']}")
 
     _write_log(out_dir, record)
     if cfg.sparse_steps > 0:
@@ -649,6 +667,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--lengths", default=",".join(map(str, d.lengths)))
     p.add_argument("--length-weights", default=None)
+    p.add_argument("--tasks", default=",".join(d.tasks), help=f"task families to train on (of {', '.join(TASKS)})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--cube", default="x".join(map(str, d.cube)))
     p.add_argument("--attn-top-p", type=float, default=d.attn_top_p)
@@ -660,20 +679,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--check-items", type=int, default=0)
     p.add_argument("--check-every", type=int, default=0, help="also check every this many dense steps")
     p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--hold", type=int, default=None,
-                   help="curriculum: training needles stay on screen this many frames (even; videos of >= 4x that)")
+    p.add_argument("--needle-share", default=None,
+                   help="curriculum: training needles stay on screen for about this share of the frames (0-1; "
+                        "at most 1/4 for ordering and counting); several, comma-separated: each video draws one, "
+                        "0 = the held-out duration. Checks report held-out-like items and training-like ones")
+    p.add_argument("--no-clutter", action="store_true",
+                   help="curriculum: no distractor shapes and no decoy needles in training videos")
     p.add_argument("--sparse-lengths", default=None)
     p.add_argument("--init", default=None, help="continue from this checkpoint folder (its sizes; --preset ignored)")
     p.add_argument("--no-batched-vision", action="store_true",
                    help="keep transformers' per-window vision attention loop (what the first H100 run used)")
     args = p.parse_args(argv)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    if not tasks or any(t not in TASKS for t in tasks):
+        p.error(f"--tasks takes a comma-separated subset of {', '.join(TASKS)}, got {args.tasks!r}")
+    shares = None if args.needle_share is None else tuple(float(x) for x in args.needle_share.split(","))
+    if shares is not None and not all(0 <= x <= 1 for x in shares):
+        p.error(f"--needle-share takes shares in [0, 1], got {args.needle_share!r}")
     cfg = replace(
         d, preset=args.preset, steps=args.steps, sparse_steps=args.sparse_steps, batch=args.batch, lr=args.lr,
         sparse_lr=args.sparse_lr, warmup=args.warmup, lengths=tuple(int(x) for x in args.lengths.split(",")),
         length_weights=None if args.length_weights is None else tuple(float(x) for x in args.length_weights.split(",")),
         seed=args.seed, cube=tuple(int(x) for x in args.cube.split("x")),  # type: ignore[arg-type]
         attn_top_p=args.attn_top_p, ffn_top_p=args.ffn_top_p, time_budget_s=args.time_budget, workers=args.workers,
-        save_dtype=args.save_dtype, check_items=args.check_items, check_every=args.check_every, log_every=args.log_every, hold=args.hold,
+        save_dtype=args.save_dtype, check_items=args.check_items, check_every=args.check_every, log_every=args.log_every,
+        needle_share=shares, clutter=not args.no_clutter, tasks=tasks,
         batched_vision=not args.no_batched_vision,
         init=args.init,
         sparse_lengths=None if args.sparse_lengths is None else tuple(int(x) for x in args.sparse_lengths.split(",")),
