@@ -48,9 +48,13 @@ def main(out: str, paths: list[str]) -> None:
             print(f"| {name} | {q['attn_top_p']:g} | {q['ffn_top_p']:g} | {q['items']} | {q['dense']:.1%} | "
                   f"{q['adaspark']:.1%} | {q['flops_reduction']:.1%} |")
         ax.axhline(100 * points[0]["dense"], color=color, linestyle="--", linewidth=1, label=f"{name} (dense)")
+    accs = [100 * q[k] for points in by_model.values() for q in points for k in ("dense", "adaspark")]
+    ax.set_ylim(min(accs) - 5, max(accs) + 5)  # a few points either side: one item of a small suite is ~1 point
+    items = max(q["items"] for points in by_model.values() for q in points)
     ax.set_xlabel("language-model prefill FLOPs reduction (%)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("accuracy against FLOPs reduction (labels: attn / FFN top-p)")
+    ax.set_title(f"accuracy against FLOPs reduction, {items} items (one item = {100 / items:.1f} points)\n"
+                 "labels: attention / FFN top-p", fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(out)
