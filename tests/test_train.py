@@ -134,6 +134,24 @@ def test_train_smoke_writes_loadable_checkpoints(tmp_path):
     assert any("initialised from" in line for line in lines)
 
 
+def test_curriculum_training_checks_both_distributions(tmp_path):
+    """--needle-share / --no-clutter change the training videos; the checks then report held-out-like
+    items and training-like ones, and a bad share is refused by the CLI."""
+    from adaspark_cli.synth.train import main
+
+    cfg = TrainConfig(preset="tiny", steps=2, sparse_steps=0, batch=2, lengths=(16,), warmup=1, log_every=1,
+                      tasks=("retrieval", "motion"), needle_share=(1.0, 0.0), clutter=False, check_items=4)
+    assert cfg.curriculum and not TrainConfig().curriculum
+    lines: list[str] = []
+    record = train(cfg, tmp_path / "run", device="cpu", log=lines.append)
+    for check in (record["dense_check"], record["dense_check_curriculum"]):  # 4 items: a task may be missing
+        assert "all" in check and set(check) <= {"retrieval", "motion", "all"}
+    assert any("training videos (curriculum)" in line for line in lines)
+    for bad in (["--needle-share", "1.5"], ["--tasks", "colour"]):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "x"), *bad])
+
+
 def test_fast_vision_in_training_matches_the_stock_loop():
     from adaspark_cli.adapters.vision import fast_vision
     from adaspark_cli.synth.train import collate
