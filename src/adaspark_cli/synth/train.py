@@ -319,7 +319,7 @@ def example_stream(encoder: Encoder, cfg: TrainConfig, seed: int) -> Iterator[li
     weights = np.asarray(cfg.length_weights or [1.0] * len(cfg.lengths), dtype=np.float64)
     weights = weights / weights.sum()
     streams = {n: iter(iter_training_items(seed * 1000 + n, lengths=[n], tasks=cfg.tasks,
-                                                 needle_share=cfg.needle_share, clutter=cfg.clutter))
+                                           needle_share=cfg.needle_share, clutter=cfg.clutter))
                for n in cfg.lengths}
     while True:
         n = int(rng.choice(cfg.lengths, p=weights))
