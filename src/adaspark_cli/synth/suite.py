@@ -140,8 +140,9 @@ def write_suite(
 ) -> Suite:
     """Render and encode every item into ``out_dir/videos/`` and write ``out_dir/suite.json``.
 
-    ``workers`` > 1 renders and encodes items in that many processes (each file is the same bytes either
-    way: every encoder is single-threaded); ``progress`` then reports items as they finish."""
+    ``workers`` > 1 renders and encodes items in that many processes (the same items and drawn frames
+    either way; libx264's output bytes can differ between runs on some CPUs, its decoded frames do not
+    move the answers); ``progress`` then reports items as they finish."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     out = Path(out_dir)

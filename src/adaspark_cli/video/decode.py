@@ -365,7 +365,7 @@ def _import_decord() -> Any:
             import decord
         except Exception as exc:  # ImportError, or a broken native library
             raise _error(
-                f"the decord backend is unavailable ({_reason(exc)}); pip install decord2 or use backend='pyav'"
+                f"the decord decoder is unavailable ({_reason(exc)}); pip install decord2, or use --decoder pyav"
             ) from exc
         # decord bundles its own FFmpeg, which logs every damaged packet to stderr; the library must not print
         decord.logging.set_level(decord.logging.QUIET)
@@ -379,6 +379,13 @@ def _open_decord(path: Path) -> Any:
     return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
 
 
+# decord (0.6 and decord2 up to 3.4 at least) copies each RGB frame without its row padding; where
+# FFmpeg pads the rows (it aligns them to the CPU's vector width: 64 bytes with AVX-512) the copy's
+# size check fails, e.g. for 96x64, 16x16 and 2x2 frames on an AVX-512 machine. That is not the file's
+# fault: "auto" falls back to PyAV, and a forced decord says what happened.
+_DECORD_COPY_BUG = "DECORDArrayCopyFromTo"
+
+
 def _decode_decord(path: Path, probe: _Probe, *, fps: float, max_frames: int) -> DecodedVideo:
     try:
         reader = _open_decord(path)
@@ -387,7 +394,7 @@ def _decode_decord(path: Path, probe: _Probe, *, fps: float, max_frames: int) ->
     except Exception as exc:  # RuntimeError, DECORDError, AssertionError (frame count 0)
         if not probe.pixel_format_known:  # decord cannot even build its filter graph: no frame to decode
             raise _no_frames(path, probe.expected_frames) from exc
-        raise _error(f"decord cannot open {path} ({_reason(exc)}); try backend='pyav' or re-encode the video") from exc
+        raise _error(f"decord cannot open {path} ({_reason(exc)}); use --decoder pyav or re-encode the video") from exc
     try:
         total = len(reader)  # decord counts packets when it opens the file
         _check_frame_count(path, probe, total)
@@ -396,13 +403,18 @@ def _decode_decord(path: Path, probe: _Probe, *, fps: float, max_frames: int) ->
         frames = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)  # decord bridge may be torch
         frames = np.ascontiguousarray(frames, dtype=np.uint8)
         if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[3] != 3:
-            raise _error(f"decord returned frames of shape {frames.shape} for {path}; use backend='pyav'")
+            raise _error(f"decord returned frames of shape {frames.shape} for {path}; use --decoder pyav")
         return _result(path, frames, indices, probe.fps, total, "decord")
     except VideoError:
         raise
     except Exception as exc:  # DECORDError from a damaged packet, IndexError, ...
+        if _DECORD_COPY_BUG in str(exc):
+            raise _error(
+                f"decord cannot convert the frames of {path} (a decord bug with padded pixel rows, which "
+                "depends on the frame width and the CPU); use --decoder pyav or --decoder auto"
+            ) from exc
         raise _error(
-            f"video is corrupt: decord cannot read {path} ({_reason(exc)}); re-encode it or try backend='pyav'"
+            f"decord cannot read {path} ({_reason(exc)}); use --decoder pyav, or re-encode the video"
         ) from exc
     finally:
         del reader
