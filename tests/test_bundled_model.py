@@ -29,15 +29,12 @@ def loaded():
 
 def _answer(loaded_model, video: Path, question: str, *, dense: bool) -> str:
     qa = loaded_model.qa
-    qa.state.enabled = not dense
-    try:
+    with qa.state.override(enabled=not dense):
         prompt = qa.prepare_video(open_video(video, fps=2.0, max_frames=256, decoder="auto"))
         stream = qa.answer(qa.prefill_video(prompt), question, max_new_tokens=8)
         for _ in stream:
             pass
         return stream.result.answer
-    finally:
-        qa.state.enabled = True
 
 
 def _write_item(tmp_path: Path, task: str, n: int, depth: float, seed: int) -> tuple[Path, str, str]:

@@ -10,7 +10,7 @@ from adaspark_cli.attention.decode import (
     gather_index,
     video_cube_keys,
 )
-from adaspark_cli.attention import selection
+from adaspark_cli.selection import scoring as selection
 from adaspark_cli.cubes import VideoSpan, cube_layout
 from adaspark_cli.errors import AdasparkError
 

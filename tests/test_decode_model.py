@@ -30,15 +30,13 @@ def answer_logits(qa: VideoQA, prefix, *, decode_kernel: str | None = None):
         steps.append(out.clone())
         return out
 
-    if decode_kernel is not None:
-        qa.state.kernel = decode_kernel
     qa._step = spy
     try:
-        stream = qa.answer(prefix, QUESTION, max_new_tokens=STEPS)
-        list(stream)
+        with qa.state.override(kernel=decode_kernel or "reference"):
+            stream = qa.answer(prefix, QUESTION, max_new_tokens=STEPS)
+            list(stream)
     finally:
         del qa._step
-        qa.state.kernel = "reference"
     return torch.stack(steps), stream.result.to_json()
 
 
@@ -49,8 +47,8 @@ def test_decode_top_p_one_is_dense_decoding_exactly(loaded):
         qa = VideoQA(model, processor, state)
         prefix = qa.prefill_video(qa.prepare_video(synthetic_video(seed=4), max_pixels=168 * 112))
         dense, dense_json = answer_logits(qa, prefix)
-        state.config = state.config.replace(decode_top_p=1.0)
-        p1, p1_json = answer_logits(qa, prefix)
+        with state.override(config=state.config.replace(decode_top_p=1.0)):
+            p1, p1_json = answer_logits(qa, prefix)
     finally:
         unsparsify(model)
     assert p1.shape[0] > 1  # at least one decode step ran
@@ -67,10 +65,10 @@ def test_sparse_decoding_gathered_equals_reference_and_differs_from_dense(loaded
         qa = VideoQA(model, processor, state)
         prefix = qa.prefill_video(qa.prepare_video(synthetic_video(seed=5), max_pixels=168 * 112))
         dense, _ = answer_logits(qa, prefix)
-        state.config = state.config.replace(decode_top_p=0.2)
-        ref, ref_json = answer_logits(qa, prefix, decode_kernel="reference")
-        cube_keys = prefix.cube_keys
-        fast, fast_json = answer_logits(qa, prefix, decode_kernel="blocksparse")
+        with state.override(config=state.config.replace(decode_top_p=0.2)):
+            ref, ref_json = answer_logits(qa, prefix, decode_kernel="reference")
+            cube_keys = prefix.cube_keys
+            fast, fast_json = answer_logits(qa, prefix, decode_kernel="gathered")
     finally:
         unsparsify(model)
     assert prefix.cube_keys is cube_keys is not None  # computed once per prefix, reused by the next question
@@ -88,10 +86,9 @@ def test_sparse_decoding_gathered_equals_reference_and_differs_from_dense(loaded
 
 def test_dense_mode_decodes_densely(loaded):
     model, processor = loaded
-    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), decode_top_p=0.2))
+    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), decode_top_p=0.2), enabled=False)
     try:
         qa = VideoQA(model, processor, state)
-        state.enabled = False
         prefix = qa.prefill_video(qa.prepare_video(synthetic_video(seed=6), max_pixels=168 * 112))
         _, result = answer_logits(qa, prefix)
     finally:

@@ -10,6 +10,7 @@ from adaspark_cli.adapters import sparse_state, sparsify, unsparsify
 from adaspark_cli.checkpoint import load_model
 from adaspark_cli.config import AdaSparkConfig
 from adaspark_cli.qa import VideoQA
+from adaspark_cli.stats import PrefillStats
 from adaspark_cli.video import DecodedVideo
 
 QUESTION = "what color was the star?"
@@ -72,8 +73,8 @@ def test_p_one_reproduces_the_dense_model(loaded):
     try:
         qa = VideoQA(model, processor, state)
         sparse_p1 = first_token_logits(qa, video)
-        state.enabled = False
-        dense_path = first_token_logits(qa, video)
+        with state.override(enabled=False):
+            dense_path = first_token_logits(qa, video)
     finally:
         unsparsify(model)
     stock = full_forward_logits(model, qa, video)
@@ -84,7 +85,7 @@ def test_p_one_reproduces_the_dense_model(loaded):
 def test_sparsity_changes_logits_and_records_stats(loaded):
     model, processor = loaded
     video = synthetic_video(seed=1)
-    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.3, ffn_top_p=0.3))
+    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.3, ffn_top_p=0.3), kernel="reference")
     try:
         qa = VideoQA(model, processor, state)
         prompt = qa.prepare_video(video, max_pixels=168 * 112)
@@ -134,7 +135,7 @@ def test_video_prefix_is_reused_and_never_mutated(loaded):
 
 def test_only_listed_layers_are_sparse(loaded):
     model, processor = loaded
-    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.3, ffn_top_p=0.3, sparse_layers=(1,)))
+    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.3, ffn_top_p=0.3, sparse_layers=(1,)), kernel="reference")
     try:
         qa = VideoQA(model, processor, state)
         stream = qa.answer(qa.prefill_video(qa.prepare_video(synthetic_video(), max_pixels=168 * 112)), QUESTION, max_new_tokens=1)
@@ -166,27 +167,25 @@ def test_unsupported_model_class_is_rejected():
         sparsify(torch.nn.Linear(2, 2), AdaSparkConfig())
 
 
-def test_blocksparse_kernel_in_the_model(loaded):
-    """The CUDA fast path, run on the CPU (exact selection, dense masked block attention): p = 1 is
-    the dense model; at p < 1 its per-block sets attend at least what the per-token reference does."""
+def test_block_kernel_in_the_model(loaded):
+    """The CPU fast path (per-tile selection, gathered attention) in the whole model: p = 1 is the dense
+    model; at p < 1 its per-tile sets attend at least what the per-token reference does."""
     model, processor = loaded
     video = synthetic_video(seed=3)
-    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), attn_top_p=1.0, ffn_top_p=1.0))
+    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), attn_top_p=1.0, ffn_top_p=1.0), kernel="gathered")
     try:
         qa = VideoQA(model, processor, state)
-        state.kernel = "blocksparse"
         p1 = first_token_logits(qa, video)
         results = {}
-        for kernel in ("reference", "blocksparse"):
-            state.kernel = kernel
-            state.config = AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.4, ffn_top_p=0.5)
-            stream = qa.answer(qa.prefill_video(qa.prepare_video(video, max_pixels=168 * 112)), QUESTION, max_new_tokens=1)
-            list(stream)
+        for kernel in ("reference", "gathered"):
+            with state.override(kernel=kernel, config=AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.4, ffn_top_p=0.5)):
+                stream = qa.answer(qa.prefill_video(qa.prepare_video(video, max_pixels=168 * 112)), QUESTION, max_new_tokens=1)
+                list(stream)
             results[kernel] = stream.result.to_json()
     finally:
         unsparsify(model)
     torch.testing.assert_close(p1, full_forward_logits(model, qa, video), rtol=1e-5, atol=1e-5)
-    ref, fast = results["reference"], results["blocksparse"]
+    ref, fast = results["reference"], results["gathered"]
     for r, f in zip(ref["layers"], fast["layers"]):
         assert f["cubes_total"] == r["cubes_total"]
         assert r["cubes_attended_mean"] <= f["cubes_attended_mean"] <= f["cubes_total"]
@@ -200,9 +199,45 @@ def test_unknown_kernel_is_an_error(loaded):
     model, processor = loaded
     state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2)))
     try:
-        state.kernel = "magic"
-        qa = VideoQA(model, processor, state)
         with pytest.raises(AdasparkError, match="unknown attention kernel"):
-            qa.prefill_video(qa.prepare_video(synthetic_video(), max_pixels=168 * 112))
+            with state.override(kernel="magic"):
+                pass
+        with pytest.raises(AdasparkError, match="unknown attention kernel"):
+            sparsify(model, AdaSparkConfig(cube=(1, 2, 2)), kernel="magic")
+        with pytest.raises(AdasparkError, match="--kernel fa4 needs a CUDA GPU"):
+            with state.override(kernel="fa4"):
+                qa = VideoQA(model, processor, state)
+                qa.prefill_video(qa.prepare_video(synthetic_video(), max_pixels=168 * 112))
     finally:
         unsparsify(model)
+
+
+def test_near_dense_layers_fall_back_to_dense_attention(loaded, monkeypatch):
+    """A layer whose selection keeps more of the causal blocks than the threshold runs dense SDPA,
+    recorded as such, with exactly the dense model's attention; without the fallback the kernel runs."""
+    from adaspark_cli.attention import kernels
+
+    monkeypatch.setitem(kernels.DENSE_ABOVE, "cpu", 0.0)  # every selection counts as near-dense
+    model, processor = loaded
+    video = synthetic_video(seed=2)
+    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.3, ffn_top_p=1.0), kernel="gathered")
+    try:
+        qa = VideoQA(model, processor, state)
+        stats = PrefillStats()
+        prompt = qa.prepare_video(video, max_pixels=168 * 112)
+        fallback = qa.prefill_logits(prompt, QUESTION, stats=stats)
+        sparse_stats = PrefillStats()
+        with state.override(dense_fallback=False):
+            sparse = qa.prefill_logits(prompt, QUESTION, stats=sparse_stats)
+        with state.override(enabled=False):
+            dense = qa.prefill_logits(prompt, QUESTION)
+    finally:
+        unsparsify(model)
+    records = [stats.layers[i] for i in sorted(stats.layers)]
+    assert all(r.sparse and r.dense_fallback and r.kernel == "sdpa" for r in records)
+    assert all(r.attention.attended_keys == r.attention.causal_keys for r in records)
+    torch.testing.assert_close(fallback, dense, rtol=1e-5, atol=1e-5)
+    # without the fallback the gathered kernel runs; on this tiny video each query tile's union covers
+    # every earlier tile, so it computes the dense attention too, the slow way
+    assert all(r.kernel == "gathered" and not r.dense_fallback for r in sparse_stats.layers.values())
+    torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=1e-4)

@@ -31,8 +31,7 @@ QUESTION = "what color was the star?"
 @pytest.fixture(scope="module")
 def qa(tiny_checkpoint) -> VideoQA:
     model, processor = load_model(str(tiny_checkpoint))
-    state = sparsify(model, AdaSparkConfig(cube=(2, 2, 2)))
-    state.enabled = False
+    state = sparsify(model, AdaSparkConfig(cube=(2, 2, 2)), enabled=False)
     return VideoQA(model, processor, state)
 
 

@@ -91,7 +91,7 @@ def test_gradients_flow_through_adaspark_attention_and_ffn():
     model, processor = build_model(PRESETS["tiny"], seed=2)
     encoder = Encoder(processor, model.config)
     cube = (1, 2, 2)
-    state = sparsify(model, AdaSparkConfig(cube=cube, attn_top_p=0.3, ffn_top_p=0.3))
+    state = sparsify(model, AdaSparkConfig(cube=cube, attn_top_p=0.3, ffn_top_p=0.3), kernel="reference")  # as training
     model.train()
     ex = _examples(encoder, n=1, frames=32)
     # the sparse path is really taken: fewer FFN rows and cubes than dense

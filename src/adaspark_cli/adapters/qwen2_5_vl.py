@@ -12,57 +12,82 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..attention.blocksparse import adas_attention_blocksparse, record_blocksparse_stats
 from ..attention.decode import DecodeContext, decode_attention_gathered, decode_attention_reference
-from ..attention.reference import adas_attention_reference
+from ..attention.kernels import IMPLEMENTATIONS, check_kernel, per_token, resolve_kernel, runs_dense
 from ..config import AdaSparkConfig
 from ..cubes import CubeLayout
-from ..errors import AdasparkError, CheckpointError, ConfigError
+from ..cubes.plan import build_plan
+from ..errors import AdasparkError, CheckpointError
 from ..ffn.fast import adas_ffn_auto
 from ..ffn.reference import adas_ffn_gathered
+from ..selection import select_per_block, select_per_token
 from ..stats.collect import PrefillStats
 
 ATTN_NAME = "adaspark"
-KERNELS = ("auto", "reference", "blocksparse")
 STATE_ATTR = "adaspark_state"
 SUPPORTED_CLASSES = ("Qwen2_5_VLForConditionalGeneration",)
 
 
-def check_kernel(kernel: str) -> None:
-    """Raise ConfigError unless `kernel` is one of KERNELS (the --kernel choices)."""
-    if kernel not in KERNELS:
-        raise ConfigError(f"unknown attention kernel {kernel!r}; use --kernel {', '.join(KERNELS)}")
+@dataclass(frozen=True)
+class Settings:
+    """How the patched layers run: replaced as a whole, only through `SparseState.override`."""
+
+    config: AdaSparkConfig
+    enabled: bool = True  # False: the unmodified model (dense statistics are still recorded)
+    kernel: str = "auto"  # attention.kernels.KERNELS
+    heatmap_layer: int | None = None  # this layer runs the reference and keeps its per-query selections
+    dense_fallback: bool = True  # a layer whose selection comes out near-dense runs dense SDPA
 
 
 class SparseState:
-    """What the patched layers read during a forward: settings, the current layout and counters."""
+    """What the patched layers read during a forward: the settings, the current layout and counters."""
 
-    def __init__(self, config: AdaSparkConfig, vision_attn: str) -> None:
-        self.config = config
-        self.enabled = True
+    def __init__(self, settings: Settings, vision_attn: str) -> None:
+        check_kernel(settings.kernel)
+        self.settings = settings
         self.vision_attn = vision_attn
         self.layout: CubeLayout | None = None
         self.offset = 0  # absolute position of the first token of the current forward
         self.stats: PrefillStats | None = None
         self.decode: DecodeContext | None = None  # set for a decode step whose answer token attends top-p cubes
-        # layer whose per-query cube selections are kept in its stats (AttentionStats.selected_cubes_per_query)
-        self.keep_selection_layer: int | None = None
-        # "auto": the block-sparse fast path on CUDA, the exact reference elsewhere
-        self.kernel = "auto"
+
+    @property
+    def config(self) -> AdaSparkConfig:
+        return self.settings.config
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
+    @contextmanager
+    def override(self, **changes: Any) -> Iterator[Settings]:
+        """Run the block with some settings replaced (`Settings` field names); restored afterwards."""
+        before = self.settings
+        if "kernel" in changes:
+            check_kernel(changes["kernel"])
+        self.settings = dataclasses.replace(before, **changes)
+        try:
+            yield self.settings
+        finally:
+            self.settings = before
+
+    def kernel_for(self, device: torch.device) -> str:
+        """The attention implementation the settings mean on `device` (attention.kernels)."""
+        return resolve_kernel(self.settings.kernel, device)
 
     def fast_path(self, device: torch.device) -> bool:
-        """Whether prefill takes the block-sparse attention and block FFN, and a sparse decode step the
-        gathered attention ("auto": on CUDA only)."""
-        check_kernel(self.kernel)
-        return self.kernel == "blocksparse" or (self.kernel == "auto" and device.type == "cuda")
+        """Whether the prefill takes the block FFN and a sparse decode step the gathered attention."""
+        return self.kernel_for(device) != "reference"
 
     def layer_is_sparse(self, layer_idx: int) -> bool:
         return self.enabled and self.config.is_layer_sparse(layer_idx)
@@ -105,15 +130,18 @@ def register_attention() -> None:
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
 
 
-def sparsify(model: nn.Module, config: AdaSparkConfig) -> SparseState:
+def sparsify(model: nn.Module, config: AdaSparkConfig, *, enabled: bool = True, kernel: str = "auto") -> SparseState:
     """Make the language model of `model` sparse with `config`; returns the shared state.
 
-    Calling it again replaces the settings. `state.enabled = False` runs the unmodified model.
+    Calling it again replaces the settings. `enabled=False` (or `state.override(enabled=False)`) runs
+    the unmodified model. kernel: one of attention.kernels.KERNELS.
     """
     check_supported(model)
+    settings = Settings(config=config, enabled=enabled, kernel=kernel)
     existing = sparse_state(model)
     if existing is not None:
-        existing.config = config
+        check_kernel(kernel)
+        existing.settings = settings
         return existing
     layers = language_layers(model)
     if config.sparse_layers is not None and any(i >= len(layers) for i in config.sparse_layers):
@@ -123,7 +151,7 @@ def sparsify(model: nn.Module, config: AdaSparkConfig) -> SparseState:
         )
     register_attention()
     vision_attn = model.config.vision_config._attn_implementation or "sdpa"
-    state = SparseState(config, vision_attn)
+    state = SparseState(settings, vision_attn)
     for i, layer in enumerate(layers):
         setattr(layer.self_attn, STATE_ATTR, state)
         setattr(layer.mlp, STATE_ATTR, state)
@@ -170,9 +198,11 @@ def adaspark_attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function. query: (B, Hq, Lq, D); key/value: (B, Hkv, Lk, D), cache included.
 
-    Sparse where the call's queries include video tokens of the current layout (the video prefill),
-    and in a decode step given a DecodeContext (one answer token, its top-p cubes of the video);
-    question tokens, and decode steps without one, attend densely through SDPA. Returns (B, Lq, Hq, D).
+    Sparse where the call's queries include video tokens of the current layout (the video prefill):
+    one selection step, then the implementation the settings pick, both given the same block plan;
+    the statistics count the selection afterwards. A decode step given a DecodeContext attends its
+    top-p cubes; question tokens, and decode steps without one, attend densely through SDPA.
+    Returns (B, Lq, Hq, D).
     """
     state: SparseState | None = getattr(module, STATE_ATTR, None)
     if state is not None and state.decode is not None and query.shape[2] == 1 and state.layer_is_sparse(module.layer_idx):
@@ -180,37 +210,41 @@ def adaspark_attention(
     layout = state.layout if state is not None else None
     lq, lk = query.shape[2], key.shape[2]
     record = state.stats.layer(module.layer_idx) if state is not None and state.stats is not None else None
-    query_pos = torch.arange(lk - lq, lk, device=query.device)
     has_video = layout is not None and lk <= layout.seq_len and bool(layout.is_video[lk - lq : lk].any())
-    if record is not None:
-        record.add_queries(query_pos, layout if has_video else None)
-    if not has_video or not state.layer_is_sparse(module.layer_idx):  # type: ignore[union-attr]
-        if record is not None and has_video:
-            record.add_dense_video_queries(query_pos, layout, key.shape[1])  # type: ignore[arg-type]
+
+    def dense() -> tuple[torch.Tensor, None]:
         return _sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+    if not has_video:
+        if record is not None:
+            record.queries += lq
+            record.text_query_keys += lq * (2 * lk - lq + 1) // 2  # sum of causal keys of positions lk-lq .. lk-1
+        return dense()
+    plan = build_plan(layout, lq, lk, device=query.device)  # type: ignore[arg-type]
+    if not state.layer_is_sparse(module.layer_idx):  # type: ignore[union-attr]
+        if record is not None:
+            record.add_attention(plan, None, key.shape[1])
+        return dense()
     if query.shape[0] != 1:
         raise AdasparkError("AdaS-Attn runs one sequence at a time; got a batch of several")
-    if record is not None:
-        record.sparse = True
-    top_p = state.config.attn_top_p_for(module.layer_idx)  # type: ignore[union-attr]
+    settings = state.settings  # type: ignore[union-attr]
+    top_p = settings.config.attn_top_p_for(module.layer_idx)
     scaling = module.scaling if scaling is None else scaling
-    # the reference keeps per-query selections: a layer whose selections feed a heatmap stays on it
-    if state.fast_path(query.device) and state.keep_selection_layer != module.layer_idx:  # type: ignore[union-attr]
-        info: dict[str, Any] = {}
-        out = adas_attention_blocksparse(query[0], key[0], value[0], layout, top_p=top_p, scaling=scaling, info=info)  # type: ignore[arg-type]
-        if record is not None:
-            record_blocksparse_stats(info, layout, record.attention)  # type: ignore[arg-type]
-        return out[None], None
-    out = adas_attention_reference(
-        query[0],
-        key[0],
-        value[0],
-        layout,  # type: ignore[arg-type]
-        top_p=top_p,
-        scaling=scaling,
-        stats=record.attention if record is not None else None,
-        keep_selection=state.keep_selection_layer == module.layer_idx,  # type: ignore[union-attr]
-    )
+    heatmap = settings.heatmap_layer == module.layer_idx
+    kernel = "reference" if heatmap else state.kernel_for(query.device)  # type: ignore[union-attr]
+    q, k, v = query[0], key[0], value[0]
+    if per_token(kernel):
+        selection = select_per_token(q, k, plan, top_p, scaling)
+    else:
+        selection = select_per_block(q, k, plan, top_p, scaling)
+    fallback = kernel != "reference" and settings.dense_fallback and runs_dense(plan, selection, query.device)
+    if record is not None:
+        record.sparse, record.dense_fallback, record.kernel = True, fallback, "sdpa" if fallback else kernel
+        # a dense-fallback layer attends every candidate: counted as such
+        record.add_attention(plan, None if fallback else selection, key.shape[1], keep_selection=heatmap)
+    if fallback:
+        return dense()
+    out = IMPLEMENTATIONS[kernel](q, k, v, plan, selection, scaling)
     return out[None], None
 
 

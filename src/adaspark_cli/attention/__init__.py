@@ -1,13 +1,10 @@
-"""AdaS-Attn: cube scoring, top-p selection and the exact reference attention."""
+"""AdaS-Attn implementations: one signature, (query, key, value, plan, selection, scaling) -> output.
 
-from .reference import AttentionStats, adas_attention_reference, allowed_keys
-from .selection import cube_mean_keys, cube_probabilities, nucleus_mask
+`reference` is the obviously correct one; `gathered` (CPU), `flex` and `fa4` (CUDA) are its fast
+forms; `kernels` picks one and decides when a layer runs dense instead; `decode` is the decode step.
+"""
 
-__all__ = [
-    "AttentionStats",
-    "adas_attention_reference",
-    "allowed_keys",
-    "cube_mean_keys",
-    "cube_probabilities",
-    "nucleus_mask",
-]
+from .kernels import IMPLEMENTATIONS, KERNELS, check_kernel, resolve_kernel
+from .reference import allowed_keys, attention_reference
+
+__all__ = ["IMPLEMENTATIONS", "KERNELS", "allowed_keys", "attention_reference", "check_kernel", "resolve_kernel"]

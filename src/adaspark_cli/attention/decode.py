@@ -27,7 +27,7 @@ import torch
 
 from ..cubes import CubeLayout
 from ..errors import AdasparkError
-from .selection import cube_mean_keys, cube_probabilities, nucleus_mask
+from ..selection.scoring import cube_mean_keys, cube_probabilities, nucleus_mask
 
 
 @dataclass

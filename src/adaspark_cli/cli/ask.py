@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ..adapters.qwen2_5_vl import check_kernel
+from ..attention.kernels import check_kernel
 from ..errors import AdasparkError
 from ..qa import is_bundled_demo, load_video_qa
 from ..qa.session import check_max_pixels
@@ -79,7 +79,7 @@ def ask(
         mode = "dense" if dense else (
             f"adaspark cube {'x'.join(map(str, cfg.cube))}, "
             + ("per-layer top-p" if cfg.layer_top_p else f"attn top-p {cfg.attn_top_p}, ffn top-p {cfg.ffn_top_p}")
-            + (", block-sparse kernel" if qa.state.fast_path(loaded.device) else ", exact reference kernel")
+            + f", {qa.state.kernel_for(loaded.device)} kernel"
             + ("" if cfg.decode_top_p is None else f", decode top-p {cfg.decode_top_p}")
         )
         reader = f"{source.backend}, pipelined" if isinstance(source, VideoStream) else source.backend

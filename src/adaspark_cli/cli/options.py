@@ -39,9 +39,9 @@ ASK_DECODER = typer.Option("auto", "--decoder", help="Video decoder: auto (pipel
                            "previous chunk; a file without usable timestamps is read in one go instead, with decord "
                            "where seeking to keyframes pays, else PyAV), decord or pyav (every sampled frame is read "
                            "first with that library, then the vision tower runs; no fallback).")
-KERNEL = typer.Option("auto", "--kernel", help="Sparse attention kernel: auto (block-sparse FlexAttention on CUDA, "
-                      "selecting per 128-token query block; the exact per-token reference elsewhere), reference or "
-                      "blocksparse.")
+KERNEL = typer.Option("auto", "--kernel", help="Sparse attention kernel: auto (on CUDA FlashAttention-4 where "
+                      "installed, else FlexAttention; on the CPU the gathered block kernel; all select per 128-token "
+                      "query tile), reference (the exact per-token method), gathered, flex or fa4.")
 JSON = typer.Option(False, "--json", help="Print one JSON object per question on stdout instead of the streamed answer.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No notes or tables on stderr.")
 

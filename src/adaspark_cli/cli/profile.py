@@ -9,7 +9,7 @@ import typer
 from ..qa import DEFAULT_QUESTION, is_bundled_demo, load_video_qa, profile_prefill
 from ..qa.plot import check_plot_path, plot_profile
 from ..video import decode_video
-from ..adapters.qwen2_5_vl import check_kernel
+from ..attention.kernels import check_kernel
 from . import options as opt
 from .errors import handle_errors
 from .render import BUNDLED_MODEL_NOTE, ProgressBar, err_console, note, profile_summary, profile_tables, write_json

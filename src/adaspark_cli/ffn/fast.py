@@ -1,4 +1,4 @@
-"""AdaS-FFN over the cube-major blocks of the attention fast path (issue 4, part 2).
+"""AdaS-FFN over the cube-major blocks of the block plan (cubes/plan.py, one cube per tile).
 
 Same result as `adas_ffn_gathered` (up to float summation order), fewer passes over the hidden
 states: the per-cube top-p runs on a (cubes, BLOCK) table of norms (one small row sort instead of
@@ -12,23 +12,23 @@ from __future__ import annotations
 
 import torch
 
-from ..attention.blocksparse import BLOCK, Plan, build_plan
 from ..cubes import CubeLayout
+from ..cubes.plan import BLOCK, BlockPlan, build_plan
 from .reference import FFN, adas_ffn_gathered
 
 
-def _video_blocks(plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def _video_blocks(plan: BlockPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(video block positions (NV, B) or -1, their cube ids (NV,), text positions) or None when a
     cube spans several blocks."""
-    if "ffn_blocks" not in plan.extra:
+    if "ffn_blocks" not in plan.cache:
         b = plan.block
-        vb = (plan.k.block_cube >= 0).nonzero().squeeze(1)
-        cubes = plan.k.block_cube[vb]
+        vb = (plan.k.block_tile >= 0).nonzero().squeeze(1)
+        cubes = plan.k.block_tile[vb]  # an unpacked plan: one cube per tile
         ok = cubes.numel() == plan.num_cubes and (cubes.numel() == 0 or bool((cubes.sort().values == torch.arange(plan.num_cubes, device=cubes.device)).all()))
         idx = plan.k.index.view(-1, b)
-        text = idx[plan.k.block_cube < 0].flatten()
-        plan.extra["ffn_blocks"] = (idx[vb], cubes, text[text >= 0]) if ok else None
-    return plan.extra["ffn_blocks"]
+        text = idx[plan.k.block_tile < 0].flatten()
+        plan.cache["ffn_blocks"] = (idx[vb], cubes, text[text >= 0]) if ok else None
+    return plan.cache["ffn_blocks"]
 
 
 def select_ffn_blocks(norms_blk: torch.Tensor, valid: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -76,7 +76,7 @@ def adas_ffn_blocks(
     kept mask over the video tokens in sequence order), or None where this path does not apply."""
     if x.shape[0] != layout.seq_len:
         return None
-    plan = build_plan(layout, x.shape[0], x.shape[0], block=block, device=x.device)
+    plan = build_plan(layout, x.shape[0], x.shape[0], block=block, pack=False, device=x.device)
     vb = _video_blocks(plan)
     if vb is None:
         return None

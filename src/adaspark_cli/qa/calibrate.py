@@ -140,32 +140,27 @@ def calibrate(
     """Grid-search global attn/ffn top-p on `videos` (see the module docstring); `qa.state` is restored after."""
     grid = _check_inputs(target_reduction, videos, question, grid)
     state = qa.state
-    original, was_enabled = state.config, state.enabled
-    base = original.replace(layer_top_p=None)  # global values for every layer
+    base = state.config.replace(layer_top_p=None)  # global values for every layer
     pairs = list(itertools.product(grid, grid))
     total = len(videos) * (1 + len(pairs))
     done = 0
     prompts = [qa.prepare_video(v, max_pixels=max_pixels) for v in videos]
     measured: dict[tuple[float, float], list[tuple[float, float, Any]]] = {pair: [] for pair in pairs}
-    try:
-        for n, prompt in enumerate(prompts):
-            state.enabled = False
-            if progress:
-                progress(f"video {n + 1}/{len(prompts)}: dense", done, total)
+    for n, prompt in enumerate(prompts):
+        if progress:
+            progress(f"video {n + 1}/{len(prompts)}: dense", done, total)
+        with state.override(enabled=False):
             dense_logits = qa.prefill_logits(prompt, question)
-            done += 1
-            state.enabled = True
-            for attn_p, ffn_p in pairs:
-                if progress:
-                    progress(f"video {n + 1}/{len(prompts)}: attn {attn_p}, ffn {ffn_p}", done, total)
-                state.config = base.replace(attn_top_p=attn_p, ffn_top_p=ffn_p)
-                stats = PrefillStats()
+        done += 1
+        for attn_p, ffn_p in pairs:
+            if progress:
+                progress(f"video {n + 1}/{len(prompts)}: attn {attn_p}, ffn {ffn_p}", done, total)
+            stats = PrefillStats()
+            with state.override(enabled=True, config=base.replace(attn_top_p=attn_p, ffn_top_p=ffn_p)):
                 logits = qa.prefill_logits(prompt, question, stats=stats)
-                dense, sparse = prefill_flops(stats, qa.dims)
-                measured[(attn_p, ffn_p)].append((dense.total, sparse.total, logit_fidelity(dense_logits, logits)))
-                done += 1
-    finally:
-        state.config, state.enabled = original, was_enabled
+            dense, sparse = prefill_flops(stats, qa.dims)
+            measured[(attn_p, ffn_p)].append((dense.total, sparse.total, logit_fidelity(dense_logits, logits)))
+            done += 1
     if progress:
         progress("done", done, total)
     points = []
@@ -325,8 +320,7 @@ def calibrate_per_layer(
     """Per-layer (attn, ffn) top-p for `target_reduction` (see the module docstring); `qa.state` is restored after."""
     grid = _check_inputs(target_reduction, videos, question, tuple(grid) + (1.0,))
     state = qa.state
-    original, was_enabled = state.config, state.enabled
-    base = original.replace(layer_top_p=None)
+    base = state.config.replace(layer_top_p=None)
     layers = [i for i in range(qa.dims.layers) if base.is_layer_sparse(i)]
     if not layers:
         raise AdasparkError("no layer is sparse (--layers); per-layer calibration needs at least one")
@@ -335,41 +329,38 @@ def calibrate_per_layer(
     done = 0
     prompts = [qa.prepare_video(v, max_pixels=max_pixels) for v in videos]
     options: dict[int, list[LayerChoice]] = {}
-    try:
-        state.enabled = False
-        dense_logits = []
-        for n, prompt in enumerate(prompts):
-            if progress:
-                progress(f"video {n + 1}/{len(prompts)}: dense", done, total)
+    dense_logits = []
+    for n, prompt in enumerate(prompts):
+        if progress:
+            progress(f"video {n + 1}/{len(prompts)}: dense", done, total)
+        with state.override(enabled=False):
             dense_logits.append(qa.prefill_logits(prompt, question))
-            done += 1
-        state.enabled = True
-        for layer in layers:
-            options[layer] = []
-            for attn_p, ffn_p in pairs:
-                if progress:
-                    progress(f"layer {layer}: attn {attn_p}, ffn {ffn_p}", done, total)
-                state.config = base.replace(sparse_layers=(layer,), attn_top_p=attn_p, ffn_top_p=ffn_p)
-                red, kl, _, _ = _measure(qa, prompts, question, dense_logits)
-                options[layer].append(LayerChoice(layer, attn_p, ffn_p, red, kl))
-                done += len(videos)
-        goal = target_reduction
-        best: tuple[list[LayerChoice], tuple[float, float, float, float]] | None = None
-        for round_ in range(1 + max_rounds):
-            choices = solve_per_layer(options, goal)
-            if choices is None:
-                break
-            state.config = base.replace(layer_top_p=tuple((c.layer, c.attn_top_p, c.ffn_top_p) for c in choices))
+        done += 1
+    for layer in layers:
+        options[layer] = []
+        for attn_p, ffn_p in pairs:
             if progress:
-                progress(f"checking the per-layer setting ({round_ + 1})", done, total)
-            measured = _measure(qa, prompts, question, dense_logits)
+                progress(f"layer {layer}: attn {attn_p}, ffn {ffn_p}", done, total)
+            with state.override(enabled=True, config=base.replace(sparse_layers=(layer,), attn_top_p=attn_p, ffn_top_p=ffn_p)):
+                red, kl, _, _ = _measure(qa, prompts, question, dense_logits)
+            options[layer].append(LayerChoice(layer, attn_p, ffn_p, red, kl))
             done += len(videos)
-            if measured[0] >= target_reduction:
-                best = (choices, measured)
-                break
-            goal += target_reduction - measured[0] + 1e-6
-    finally:
-        state.config, state.enabled = original, was_enabled
+    goal = target_reduction
+    best: tuple[list[LayerChoice], tuple[float, float, float, float]] | None = None
+    for round_ in range(1 + max_rounds):
+        choices = solve_per_layer(options, goal)
+        if choices is None:
+            break
+        if progress:
+            progress(f"checking the per-layer setting ({round_ + 1})", done, total)
+        per_layer = base.replace(layer_top_p=tuple((c.layer, c.attn_top_p, c.ffn_top_p) for c in choices))
+        with state.override(enabled=True, config=per_layer):
+            measured = _measure(qa, prompts, question, dense_logits)
+        done += len(videos)
+        if measured[0] >= target_reduction:
+            best = (choices, measured)
+            break
+        goal += target_reduction - measured[0] + 1e-6
     if progress:
         progress("done", total, total)
     if best is None:

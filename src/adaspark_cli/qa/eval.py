@@ -2,7 +2,7 @@
 
 For each item the video is decoded through `decode_video` (every frame: ``fps`` = the suite's frame rate,
 ``max_frames`` = the item's length), processed once, then prefilled and answered twice on the same
-loaded model object: with ``state.enabled = False`` (the unmodified model) and with AdaSpark. Decoding is
+loaded model object: with ``state.override(enabled=False)`` (the unmodified model) and with AdaSpark. Decoding is
 greedy. An answer is correct when ``normalize_answer(answer) == normalize_answer(expected)`` (exact match
 after lower-casing, stripping punctuation and articles, number words -> digits, first word only; see
 `adaspark_cli.synth.tasks.normalize_answer`).
@@ -109,22 +109,18 @@ def evaluate(
 ) -> EvalReport:
     """Run every item of ``suite`` (written to disk) dense and with AdaSpark on ``qa``'s model.
 
-    ``qa.state.enabled`` is restored afterwards."""
+    ``qa.state``'s settings are left as they were."""
     if not suite.items:
         raise AdasparkError("the suite has no items; generate one with more --lengths/--depths/--tasks")
     state = qa.state
-    was_enabled = state.enabled
     results: list[ItemResult] = []
     start = time.perf_counter()
-    try:
-        for i, item in enumerate(suite.items):
-            if progress is not None:
-                progress(f"{item.id}", i, len(suite.items))
-            results.append(_run_item(qa, suite, item, max_pixels=max_pixels, max_new_tokens=max_new_tokens, decoder=decoder))
+    for i, item in enumerate(suite.items):
         if progress is not None:
-            progress("done", len(suite.items), len(suite.items))
-    finally:
-        state.enabled = was_enabled
+            progress(f"{item.id}", i, len(suite.items))
+        results.append(_run_item(qa, suite, item, max_pixels=max_pixels, max_new_tokens=max_new_tokens, decoder=decoder))
+    if progress is not None:
+        progress("done", len(suite.items), len(suite.items))
     return EvalReport(
         suite={"seed": suite.seed, "path": str(suite.root) if suite.root else None, "fps": suite.fps,
                "size": list(suite.size), "items": len(suite.items)},
@@ -142,11 +138,11 @@ def _run_item(qa: VideoQA, suite: Suite, item: SuiteItem, *, max_pixels: int, ma
     res = ItemResult(item.id, item.task, item.n_frames, item.depth, item.question, item.answer,
                      video_tokens=prompt.video_tokens)
     for mode in MODES:
-        qa.state.enabled = mode == "adaspark"
-        prefix = qa.prefill_video(prompt)
-        stream = qa.answer(prefix, item.question, max_new_tokens=max_new_tokens)
-        for _ in stream:
-            pass
+        with qa.state.override(enabled=mode == "adaspark"):
+            prefix = qa.prefill_video(prompt)
+            stream = qa.answer(prefix, item.question, max_new_tokens=max_new_tokens)
+            for _ in stream:
+                pass
         r = stream.result
         res.answers[mode] = r.answer
         res.correct[mode] = normalize_answer(r.answer) == normalize_answer(item.answer)

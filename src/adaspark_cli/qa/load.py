@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from ..adapters.qwen2_5_vl import check_kernel, sparsify
+from ..adapters.qwen2_5_vl import sparsify
+from ..attention.kernels import check_kernel
 from ..adapters.vision import fast_vision
 from ..checkpoint import load_model, read_config_json, resolve_model_path
 from ..config import AdaSparkConfig, config_from_checkpoint
@@ -86,7 +87,8 @@ def load_video_qa(
 
     The AdaSpark settings are the checkpoint's "adaspark" block if it has one, else the defaults,
     with `overrides` (the fields the user set) applied; `dense` runs the unmodified model (same object, patch bypassed).
-    `kernel`: "auto" (block-sparse on CUDA, exact reference elsewhere), "reference" or "blocksparse".
+    `kernel`: one of attention.kernels.KERNELS ("auto": FA4 or FlexAttention on CUDA, the gathered
+    block kernel on the CPU).
     """
     name = model or default_model()
     path = resolve_model_path(name)
@@ -95,9 +97,7 @@ def load_video_qa(
     check_kernel(kernel)
     dev = pick_device(device)
     net, processor = load_model(name, device=dev)
-    state = sparsify(net, config)
-    state.enabled = not dense
-    state.kernel = kernel
+    state = sparsify(net, config, enabled=not dense, kernel=kernel)
     if dev.type == "cuda":
         fast_vision(net)  # one varlen attention call per vision block: 4.1x at 32K tokens on an H100
     return LoadedModel(

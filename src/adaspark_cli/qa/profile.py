@@ -7,7 +7,7 @@ What is compared (method.md section 5):
   peak memory, and fidelity of the logits (see `Fidelity`);
 - for one layer, how often each cube was selected (a time x space heatmap of where the model looked).
 
-Dense runs set `state.enabled = False` on the same sparsified model, so nothing is loaded twice.
+Dense runs use `state.override(enabled=False)` on the same sparsified model, so nothing is loaded twice.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class CubeSelection:
 def cube_selection(
     stats: PrefillStats, layer: int, layout: CubeLayout, timestamps: np.ndarray | None = None
 ) -> CubeSelection | None:
-    """The layer's kept selections (SparseState.keep_selection_layer) as a time x space grid; None if none kept."""
+    """The layer's kept selections (Settings.heatmap_layer) as a time x space grid; None if none kept."""
     rec = stats.layers.get(layer)
     if rec is None or not rec.attention.selected_cubes_per_query:
         return None
@@ -281,7 +281,6 @@ def profile_prefill(
     timestamps = None if isinstance(video, VideoPrompt) else video.timestamps
     total = 2 * (warmup + repeats)
     done = 0
-    was_enabled, kept_layer = state.enabled, state.keep_selection_layer
     logits: dict[str, torch.Tensor] = {}
     times: dict[str, list[float]] = {}
     memory: dict[str, Any] = (
@@ -290,21 +289,21 @@ def profile_prefill(
         else {"measure": "process_peak_rss", "device": "cpu", "note": "running maximum of the whole process"}
     )
     stats = PrefillStats()
-    try:
-        for mode in ("dense", "sparse"):
-            state.enabled = mode == "sparse"
-            state.keep_selection_layer = heatmap_layer if mode == "sparse" else None
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+    for mode in ("dense", "sparse"):
+        sparse = mode == "sparse"
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        # the first warm-up keeps the heatmap layer's per-query selections (that layer runs the reference)
+        with state.override(enabled=sparse, heatmap_layer=heatmap_layer if sparse else None):
             for i in range(warmup):
                 if progress:
                     progress(f"{mode}: warm-up {i + 1}/{warmup}", done, total)
-                out = qa.prefill_logits(prompt, question, stats=stats if (i == 0 and mode == "sparse") else None)
+                out = qa.prefill_logits(prompt, question, stats=stats if (i == 0 and sparse) else None)
                 if i == 0:
                     logits[mode] = out.cpu()
                 done += 1
-            state.keep_selection_layer = None
-            runs = []
+        runs = []
+        with state.override(enabled=sparse):
             for i in range(repeats):
                 if progress:
                     progress(f"{mode}: timed run {i + 1}/{repeats}", done, total)
@@ -314,13 +313,11 @@ def profile_prefill(
                 _sync(device)
                 runs.append(time.perf_counter() - start)
                 done += 1
-            times[mode] = runs
-            if device.type == "cuda":
-                memory[f"{mode}_bytes"] = int(torch.cuda.max_memory_allocated(device))
-            else:
-                memory[f"{mode}_bytes"] = _peak_rss_bytes()
-    finally:
-        state.enabled, state.keep_selection_layer = was_enabled, kept_layer
+        times[mode] = runs
+        if device.type == "cuda":
+            memory[f"{mode}_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        else:
+            memory[f"{mode}_bytes"] = _peak_rss_bytes()
     if progress:
         progress("done", done, total)
     selection = cube_selection(stats, heatmap_layer, prompt.layout, timestamps) if heatmap_layer is not None else None

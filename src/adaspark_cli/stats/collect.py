@@ -1,4 +1,9 @@
-"""Per-layer counters filled during a prefill: what each layer attended and passed through its FFN."""
+"""Per-layer counters filled during a prefill: what each layer attended and passed through its FFN.
+
+Counting reads the layer's `Selection` after the attention ran; the kernels never count. Counts are
+kept as device tensors while the forward runs and turned into numbers once, when `PrefillStats.layers`
+is first read afterwards, so statistics add no host sync per layer.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,29 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..attention.reference import AttentionStats
 from ..cubes import CubeLayout
+from ..cubes.plan import BlockPlan, block_of_query_token, sel_row_of_block
+from ..selection import Selection, attended_cubes
+
+# order of the counts in one pending tensor (min/max are reduced with min/max, the rest summed)
+_FIELDS = ("video_queries", "cubes_total", "cubes_attended", "cubes_attended_min", "cubes_attended_max",
+           "attended_keys", "causal_keys", "scored_cubes", "text_query_keys")
+
+
+@dataclass
+class AttentionStats:
+    """Totals over the video queries of one layer (summed over KV heads)."""
+
+    video_queries: int = 0
+    kv_heads: int = 0
+    cubes_total: int = 0  # sum over (query, kv head) of cubes at or before the query's slab
+    cubes_attended: int = 0
+    cubes_attended_min: int | None = None
+    cubes_attended_max: int | None = None
+    attended_keys: int = 0  # sum over (query, kv head)
+    causal_keys: int = 0
+    scored_cubes: int = 0  # (video query, candidate cube) pairs scored; each costs 2*D FLOPs per query head
+    selected_cubes_per_query: list[torch.Tensor] = field(default_factory=list)  # heatmap layer only
 
 
 @dataclass
@@ -16,45 +42,114 @@ class LayerRecord:
 
     layer: int
     sparse: bool = False
+    dense_fallback: bool = False  # a sparse layer whose selection was so dense that it ran dense SDPA
+    kernel: str | None = None  # the attention implementation of its last sparse call
     queries: int = 0
     text_query_keys: int = 0  # sum over text queries of causal keys (always dense)
     attention: AttentionStats = field(default_factory=AttentionStats)
     ffn_rows: int = 0  # rows that went through the FFN (text + kept video)
     ffn_kept: int = 0  # video rows kept
     ffn_total: int = 0  # video rows
+    pending: list[torch.Tensor] = field(default_factory=list, repr=False)
 
-    def add_queries(self, query_pos: torch.Tensor, layout: CubeLayout | None) -> None:
-        """Count queries and the dense keys of the text queries among them."""
-        self.queries += int(query_pos.numel())
-        if layout is None:
-            self.text_query_keys += int((query_pos + 1).sum())
-            return
-        slab = layout.slab_of_token.to(query_pos.device)[query_pos]
-        self.text_query_keys += int((query_pos[slab < 0] + 1).sum())
+    def add_attention(
+        self, plan: BlockPlan, selection: Selection | None, kv_heads: int, *, keep_selection: bool = False
+    ) -> None:
+        """Count one call's queries: video queries from the selection (None: they attended densely)."""
+        self.queries += plan.lq
+        self.attention.kv_heads = kv_heads
+        self.pending.append(attention_counts(plan, selection, kv_heads))
+        if keep_selection and selection is not None and not selection.per_block:
+            video = plan.layout.slab_of_token.to(selection.cubes.device)[plan.past : plan.lk] >= 0
+            self.attention.selected_cubes_per_query.append(selection.cubes[:, video].cpu())
 
-    def add_dense_video_queries(self, query_pos: torch.Tensor, layout: CubeLayout, kv_heads: int) -> None:
-        """Video queries that attended densely: every causal key, every cube up to their slab."""
-        slab_of_token = layout.slab_of_token.to(query_pos.device)
-        slab = slab_of_token[query_pos]
-        v = slab >= 0
-        if not bool(v.any()):
+    def settle(self) -> None:
+        """Turn the pending device counts into numbers (one host sync for the whole record)."""
+        if not self.pending:
             return
-        slab_of_cube = layout.slab_of_cube.to(query_pos.device)
-        total = (slab_of_cube[None, :] <= slab[v][:, None]).sum(-1)  # (n,)
-        keys = (query_pos[v] + 1)[None].expand(kv_heads, -1)
-        self.attention.add(total[None].expand(kv_heads, -1), total, keys, query_pos[v] + 1, 0)
+        rows = torch.stack(self.pending).tolist()
+        self.pending.clear()
+        a = self.attention
+        for row in rows:
+            values = dict(zip(_FIELDS, (int(v) for v in row)))
+            if values["video_queries"]:
+                lo, hi = values["cubes_attended_min"], values["cubes_attended_max"]
+                a.cubes_attended_min = lo if a.cubes_attended_min is None else min(lo, a.cubes_attended_min)
+                a.cubes_attended_max = hi if a.cubes_attended_max is None else max(hi, a.cubes_attended_max)
+            for name in ("video_queries", "cubes_total", "cubes_attended", "attended_keys", "causal_keys", "scored_cubes"):
+                setattr(a, name, getattr(a, name) + values[name])
+            self.text_query_keys += values["text_query_keys"]
+
+
+def attention_counts(plan: BlockPlan, selection: Selection | None, kv_heads: int) -> torch.Tensor:
+    """(9,) int64 counts of one call in `_FIELDS` order, on the layout's device, without a host sync.
+
+    A video query attends its own slab's cubes plus its selected (or, per block, attended) candidate
+    cubes; its attended keys are its causal keys minus the keys of the candidate cubes it skipped
+    (candidates lie wholly before it). selection None: every candidate attended (dense).
+    """
+    layout: CubeLayout = plan.layout
+    device = plan.q_pos.device
+    pos = torch.arange(plan.past, plan.lk, device=device)
+    slab = layout.slab_of_token.to(device)[pos]
+    video = slab >= 0
+    slab_of_cube = layout.slab_of_cube.to(device)
+    cand_count = torch.searchsorted(slab_of_cube, slab.clamp(min=0))  # candidates: a prefix of the cubes
+    own = torch.searchsorted(slab_of_cube, slab.clamp(min=0), right=True) - cand_count
+    cand_count = torch.where(video, cand_count, 0)
+    causal = pos + 1
+    if selection is None:
+        attended = (cand_count + own)[None].expand(kv_heads, -1)
+        skipped_keys = torch.zeros(kv_heads, pos.numel(), dtype=torch.long, device=device)
+    else:
+        chosen = _query_cubes(plan, selection)  # (Hkv, Lq, C) bool, candidates only
+        sizes = layout.cube_sizes.to(device)
+        cand_keys = torch.cumsum(sizes, 0)
+        cand_keys = torch.where(cand_count > 0, cand_keys[(cand_count - 1).clamp(min=0)], 0)
+        attended = chosen.sum(-1) + own[None]
+        skipped_keys = cand_keys[None] - (chosen.to(sizes.dtype) * sizes).sum(-1)
+    v = video[None].expand(kv_heads, -1)
+    big = torch.iinfo(torch.long).max
+    return torch.stack([
+        video.sum(),
+        ((cand_count + own) * video).sum() * kv_heads,
+        (attended * v).sum(),
+        torch.where(v, attended, big).amin() if pos.numel() else torch.zeros((), dtype=torch.long, device=device),
+        torch.where(v, attended, -1).amax() if pos.numel() else torch.zeros((), dtype=torch.long, device=device),
+        ((causal[None] - skipped_keys) * v).sum(),
+        (causal * video).sum() * kv_heads,
+        (cand_count * video).sum(),
+        (causal * ~video).sum(),
+    ]).to(torch.long)
+
+
+def _query_cubes(plan: BlockPlan, selection: Selection) -> torch.Tensor:
+    """(Hkv, Lq, C) bool attended candidate cubes of each query token."""
+    if not selection.per_block:
+        return selection.cubes
+    cubes = attended_cubes(selection, plan)
+    row = sel_row_of_block(plan)[block_of_query_token(plan)]
+    return cubes[:, row.clamp(min=0)] & (row >= 0)[None, :, None]
 
 
 @dataclass
 class PrefillStats:
     """Records of every layer of one prefill (video prefix plus question)."""
 
-    layers: dict[int, LayerRecord] = field(default_factory=dict)
+    records: dict[int, LayerRecord] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> dict[int, LayerRecord]:
+        """Every layer's record, its counts settled (the first read after a forward syncs once)."""
+        for rec in self.records.values():
+            rec.settle()
+        return self.records
 
     def layer(self, idx: int) -> LayerRecord:
-        if idx not in self.layers:
-            self.layers[idx] = LayerRecord(layer=idx)
-        return self.layers[idx]
+        """The record that layer `idx` adds to during a forward (counts may still be pending)."""
+        if idx not in self.records:
+            self.records[idx] = LayerRecord(layer=idx)
+        return self.records[idx]
 
     def merged_with(self, other: PrefillStats) -> PrefillStats:
         """Counts of both prefills added, layer by layer (prefix + question)."""
@@ -63,6 +158,8 @@ class PrefillStats:
             for idx, rec in src.layers.items():
                 dst = out.layer(idx)
                 dst.sparse = dst.sparse or rec.sparse
+                dst.dense_fallback = dst.dense_fallback or rec.dense_fallback
+                dst.kernel = dst.kernel or rec.kernel
                 dst.queries += rec.queries
                 dst.text_query_keys += rec.text_query_keys
                 dst.ffn_rows += rec.ffn_rows

@@ -581,8 +581,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, device: str | 
 
     _write_log(out_dir, record)
     if cfg.sparse_steps > 0:
-        state = sparsify(model, cfg.adaspark())
-        state.kernel = "reference"  # exact per-token selection, differentiable in the kept paths; fast kernels are for inference
+        # exact per-token selection, differentiable in the kept paths; fast kernels are for inference
+        state = sparsify(model, cfg.adaspark(), kernel="reference")
         if cfg.check_items:  # the training-free baseline: dense weights, AdaSpark on
             record["training_free_check"] = answer_accuracy(model, encoder, cfg, items=cfg.check_items, state=state)
             log(f"training-free adaspark check: {record['training_free_check']}")
@@ -611,9 +611,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, device: str | 
         if cfg.check_items:
             record["adaspark_check"] = answer_accuracy(model, encoder, cfg, items=cfg.check_items, state=state)
             log(f"adaspark check (sparse, {cfg.check_items} items): {record['adaspark_check']}")
-            state.enabled = False
-            record["adaspark_dense_check"] = answer_accuracy(model, encoder, cfg, items=cfg.check_items)
-            state.enabled = True
+            with state.override(enabled=False):
+                record["adaspark_dense_check"] = answer_accuracy(model, encoder, cfg, items=cfg.check_items)
             log(f"adaspark weights run dense: {record['adaspark_dense_check']}")
     record["adaspark_steps"] = len(record["adaspark"])
     record["seconds"] = time.perf_counter() - start

@@ -1,4 +1,4 @@
-"""Cube scoring and top-p (nucleus) selection for AdaS-Attn (method.md section 2)."""
+"""Cube scoring and top-p (nucleus) math for AdaS-Attn (method.md section 2): the one place it lives."""
 
 from __future__ import annotations
 

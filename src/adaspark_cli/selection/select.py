@@ -1,0 +1,234 @@
+"""The selection step of AdaS-Attn: which earlier cubes each video query attends (method.md section 2).
+
+One `Selection` per layer and forward call, computed once, outside every attention kernel, and passed
+to whichever kernel runs; statistics are counted from it too (`stats.collect`).
+
+For a video query q in time slab s the candidates are the cubes of earlier slabs; P is the mean over
+the KV group's query heads of softmax_j(q . kbar_j * scale) over the candidates (kbar: cube mean keys
+after RoPE), and the selection is the nucleus (top-p) of P. Text keys and every key of q's own slab
+are always attended (not part of the selection), and attention is causal in original order.
+
+Two granularities, one type:
+  - per token (`select_per_token`): the reference, exactly the method;
+  - per block (`select_per_block`): one set per query tile of the block plan, the union of its tokens'
+    sets (a superset, method.md). Its exact form sorts in float32 like the reference; on CUDA a fused
+    Triton kernel (`triton_union.py`) gives the same sets up to float16 rounding at the boundary.
+A packed plan (several small cubes per tile) attends whole key tiles: `attended_tiles` is what the
+kernels compute, a superset again of the selected cubes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ..cubes.plan import BlockPlan
+from .scoring import cube_mean_keys, cube_probabilities, nucleus_mask
+from .triton_union import launch_union, triton_available
+
+# Scores of one chunk hold Hq x rows x candidate cubes values: 2**24 floats (64 MB in float32) for the
+# per-token reference; the per-block path uses 2**28 (512 MB in float16 on CUDA).
+TOKEN_SCORE_BUDGET = 1 << 24
+BLOCK_SCORE_BUDGET = 1 << 28
+_ALIGN = 64  # candidate columns are padded to this, so that the float16 GEMM output rows stay aligned
+METHODS = ("auto", "exact", "triton")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Cubes chosen for each query row, beyond the always-attended keys.
+
+    cubes: (Hkv, R, C) bool. per_block: rows are the plan's selectable query blocks (`plan.sel_blocks`);
+    otherwise rows are the query tokens [0, Lq) of the call (rows without candidates all False).
+    """
+
+    cubes: torch.Tensor
+    per_block: bool
+    top_p: float
+    # (Hkv, NQB, NKB) bool full and partial key blocks per query block (`block_structure`), when known
+    full: torch.Tensor | None = None
+    partial: torch.Tensor | None = None
+
+    @property
+    def kv_heads(self) -> int:
+        return int(self.cubes.shape[0])
+
+    def __repr__(self) -> str:  # tensors left out: tables and logs label themselves with this
+        kind = "block" if self.per_block else "token"
+        h, r, c = self.cubes.shape
+        return f"Selection(per_{kind}, top_p={self.top_p}, kv_heads={h}, rows={r}, cubes={c})"
+
+
+def select_per_token(query: torch.Tensor, key: torch.Tensor, plan: BlockPlan, top_p: float, scaling: float) -> Selection:
+    """The reference selection. query: (Hq, Lq, D) for positions [Lk - Lq, Lk); key: (Hkv, Lk, D)."""
+    hq, lq, _ = query.shape
+    layout = plan.layout.to(query.device) if plan.layout.cube_of_token.device != query.device else plan.layout
+    mean_keys = cube_mean_keys(key, layout)  # (Hkv, C, D)
+    hkv, c, _ = mean_keys.shape
+    out = torch.zeros(hkv, lq, c, dtype=torch.bool, device=query.device)
+    chunk = max(1, TOKEN_SCORE_BUDGET // max(1, hq * max(c, 1)))
+    for start in range(0, lq, chunk):
+        pos = torch.arange(plan.past + start, plan.past + min(lq, start + chunk), device=query.device)
+        q_slab = layout.slab_of_token[pos]
+        candidates = (layout.slab_of_cube[None, :] < q_slab[:, None]) & (q_slab >= 0)[:, None]  # (n, C)
+        probs = cube_probabilities(query[:, pos - plan.past], mean_keys, candidates, scaling)
+        out[:, pos - plan.past] = nucleus_mask(probs, top_p, candidates[None].expand(hkv, -1, -1))
+    return Selection(out, per_block=False, top_p=top_p)
+
+
+def select_per_block(
+    query: torch.Tensor, key: torch.Tensor, plan: BlockPlan, top_p: float, scaling: float, *, method: str = "auto",
+    q_perm: torch.Tensor | None = None,
+) -> Selection:
+    """Per query tile of the plan, the union of its tokens' nucleus sets.
+
+    query: (Hq, Lq, D); key: (Hkv, Lk, D), in sequence order; q_perm: the queries in tile order, if the
+    caller has them already. method: "exact" (float32, sort: as the reference), "triton" (the fused
+    float16 CUDA kernel), "auto" (triton on CUDA when available, else exact).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown selection method {method!r}; use one of {METHODS}")
+    hkv, c = key.shape[0], plan.num_cubes
+    ns = plan.sel_blocks.numel()
+    device = query.device
+    if ns == 0 or top_p >= 1.0:
+        every = torch.arange(c, device=device)[None, :] < plan.sel_cand[:, None]
+        return with_blocks(Selection(every[None].expand(hkv, -1, -1).clone(), per_block=True, top_p=top_p), plan)
+    layout = plan.layout.to(device) if plan.layout.cube_of_token.device != device else plan.layout
+    mean_keys = cube_mean_keys(key, layout)
+    if q_perm is None:
+        q_perm = query.index_select(1, plan.q_gather)
+    if method == "auto":
+        method = "triton" if device.type == "cuda" and triton_available() else "exact"
+    if method == "triton":
+        cubes = _select_triton(plan, q_perm, mean_keys, top_p, scaling)
+    else:
+        cubes = _select_exact(plan, q_perm, mean_keys, top_p, scaling)
+    return with_blocks(Selection(cubes, per_block=True, top_p=top_p), plan)
+
+
+def union_per_block(selection: Selection, plan: BlockPlan) -> Selection:
+    """A per-token selection folded to the plan's query tiles (the union over each tile's tokens)."""
+    if selection.per_block:
+        return selection
+    hkv, _, c = selection.cubes.shape
+    rows = plan.q_gather.view(-1, plan.block)[plan.sel_blocks]  # (NS, B) query token of each tile row
+    valid = (plan.q_pos.view(-1, plan.block)[plan.sel_blocks] >= 0)
+    picked = selection.cubes[:, rows.flatten()].view(hkv, rows.shape[0], plan.block, c)
+    return Selection((picked & valid[None, :, :, None]).any(dim=2), per_block=True, top_p=selection.top_p)
+
+
+def attended_tiles(selection: Selection, plan: BlockPlan) -> torch.Tensor:
+    """(Hkv, NS, T) bool: the key tiles a per-block selection makes the kernels attend (a tile holding
+    any selected cube; the same as the cubes when nothing is packed)."""
+    if not plan.packed:
+        return selection.cubes
+    onehot = torch.zeros(plan.num_cubes, plan.num_tiles, device=selection.cubes.device)
+    onehot[torch.arange(plan.num_cubes, device=onehot.device), plan.tile_of_cube] = 1.0
+    return (selection.cubes.float() @ onehot) > 0
+
+
+def attended_cubes(selection: Selection, plan: BlockPlan) -> torch.Tensor:
+    """(Hkv, R, C) bool: every cube whose keys the kernels attend for the selection (the selected cubes
+    widened to whole tiles when the plan packs cubes). Candidates only: never an own-slab cube."""
+    if not selection.per_block or not plan.packed:
+        return selection.cubes
+    cand = torch.arange(plan.num_cubes, device=selection.cubes.device)[None, :] < plan.sel_cand[:, None]
+    return attended_tiles(selection, plan)[:, :, plan.tile_of_cube] & cand[None]
+
+
+def with_blocks(selection: Selection, plan: BlockPlan) -> Selection:
+    """The selection with its block structure filled in (computed once, read by kernels and statistics)."""
+    if selection.full is not None:
+        return selection
+    full, partial = block_structure(plan, selection)
+    return dataclasses.replace(selection, full=full, partial=partial)
+
+
+def block_structure(plan: BlockPlan, selection: Selection) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Hkv, NQB, NKB) bool full and partial (causal-masked) key blocks of each query block."""
+    if selection.full is not None and selection.partial is not None:
+        return selection.full, selection.partial
+    if not selection.per_block:
+        selection = union_per_block(selection, plan)
+    hkv = selection.kv_heads
+    nqb, nkb = plan.always_full.shape
+    chosen = torch.zeros(hkv, nqb, nkb, dtype=torch.bool, device=selection.cubes.device)
+    if plan.sel_blocks.numel():
+        tiles = attended_tiles(selection, plan)
+        chosen[:, plan.sel_blocks] = tiles[:, :, plan.k_block_tile] & plan.cand_blocks[plan.sel_blocks][None]
+    k_pad = plan.k.block_has_pad[None, None, :]
+    full = plan.always_full[None] | (chosen & ~k_pad)
+    partial = plan.always_partial[None] | (chosen & k_pad)
+    return full, partial
+
+
+# ----------------------------------------------------------------------------------------------
+# per-block selection: exact and fused
+
+
+def _selection_chunks(plan: BlockPlan, hq: int) -> list[tuple[int, int, int]]:
+    """(start, end, candidate cubes) over plan.sel_blocks; candidates grow along the blocks."""
+    chunks = []
+    cands = plan.sel_cand_host
+    i = 0
+    while i < len(cands):
+        j = i + 1
+        while j < len(cands) and (j + 1 - i) * plan.block * hq * cands[j] <= BLOCK_SCORE_BUDGET:
+            j += 1
+        chunks.append((i, j, max(cands[i:j])))
+        i = j
+    return chunks
+
+
+def _select_exact(plan: BlockPlan, q_perm: torch.Tensor, mean_keys: torch.Tensor, top_p: float, scaling: float) -> torch.Tensor:
+    hq = q_perm.shape[0]
+    hkv, c, _ = mean_keys.shape
+    b = plan.block
+    device = q_perm.device
+    sel = torch.zeros(hkv, plan.sel_blocks.numel(), c, dtype=torch.bool, device=device)
+    ar = torch.arange(c, device=device)
+    q_valid = (plan.q_pos >= 0).view(-1, b)
+    for s0, s1, cc in _selection_chunks(plan, hq):
+        blocks = plan.sel_blocks[s0:s1]
+        nb = s1 - s0
+        tok = (blocks[:, None] * b + torch.arange(b, device=device)[None, :]).flatten()
+        q = q_perm.index_select(1, tok)
+        cand_tok = ar[None, :cc] < plan.sel_cand[s0:s1].repeat_interleave(b)[:, None]  # (n, cc)
+        probs = cube_probabilities(q, mean_keys[:, :cc], cand_tok, scaling)
+        keep = nucleus_mask(probs, top_p, cand_tok[None].expand(hkv, -1, -1))
+        keep &= q_valid[blocks].flatten()[None, :, None]
+        sel[:, s0:s1, :cc] = keep.view(hkv, nb, b, cc).any(dim=2)
+    return sel
+
+
+def _select_triton(plan: BlockPlan, q_perm: torch.Tensor, mean_keys: torch.Tensor, top_p: float, scaling: float) -> torch.Tensor:
+    """CUDA: float16 scaled logits per chunk (one GEMM), then the fused softmax/nucleus/union kernel."""
+    hq, _, d = q_perm.shape
+    hkv, c, _ = mean_keys.shape
+    group = hq // hkv
+    b = plan.block
+    ns = plan.sel_blocks.numel()
+    device = q_perm.device
+    c_pad = -(-c // _ALIGN) * _ALIGN
+    mk16 = torch.zeros(hkv, c_pad, d, dtype=torch.float16, device=device)
+    mk16[:, :c] = mean_keys * scaling
+    mk_t = mk16.repeat_interleave(group, 0).transpose(1, 2)  # (Hq, D, C_pad)
+    if "sel_tok" not in plan.cache:
+        blocks = plan.sel_blocks.tolist()
+        contiguous = blocks == list(range(blocks[0], blocks[0] + len(blocks)))
+        tok = (plan.sel_blocks[:, None] * b + torch.arange(b, device=device)[None, :]).flatten()
+        plan.cache["sel_tok"] = (blocks[0], contiguous, tok, (plan.q_pos[tok] >= 0).to(torch.int8), plan.sel_cand.to(torch.int32))
+    first, contiguous, tok, valid, cand = plan.cache["sel_tok"]
+    if contiguous:
+        q16 = q_perm[:, first * b : (first + ns) * b].to(torch.float16)
+    else:
+        q16 = q_perm.index_select(1, tok).to(torch.float16)
+    out = torch.zeros(hkv, ns, c_pad, dtype=torch.int32, device=device)
+    for s0, s1, cc in _selection_chunks(plan, hq):
+        ccp = -(-cc // _ALIGN) * _ALIGN
+        logits = torch.bmm(q16[:, s0 * b : s1 * b], mk_t[:, :, :ccp])  # (Hq, n, ccp) float16
+        launch_union(logits, cand[s0:s1], valid[s0 * b : s1 * b], out[:, s0:s1], top_p, group, b)
+    return out[:, :, :c] != 0
