@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +26,11 @@ from ..attention.decode import DecodeContext, decode_attention_gathered, decode_
 from ..attention.kernels import IMPLEMENTATIONS, check_kernel, per_token, resolve_kernel, runs_dense
 from ..config import AdaSparkConfig
 from ..cubes import CubeLayout
-from ..cubes.plan import build_plan
+from ..cubes.plan import BlockPlan, build_plan
 from ..errors import AdasparkError, CheckpointError
 from ..ffn.fast import adas_ffn_auto
 from ..ffn.reference import adas_ffn_gathered
-from ..selection import select_per_block, select_per_token
+from ..selection import Selection, select_per_block, select_per_token, with_blocks
 from ..stats.collect import PrefillStats
 
 ATTN_NAME = "adaspark"
@@ -47,6 +47,8 @@ class Settings:
     kernel: str = "auto"  # attention.kernels.KERNELS
     heatmap_layer: int | None = None  # this layer runs the reference and keeps its per-query selections
     dense_fallback: bool = True  # a layer whose selection comes out near-dense runs dense SDPA
+    # benchmarks only: replaces each sparse layer's top-p selection, (plan, layer index, KV heads) -> Selection
+    selection_hook: Callable[[BlockPlan, int, int], Selection] | None = None
 
 
 class SparseState:
@@ -233,7 +235,9 @@ def adaspark_attention(
     heatmap = settings.heatmap_layer == module.layer_idx
     kernel = "reference" if heatmap else state.kernel_for(query.device)  # type: ignore[union-attr]
     q, k, v = query[0], key[0], value[0]
-    if per_token(kernel):
+    if settings.selection_hook is not None:
+        selection = with_blocks(settings.selection_hook(plan, module.layer_idx, k.shape[0]), plan)
+    elif per_token(kernel):
         selection = select_per_token(q, k, plan, top_p, scaling)
     else:
         selection = select_per_block(q, k, plan, top_p, scaling)

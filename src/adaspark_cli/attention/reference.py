@@ -53,6 +53,8 @@ def selected_cubes_of_queries(plan: BlockPlan, selection: Selection, rows: torch
         return selection.cubes[:, rows]
     cubes = attended_cubes(selection, plan)
     sel_row = sel_row_of_block(plan)[block_of_query_token(plan)[rows]]  # (n,) -1: no candidates
+    if cubes.shape[1] == 0:  # no query block has candidates (a video of one slab)
+        return cubes.new_zeros(cubes.shape[0], rows.numel(), cubes.shape[2])
     picked = cubes[:, sel_row.clamp(min=0)]
     return picked & (sel_row >= 0)[None, :, None]
 

@@ -232,3 +232,13 @@ def _select_triton(plan: BlockPlan, q_perm: torch.Tensor, mean_keys: torch.Tenso
         logits = torch.bmm(q16[:, s0 * b : s1 * b], mk_t[:, :, :ccp])  # (Hq, n, ccp) float16
         launch_union(logits, cand[s0:s1], valid[s0 * b : s1 * b], out[:, s0:s1], top_p, group, b)
     return out[:, :, :c] != 0
+
+
+def random_selection(plan: BlockPlan, kv_heads: int, density: float, *, seed: int = 0) -> Selection:
+    """A per-block selection choosing each candidate cube with probability `density` (benchmarks force
+    fixed densities with it: random weights make top-p select almost every cube)."""
+    g = torch.Generator(device=plan.q_pos.device).manual_seed(seed)
+    ns, c = plan.sel_blocks.numel(), plan.num_cubes
+    cand = torch.arange(c, device=plan.q_pos.device)[None, :] < plan.sel_cand[:, None]
+    cubes = (torch.rand(kv_heads, ns, c, generator=g, device=plan.q_pos.device) < density) & cand[None]
+    return with_blocks(Selection(cubes, per_block=True, top_p=density), plan)

@@ -129,6 +129,8 @@ def _query_cubes(plan: BlockPlan, selection: Selection) -> torch.Tensor:
         return selection.cubes
     cubes = attended_cubes(selection, plan)
     row = sel_row_of_block(plan)[block_of_query_token(plan)]
+    if cubes.shape[1] == 0:  # no query block has candidates (a video of one slab)
+        return cubes.new_zeros(cubes.shape[0], row.numel(), cubes.shape[2])
     return cubes[:, row.clamp(min=0)] & (row >= 0)[None, :, None]
 
 
