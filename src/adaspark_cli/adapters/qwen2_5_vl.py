@@ -295,24 +295,20 @@ def sparse_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     record = state.stats.layer(layer_idx) if state.stats is not None and layer_idx is not None else None
     length = x.shape[1]
     start, end = state.offset, state.offset + length
-    token_cube = layout.cube_of_token[start:end].to(x.device) if layout is not None and end <= layout.seq_len else None
-    video_rows = int((token_cube >= 0).sum()) if token_cube is not None else 0
+    host_cube = layout.cube_of_token[start:end] if layout is not None and end <= layout.seq_len else None
+    video_rows = int((host_cube >= 0).sum()) if host_cube is not None else 0  # the layout is on the host: no sync
     if video_rows == 0 or layer_idx is None or not state.layer_is_sparse(layer_idx):
         if record is not None:
-            record.ffn_rows += length * x.shape[0]
-            record.ffn_total += video_rows
-            record.ffn_kept += video_rows
+            record.add_ffn(rows=length * x.shape[0] - video_rows, video=video_rows, kept=video_rows)
         return dense_forward(x)
     if x.shape[0] != 1:
         raise AdasparkError("AdaS-FFN runs one sequence at a time; got a batch of several")
     top_p = state.config.ffn_top_p_for(layer_idx)
     if state.fast_path(x.device):
-        out, keep = adas_ffn_auto(dense_forward, x[0], layout, token_cube, top_p)  # type: ignore[arg-type]
+        out, keep = adas_ffn_auto(dense_forward, x[0], layout, host_cube, top_p)  # type: ignore[arg-type]
     else:
-        out, keep = adas_ffn_gathered(dense_forward, x[0], token_cube, layout.num_cubes, top_p)  # type: ignore[union-attr]
+        out, keep = adas_ffn_gathered(dense_forward, x[0], host_cube.to(x.device), layout.num_cubes, top_p)  # type: ignore[union-attr]
     if record is not None:
         record.sparse = True
-        record.ffn_rows += length - video_rows + int(keep.sum())
-        record.ffn_total += video_rows
-        record.ffn_kept += int(keep.sum())
+        record.add_ffn(rows=length - video_rows, video=video_rows, kept=keep.sum())
     return out[None]

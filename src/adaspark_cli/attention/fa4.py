@@ -14,6 +14,8 @@ Triton kernel; no recompile for a new sequence length (the aux tensors are fully
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,11 +27,21 @@ from .flex import block_indices
 TILE = 128  # FA4's q and kv tile on Hopper at head dim 128; the plan's block must match
 
 
+def _enable_compile_cache() -> None:
+    """FA4's own on-disk cache of compiled kernels (off by default in FA4): the 4-5 s compile then
+    happens once per machine, not once per process. Set before flash_attn.cute is imported; the
+    user's own FLASH_ATTENTION_CUTE_DSL_CACHE_* settings win."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adaspark" / "fa4"
+    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
+    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(cache))
+
+
 @functools.cache
 def fa4_available() -> bool:
     """Whether flash-attn-4 imports here (it needs a CUDA GPU of compute capability 9.0 or newer)."""
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         return False
+    _enable_compile_cache()
     try:
         import flash_attn.cute  # noqa: F401
     except Exception:

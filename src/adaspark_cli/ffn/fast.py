@@ -46,27 +46,33 @@ def select_ffn_blocks(norms_blk: torch.Tensor, valid: torch.Tensor, top_p: float
 
 def apply_ffn_blocks(ffn: FFN, x: torch.Tensor, pos_blk: torch.Tensor, text_pos: torch.Tensor, keep_blk: torch.Tensor) -> torch.Tensor:
     """FFN on text rows and kept video rows; every skipped row of a cube gets the mean output of the
-    cube's kept rows. pos_blk: (NV, B) positions (-1 padding); keep_blk: (NV, B) bool, >= 1 per row."""
-    kept_pos = pos_blk[keep_blk]  # grouped by cube (row-major)
+    cube's kept rows. pos_blk: (NV, B) positions (-1 padding); keep_blk: (NV, B) bool, >= 1 per row.
+
+    One host sync (the number of kept rows, which sizes the FFN's input); the kept and skipped rows
+    come out of one stable sort, in row-major order, instead of a boolean index each."""
+    nv, b = pos_blk.shape
+    pos = pos_blk.flatten()
+    n_kept = int(keep_blk.sum())
+    rank = torch.where(keep_blk.flatten(), 0, torch.where(pos >= 0, 1, 2)).to(torch.int8)
+    order = torch.sort(rank, stable=True).indices  # kept, then skipped, then padding
+    kept_idx = order[:n_kept]
+    kept_pos = pos[kept_idx]
     rows = torch.cat([text_pos, kept_pos])
     y = ffn(x[rows])
-    out = y.new_empty(x.shape[0], y.shape[-1])
+    out = y.new_empty(x.shape[0] + 1, y.shape[-1])  # the last row: scratch for padding, dropped
     out[rows] = y
-    skip = ~keep_blk & (pos_blk >= 0)
-    if bool(skip.any()):
-        nv = pos_blk.shape[0]
-        counts = keep_blk.sum(1)
-        seg = torch.repeat_interleave(torch.arange(nv, device=x.device), counts, output_size=kept_pos.numel())
-        onehot = (seg[None, :] == torch.arange(nv, device=x.device)[:, None]).to(y.dtype)  # (NV, kept)
-        yk = y[text_pos.numel() :]
-        if y.device.type == "cuda" and y.dtype in (torch.bfloat16, torch.float16):
-            sums = torch.mm(onehot, yk, out_dtype=torch.float32)
-        else:
-            sums = onehot.float() @ yk.float()
-        means = (sums / counts.clamp(min=1)[:, None].float()).to(y.dtype)
-        skip_row = skip.nonzero(as_tuple=True)[0]
-        out[pos_blk[skip]] = means[skip_row]
-    return out
+    skip_idx = order[n_kept:]
+    skip_pos = pos[skip_idx]
+    seg = kept_idx // b  # cube row of each kept row
+    onehot = (seg[None, :] == torch.arange(nv, device=x.device)[:, None]).to(y.dtype)  # (NV, kept)
+    yk = y[text_pos.numel() :]
+    if y.device.type == "cuda" and y.dtype in (torch.bfloat16, torch.float16):
+        sums = torch.mm(onehot, yk, out_dtype=torch.float32)
+    else:
+        sums = onehot.float() @ yk.float()
+    means = (sums / keep_blk.sum(1).clamp(min=1)[:, None].float()).to(y.dtype)
+    out[torch.where(skip_pos >= 0, skip_pos, x.shape[0])] = means[skip_idx // b]
+    return out[: x.shape[0]]
 
 
 def adas_ffn_blocks(
@@ -86,14 +92,18 @@ def adas_ffn_blocks(
     norms_blk = norms[pos_blk.clamp(min=0)].masked_fill(~valid, 0.0)
     keep_blk = select_ffn_blocks(norms_blk, valid, top_p)
     out = apply_ffn_blocks(ffn, x, pos_blk, text_pos, keep_blk)
-    keep_tok = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    keep_tok[pos_blk[keep_blk]] = True
-    return out, keep_tok[layout.cube_of_token.to(x.device) >= 0]
+    # kept mask over the video tokens in sequence order, without a boolean index (no sync)
+    keep_tok = torch.zeros(x.shape[0] + 1, dtype=torch.bool, device=x.device)
+    keep_tok[torch.where(keep_blk, pos_blk, x.shape[0]).flatten()] = True
+    if "ffn_video_pos" not in plan.cache:
+        plan.cache["ffn_video_pos"] = (layout.cube_of_token >= 0).nonzero().squeeze(1).to(x.device)
+    return out, keep_tok[plan.cache["ffn_video_pos"]]
 
 
 def adas_ffn_auto(ffn: FFN, x: torch.Tensor, layout: CubeLayout, token_cube: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """adas_ffn_blocks where it applies, else adas_ffn_gathered (same contract as the latter)."""
+    """adas_ffn_blocks where it applies, else adas_ffn_gathered (same contract as the latter; token_cube
+    may stay on the host: it is moved only for the gathered path, which needs it)."""
     got = adas_ffn_blocks(ffn, x, layout, top_p) if x.shape[0] == layout.seq_len else None
     if got is not None:
         return got
-    return adas_ffn_gathered(ffn, x, token_cube, layout.num_cubes, top_p)
+    return adas_ffn_gathered(ffn, x, token_cube.to(x.device), layout.num_cubes, top_p)

@@ -96,8 +96,7 @@ def select_per_block(
     if ns == 0 or top_p >= 1.0:
         every = torch.arange(c, device=device)[None, :] < plan.sel_cand[:, None]
         return with_blocks(Selection(every[None].expand(hkv, -1, -1).clone(), per_block=True, top_p=top_p), plan)
-    layout = plan.layout.to(device) if plan.layout.cube_of_token.device != device else plan.layout
-    mean_keys = cube_mean_keys(key, layout)
+    mean_keys = plan_mean_keys(plan, key)
     if q_perm is None:
         q_perm = query.index_select(1, plan.q_gather)
     if method == "auto":
@@ -107,6 +106,20 @@ def select_per_block(
     else:
         cubes = _select_exact(plan, q_perm, mean_keys, top_p, scaling)
     return with_blocks(Selection(cubes, per_block=True, top_p=top_p), plan)
+
+
+def plan_mean_keys(plan: BlockPlan, key: torch.Tensor) -> torch.Tensor:
+    """`cube_mean_keys` for the plan's keys, from indices built once per plan (no host sync per layer:
+    boolean indexing and bincount on the device would each wait for the GPU). Returns (Hkv, C, D) float32."""
+    if "mean_keys" not in plan.cache:
+        cube = plan.layout.cube_of_token[: plan.lk]
+        video = (cube >= 0).nonzero().squeeze(1)
+        counts = torch.bincount(cube[video], minlength=plan.num_cubes).clamp(min=1).to(torch.float32)
+        plan.cache["mean_keys"] = tuple(t.to(key.device) for t in (video, cube[video], counts))
+    video, cubes, counts = plan.cache["mean_keys"]
+    sums = torch.zeros(key.shape[0], plan.num_cubes, key.shape[2], dtype=torch.float32, device=key.device)
+    sums.index_add_(1, cubes, key.index_select(1, video).float())
+    return sums / counts[None, :, None]
 
 
 def union_per_block(selection: Selection, plan: BlockPlan) -> Selection:

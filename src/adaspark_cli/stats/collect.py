@@ -51,6 +51,18 @@ class LayerRecord:
     ffn_kept: int = 0  # video rows kept
     ffn_total: int = 0  # video rows
     pending: list[torch.Tensor] = field(default_factory=list, repr=False)
+    pending_ffn_kept: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+    def add_ffn(self, *, rows: int, video: int, kept: int | torch.Tensor) -> None:
+        """One FFN call: `rows` text rows (always through the FFN), `video` video rows, `kept` of them
+        through the FFN (a device count stays pending until settled)."""
+        self.ffn_rows += rows
+        self.ffn_total += video
+        if isinstance(kept, torch.Tensor):
+            self.pending_ffn_kept.append(kept.reshape(()).to(torch.long))
+        else:
+            self.ffn_kept += kept
+            self.ffn_rows += kept
 
     def add_attention(
         self, plan: BlockPlan, selection: Selection | None, kv_heads: int, *, keep_selection: bool = False
@@ -65,6 +77,11 @@ class LayerRecord:
 
     def settle(self) -> None:
         """Turn the pending device counts into numbers (one host sync for the whole record)."""
+        if self.pending_ffn_kept:
+            kept = int(torch.stack(self.pending_ffn_kept).sum())
+            self.pending_ffn_kept.clear()
+            self.ffn_kept += kept
+            self.ffn_rows += kept
         if not self.pending:
             return
         rows = torch.stack(self.pending).tolist()
@@ -102,12 +119,12 @@ def attention_counts(plan: BlockPlan, selection: Selection | None, kv_heads: int
         attended = (cand_count + own)[None].expand(kv_heads, -1)
         skipped_keys = torch.zeros(kv_heads, pos.numel(), dtype=torch.long, device=device)
     else:
-        chosen = _query_cubes(plan, selection)  # (Hkv, Lq, C) bool, candidates only
         sizes = layout.cube_sizes.to(device)
         cand_keys = torch.cumsum(sizes, 0)
         cand_keys = torch.where(cand_count > 0, cand_keys[(cand_count - 1).clamp(min=0)], 0)
-        attended = chosen.sum(-1) + own[None]
-        skipped_keys = cand_keys[None] - (chosen.to(sizes.dtype) * sizes).sum(-1)
+        chosen, chosen_keys = _attended_per_query(plan, selection, sizes)
+        attended = chosen + own[None]
+        skipped_keys = cand_keys[None] - chosen_keys
     v = video[None].expand(kv_heads, -1)
     big = torch.iinfo(torch.long).max
     return torch.stack([
@@ -123,15 +140,20 @@ def attention_counts(plan: BlockPlan, selection: Selection | None, kv_heads: int
     ]).to(torch.long)
 
 
-def _query_cubes(plan: BlockPlan, selection: Selection) -> torch.Tensor:
-    """(Hkv, Lq, C) bool attended candidate cubes of each query token."""
+def _attended_per_query(plan: BlockPlan, selection: Selection, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Hkv, Lq) attended candidate cubes and their keys for each query token; a per-block selection is
+    counted per row first (memory O(rows x cubes), not O(tokens x cubes))."""
+    cubes = attended_cubes(selection, plan) if selection.per_block else selection.cubes
+    n = cubes.sum(-1)
+    keys = (cubes.to(torch.float32) @ sizes.to(torch.float32)).round().long()  # exact: sizes sum < 2**24
     if not selection.per_block:
-        return selection.cubes
-    cubes = attended_cubes(selection, plan)
-    row = sel_row_of_block(plan)[block_of_query_token(plan)]
+        return n, keys
+    row = sel_row_of_block(plan)[block_of_query_token(plan)]  # (Lq,) -1: no candidates
     if cubes.shape[1] == 0:  # no query block has candidates (a video of one slab)
-        return cubes.new_zeros(cubes.shape[0], row.numel(), cubes.shape[2])
-    return cubes[:, row.clamp(min=0)] & (row >= 0)[None, :, None]
+        zeros = torch.zeros(cubes.shape[0], row.numel(), dtype=torch.long, device=row.device)
+        return zeros, zeros
+    ok = (row >= 0)[None]
+    return n[:, row.clamp(min=0)] * ok, keys[:, row.clamp(min=0)] * ok
 
 
 @dataclass
