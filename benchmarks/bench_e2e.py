@@ -14,7 +14,7 @@ Pipelines, each on the same model object, same video, same question, one new tok
           transformers' own vision tower (per-window loop) and SDPA attention; `unsparsify` + `restore_vision`.
   dense   adaspark VideoQA with sparsity off: pipelined decode (open_video_stream, chunks of 32 frames
           decoded and resized in 2 worker threads) overlapping the fast vision tower, then the prefill.
-  sparse  the same with AdaSpark on (--kernel auto: the block-sparse CUDA path; default top-p settings).
+  sparse  the same with AdaSpark on (--kernel auto: FA4 where installed, else FlexAttention; default top-p).
 Stages: decode_s (decoding not hidden behind other work), preprocess_s (the processor), vision_s (vision
 tower), prefill_s (language model: video prefix and question), first_token_s (their sum); wall_s is the
 wall clock of the whole call. Each (size, pipeline) runs once as warm-up (kernels, torch.compile for the
@@ -195,9 +195,7 @@ def pipeline_config(pipeline: str) -> AdaSparkConfig:
 def setup(model: Any, processor: Any, pipeline: str, kernel: str) -> VideoQA | None:
     if pipeline == "stock":
         return None
-    state = sparsify(model, pipeline_config(pipeline))
-    state.enabled = pipeline.startswith("sparse")
-    state.kernel = kernel
+    state = sparsify(model, pipeline_config(pipeline), enabled=pipeline.startswith("sparse"), kernel=kernel)
     fast_vision(model)
     return VideoQA(model, processor, state)
 

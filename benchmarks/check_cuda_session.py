@@ -1,12 +1,12 @@
-"""GPU check of the `ask` path through the whole model, both attention kernels.
+"""GPU check of the `ask` path through the whole model, every CUDA attention kernel.
 
     PYTHONPATH=src python benchmarks/check_cuda_session.py
 
 With the stock and then the fast vision tower (adapters.vision.fast_vision, as `ask` uses on
 CUDA). For a tiny (hidden 64, 2 layers) and a medium (hidden 512, head_dim 128, 4 layers) random
 Qwen2.5-VL in bf16 on CUDA, with a random video: first-token logits at p = 1 against --dense for the
-reference and the block-sparse kernel, and at p = 0.5 the statistics and prefill time of dense,
-reference and block-sparse; then `profile_prefill` on the medium model (CUDA timing and memory).
+reference, FlexAttention and FA4 (where installed) kernels, and at p = 0.5 the statistics and prefill
+time of each; then `profile_prefill` on the medium model (CUDA timing and memory).
 Random weights: the numbers check correctness and plumbing, not the
 speed of a real model (see bench_prefill.py for 7B shapes). Exits non-zero on a failed check.
 """
@@ -59,26 +59,27 @@ def check(name: str, hidden: int, layers: int, frames: int, *, profile: bool = F
         model, processor = load_model(str(ck), device="cuda")
     state = sparsify(model, AdaSparkConfig(attn_top_p=1.0, ffn_top_p=1.0))
     qa = VideoQA(model, processor, state)
-    state.enabled = False
-    stock_dense, _, stock_s = run(qa, video)
-    fast_vision(model)  # what load_video_qa does on CUDA; everything below runs with it
-    dense, dense_res, dense_s = run(qa, video)
-    state.enabled = True
+    with state.override(enabled=False):
+        stock_dense, _, stock_s = run(qa, video)
+        fast_vision(model)  # what load_video_qa does on CUDA; everything below runs with it
+        dense, dense_res, dense_s = run(qa, video)
     vision_diff = (stock_dense - dense).abs().max().item()
     ok = vision_diff <= 2e-2 * max(1.0, stock_dense.abs().max().item())
     print(f"\n{name}: hidden {hidden}, {layers} layers, {dense_res['video_tokens']} video tokens, {dense_res['cubes']} cubes")
     print(f"  dense prefill {stock_s * 1e3:.1f} ms with the stock vision tower, {dense_s * 1e3:.1f} ms with fast_vision "
           f"({vision_diff:.2e} max logit diff, {vision_state(model).last_backend}) {'ok' if ok else 'FAILED'}")
-    for kernel in ("reference", "blocksparse"):
-        state.kernel = kernel
-        state.config = AdaSparkConfig(attn_top_p=1.0, ffn_top_p=1.0)
-        p1, _, _ = run(qa, video)
+    from adaspark_cli.attention.fa4 import fa4_available
+
+    for kernel in ("reference", "flex") + (("fa4",) if fa4_available() else ()):
+        # fallback off: the kernel itself runs at p = 1
+        with state.override(kernel=kernel, dense_fallback=False, config=AdaSparkConfig(attn_top_p=1.0, ffn_top_p=1.0)):
+            p1, _, _ = run(qa, video)
         diff = (p1 - dense).abs().max().item()
         scale = dense.abs().max().item()
         good = diff <= 2e-2 * max(1.0, scale)
         ok &= good
-        state.config = AdaSparkConfig(attn_top_p=0.5, ffn_top_p=0.5)
-        sparse, res, secs = run(qa, video)
+        with state.override(kernel=kernel, config=AdaSparkConfig(attn_top_p=0.5, ffn_top_p=0.5)):
+            sparse, res, secs = run(qa, video)
         ok &= bool(torch.isfinite(sparse).all())
         layer0 = res["layers"][0]
         print(
@@ -90,9 +91,8 @@ def check(name: str, hidden: int, layers: int, frames: int, *, profile: bool = F
     if profile:
         from adaspark_cli.qa import profile_prefill
 
-        state.kernel = "auto"
-        state.config = AdaSparkConfig(attn_top_p=0.5, ffn_top_p=0.5)
-        report = profile_prefill(qa, video, max_pixels=448 * 448).to_json()
+        with state.override(kernel="auto", config=AdaSparkConfig(attn_top_p=0.5, ffn_top_p=0.5)):
+            report = profile_prefill(qa, video, max_pixels=448 * 448).to_json()
         t, m, f = report["time"], report["memory"], report["fidelity"]
         print(
             f"  profile (auto kernel, p=0.5): dense {t['dense_s'] * 1e3:.1f} ms, adaspark {t['sparse_s'] * 1e3:.1f} ms "
