@@ -6,6 +6,7 @@ bar code, so every test checks WHICH source frame came back, not just how many.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -228,7 +229,7 @@ def test_header_overcounting_by_one_frame_is_tolerated(
 
     def overcounting_probe(p: Path):
         probe = real_probe(p)
-        return decode_mod._Probe(probe.fps, probe.header_frames + 1, probe.expected_frames + 1, True)
+        return dataclasses.replace(probe, header_frames=probe.header_frames + 1, expected_frames=probe.expected_frames + 1)
 
     monkeypatch.setattr(decode_mod, "_probe", overcounting_probe)
     video = decode_video(path, fps=60.0, backend=backend)  # every frame, so the phantom 13th is wanted
@@ -274,9 +275,17 @@ def test_auto_seeks_when_wanted_frames_are_keyframe_intervals_apart(make_video) 
 )
 def test_auto_order_decision(expected, interval, wanted, first) -> None:
     probe = decode_mod._Probe(fps=30.0, header_frames=expected or 0, expected_frames=expected,
-                              pixel_format_known=True, keyframe_interval=interval)
+                              pixel_format_known=True, keyframe_interval=interval, format_name="mov,mp4,m4a,3gp,3g2,mj2")
     order = decode_mod.auto_order(probe, wanted)
     assert order[0] == first and set(order) == set(DECODERS)
+
+
+@pytest.mark.parametrize("format_name", ["mpegts", "mpeg", "flv"])
+def test_auto_never_uses_decord_without_a_seek_index(format_name: str) -> None:
+    # decord returns wrong frames for MPEG-TS and MPEG-PS without an error (test_video_real.py shows it)
+    probe = decode_mod._Probe(fps=30.0, header_frames=1800, expected_frames=1800, pixel_format_known=True,
+                              keyframe_interval=30, format_name=format_name)
+    assert decode_mod.auto_order(probe, 16) == ("pyav",)
 
 
 @pytest.fixture

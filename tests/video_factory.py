@@ -24,7 +24,10 @@ CODECS: dict[str, tuple[str, str, str]] = {
     "h264": (".mp4", "libx264", "yuv420p"),
     "vp9": (".webm", "libvpx-vp9", "yuv420p"),
     "mpeg4": (".avi", "mpeg4", "yuv420p"),
-    "h264-ts": (".ts", "libx264", "yuv420p"),  # MPEG-TS: no index, pts from 1.4 s (FFmpeg's default offset)
+    "h264-ts": (".ts", "libx264", "yuv420p"),  # MPEG-TS: no index, seeks by dts, pts from 1.4 s
+    "h264-mkv": (".mkv", "libx264", "yuv420p"),  # Matroska: millisecond timestamps, no frame count
+    "h264-mov": (".mov", "libx264", "yuv420p"),
+    "mpeg2-ps": (".mpg", "mpeg2video", "yuv420p"),  # MPEG program stream (DVD-style), no index
 }
 
 

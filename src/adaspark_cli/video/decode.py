@@ -21,8 +21,8 @@ Real videos (issue 11, part 2):
   the decoder rejects, and a sampled frame that never decodes is replaced by the nearest decodable
   frame (`_Picker`), with a note. More than half the sampled frames replaced is refused.
 - A display matrix (phone videos) is applied in multiples of 90 degrees, with a note.
-- decord is never used for MPEG-TS: decord 3.4 drops the first group of pictures of a .ts file and
-  repeats the last frame instead, silently (measured on a 48-frame H.264 .ts).
+- decord is used only for containers with a seek index (mp4/mov, mkv/webm, avi): on MPEG-TS and
+  MPEG-PS decord 3.4 returns wrong frames without an error (see _DECORD_FORMATS).
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ MAX_REPLACED_FRACTION = 0.5
 
 # Frames smaller than one merged vision patch (2 x 14 px) on a side carry almost nothing for the model.
 _TINY_SIDE = 28
+
+# Containers decord reads right: those with a seek index. Without one (MPEG-TS, MPEG-PS) decord 3.4 returns
+# wrong frames without an error: on a 48-frame H.264 .ts it drops the first group of pictures and repeats the
+# last frame; on a 72-frame MPEG-2 .mpg it returns frames 3, 9, 3, 9, ... for 3, 9, 15, 21, ...
+_DECORD_FORMATS = {"mov", "mp4", "matroska", "webm", "avi"}
 
 # FFmpeg demuxers of single pictures: a JPEG or PNG renamed .mp4 opens as a one-frame "video".
 _STILL_FORMATS = ("image2", "image2pipe")
@@ -261,8 +266,9 @@ class _Probe:
     height: int = 0
 
     @property
-    def mpegts(self) -> bool:
-        return "mpegts" in self.format_name.split(",")
+    def decord_reads(self) -> bool:
+        """Whether decord numbers this container's frames right (see _DECORD_FORMATS)."""
+        return bool(_DECORD_FORMATS & set(self.format_name.split(",")))
 
     def notes(self, path: Path) -> tuple[str, ...]:
         """What the user should know about this file before its frames reach the model."""
@@ -426,9 +432,9 @@ def auto_order(probe: _Probe, wanted: int) -> tuple[str, ...]:
       10-min 854x480 30 fps H.264, keyframe every 250, 256 frames (one per 70): decord 8.7 s, 1.45 GB
         peak RSS; PyAV 5.7 s, 0.37 GB  -> sequential
       60 s grainy 30 fps, keyframe every 30, 16 frames (one per 112): decord 1.2 s; PyAV 4.4 s  -> seek
-    MPEG-TS is PyAV only: decord misreads it without an error (see the module doc).
+    Containers without a seek index (MPEG-TS, MPEG-PS) are PyAV only: decord misreads them (_DECORD_FORMATS).
     """
-    if probe.mpegts:
+    if not probe.decord_reads:
         return ("pyav",)
     expected = probe.expected_frames or probe.header_frames
     interval = probe.keyframe_interval
@@ -625,10 +631,11 @@ _DECORD_COPY_BUG = "DECORDArrayCopyFromTo"
 
 
 def _decode_decord(path: Path, probe: _Probe, plan: _Plan) -> DecodedVideo:
-    if probe.mpegts:
+    if not probe.decord_reads:
+        kind = probe.format_name.split(",")[0] or "this kind of"
         raise _error(
-            f"decord misreads MPEG-TS files such as {path} (it drops their first frames); use --decoder pyav"
-            " or --decoder auto"
+            f"decord returns wrong frames for {kind} files such as {path} (they have no seek index);"
+            " use --decoder pyav or --decoder auto"
         )
     try:
         reader = _open_decord(path)
@@ -715,11 +722,12 @@ class Picker:
 
     A wanted pts that never arrives lies in a damaged stretch: it gets the nearer in time of the last frame
     decoded before it and the first one after (a player shows one of them there). `lost` counts the frames
-    of `timeline_pts` the decoder skipped between `start_pts` and the last frame seen.
+    of `timeline_pts` the decoder skipped from `start_pts` (where decoding began, None after a seek: what a seek
+    skips is not lost) to the last frame seen.
     """
 
     def __init__(
-        self, wanted: list[int], timeline_pts: list[int], start_pts: int, convert: Callable[[Any], np.ndarray]
+        self, wanted: list[int], timeline_pts: list[int], start_pts: int | None, convert: Callable[[Any], np.ndarray]
     ) -> None:
         self.pending = sorted((pts, slot) for slot, pts in enumerate(wanted))
         self.chosen = list(wanted)  # pts that fills each slot
@@ -728,7 +736,9 @@ class Picker:
         self.lost = 0
         self.first_pts: int | None = None  # of the first frame that decoded
         self._timeline = timeline_pts
-        self._last_pts = start_pts - 1  # frames after this one and before the next decoded frame are lost
+        self._known = set(timeline_pts)
+        # frames after this pts and before the next decoded frame are lost
+        self._last_pts: int | None = None if start_pts is None else start_pts - 1
         self._prev: tuple[int, Any] | None = None
         self._convert = convert
         self._converted: dict[int, np.ndarray] = {}
@@ -740,11 +750,13 @@ class Picker:
     def offer(self, frame: Any) -> bool:
         """Take `frame` if it is wanted or the nearest to a skipped wanted frame; True once all are filled."""
         pts = frame.pts
-        if pts is None or pts <= self._last_pts:  # no pts, or the decoder repeated itself after damage
+        # no pts, a pts no packet had (MPEG-PS right after a seek), or the decoder repeating itself after damage
+        if pts is None or pts not in self._known or (self._last_pts is not None and pts <= self._last_pts):
             return self.done
         if self.first_pts is None:
             self.first_pts = pts
-        self.lost += self._between(self._last_pts, pts)
+        if self._last_pts is not None:
+            self.lost += self._between(self._last_pts, pts)
         while self.pending and self.pending[0][0] <= pts:
             want, slot = self.pending.pop(0)
             if want == pts:
@@ -762,7 +774,7 @@ class Picker:
         """The stream ended: the frames still wanted get the last frame decoded. False if there was none."""
         if self._prev is None:
             return self.done
-        self.lost += self._between(self._last_pts, None)
+        self.lost += self._between(self._prev[0], None)
         while self.pending:
             _, slot = self.pending.pop(0)
             self._fill(slot, *self._prev)

@@ -213,7 +213,9 @@ class VideoStream:
     # ---- workers -------------------------------------------------------------------------------
 
     def _decode_chunk(self, planned: np.ndarray, first: int, stop: int, size: tuple[int, int] | None) -> FrameChunk:
-        """Decode sampled frames first..stop-1: seek to their group of pictures, skip groups with none."""
+        """Decode sampled frames first..stop-1: seek to their group of pictures, skip groups with none.
+
+        (Each group decodes from its keyframe, or, in the first group of pictures, from the file's start.)"""
         packets = self._packets
         assert packets is not None
         wanted = planned[first:stop].tolist()
@@ -243,7 +245,7 @@ class VideoStream:
             raise _error(f"video is corrupt: {self.path} cannot be decoded ({_reason(exc)}); re-encode it") from exc
         finally:
             container.close()
-        position = {p: i for i, p in enumerate(packets.pts)}
+        position = {p: i for i, p in enumerate(packets.pts)}  # Picker only takes frames with a packet's pts
         indices = np.asarray([position[p] for p in chosen], dtype=np.int64)
         return FrameChunk(frames=np.stack(images), indices=indices, first=first, replaced=replaced, lost=lost)
 
@@ -253,32 +255,53 @@ class VideoStream:
         """The frames `group` (display indices of one group of pictures), decoded after a seek.
 
         A seek may land after the wanted frames (MPEG-TS seeks by dts and has no index; a damaged keyframe
-        decodes to nothing): then the group is decoded again from an earlier keyframe, at worst from the
-        file's first one. What is still missing from there is damage, and `Picker` replaces it.
+        decodes to nothing; MPEG-PS gives the first frames after a seek pts no packet had): then the group is
+        decoded again from the keyframe before, at worst from the file's start without seeking. What is still
+        missing from there is damage, and `Picker` replaces it.
         """
         packets = self._packets
         assert packets is not None
         wanted = [packets.pts[i] for i in group]
-        starts = list(dict.fromkeys([gop, packets.gop_start[gop - 1] if gop > 0 else gop, packets.gop_start[0]]))
-        for attempt, start in enumerate(starts):
-            picker = Picker(wanted, packets.pts, packets.pts[start], self._converter(size))
+        first_gop = packets.gop_start[0]
+        starts = list(dict.fromkeys([gop, packets.gop_start[gop - 1] if gop > 0 else gop, first_gop]))
+        for start in starts:
+            if start == first_gop:
+                return self._decode_from_start(wanted, size)
+            picker = Picker(wanted, packets.pts, None, self._converter(size))
             try:
-                container.seek(packets.seek_ts.get(start, packets.pts[start]), stream=stream, backward=True, any_frame=False)
+                container.seek(packets.seek_ts[start], stream=stream, backward=True, any_frame=False)
             except Exception:  # the container cannot seek there: try an earlier keyframe
                 continue
-            stream.codec_context.flush_buffers()
             for frame in decoded_frames(container, stream):
                 if picker.offer(frame):
                     break
             else:
                 picker.finish()
-            landed = picker.first_pts is not None and picker.first_pts <= min(wanted)
-            if picker.done and (landed or attempt == len(starts) - 1):
+            if picker.done and picker.first_pts is not None and picker.first_pts <= min(wanted):
                 return picker
-        raise _error(
-            f"video is corrupt: frame {group[0]} of {self.path} and every frame after it cannot be decoded;"
-            " re-download or re-encode it"
-        )
+        raise AssertionError("unreachable: the last start is the file's first keyframe")
+
+    def _decode_from_start(self, wanted: list[int], size: tuple[int, int] | None) -> Picker:
+        """Decode from the first packet, as a player starts (a fresh container: no seek to get wrong)."""
+        packets = self._packets
+        assert packets is not None
+        picker = Picker(wanted, packets.pts, packets.pts[0], self._converter(size))
+        container = _open_av(self.path)
+        try:
+            stream = _video_stream(container, self.path)
+            stream.codec_context.thread_type = "NONE"
+            for frame in decoded_frames(container, stream):
+                if picker.offer(frame):
+                    break
+            else:
+                picker.finish()
+        finally:
+            container.close()
+        if not picker.done:
+            raise _error(
+                f"video is corrupt: none of the {len(packets.pts)} frames of {self.path} can be decoded; re-encode it"
+            )
+        return picker
 
     def _converter(self, size: tuple[int, int] | None) -> Any:
         rotation = self.rotation
