@@ -198,6 +198,25 @@ def test_pipelined_prompt_equals_one_shot(make_video, qa: VideoQA, chunk_frames:
     assert torch.allclose(a, b, rtol=0, atol=1e-4 * float(b.abs().max()))
 
 
+def test_variable_frame_rate_positions_follow_real_time(tmp_path: Path, qa: VideoQA) -> None:
+    # a VFR clip sampled uniformly in real time: Qwen2.5-VL's temporal positions come from one
+    # seconds-per-frame-pair value, which must be 2 * duration / n (the real spacing), on both paths
+    times = np.round(np.cumsum(np.r_[0.0, np.random.default_rng(3).choice([0.02, 0.1, 0.3], size=59)]), 3)
+    path = vf.write_vfr(tmp_path / "vfr", times.tolist(), width=128, height=64)
+    video = decode_video(path, fps=2.0, backend="pyav")
+    n = len(video.indices)
+    assert n % 2 == 0 and n == int(video.duration * 2.0)
+    expected_step = 2 * video.duration / n
+    for prompt in (qa.prepare_video(video, max_pixels=112 * 84), qa.prepare_video(open_video_stream(path, fps=2.0), max_pixels=112 * 84)):
+        t, h, w = (int(x) for x in prompt.video_grid_thw[0])
+        assert t == n // 2
+        video_tokens = prompt.input_ids[0] == qa.processor.video_token_id
+        temporal = prompt.positions[0, 0, video_tokens].reshape(t, -1)[:, 0]
+        tps = qa.model.config.vision_config.tokens_per_second
+        expected = (torch.arange(t, dtype=torch.float64) * expected_step * tps).long()
+        assert (temporal - temporal[0]).tolist() == expected.tolist()
+
+
 def test_pipelined_timing_adds_up(make_video, qa: VideoQA) -> None:
     path = make_video(codec="h264", fps=24.0, n_frames=48, width=160, height=120)
     prompt = qa.prepare_video_stream(open_video_stream(path, fps=4.0), max_pixels=112 * 84, chunk_frames=2)
