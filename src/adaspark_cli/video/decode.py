@@ -824,7 +824,7 @@ def _decode_pyav(path: Path, probe: _Probe, plan: _Plan) -> DecodedVideo:
         frames = _read_counted(path, plan.indices, probe.rotation)
         return _result(path, frames, plan.indices, timeline, "pyav", probe.notes(path))
     wanted = [timeline.pts[i] for i in plan.indices.tolist()]
-    picker = _read_by_pts(path, wanted, timeline.pts, probe.rotation)
+    picker = _read_by_pts(path, wanted, timeline.pts, probe.rotation, (plan.scan.width, plan.scan.height))
     notes = probe.notes(path)
     indices = plan.indices
     if picker.replaced or picker.lost:
@@ -835,9 +835,13 @@ def _decode_pyav(path: Path, probe: _Probe, plan: _Plan) -> DecodedVideo:
     return _result(path, picker.frames(), indices, timeline, "pyav", notes)
 
 
-def _read_by_pts(path: Path, wanted: list[int], timeline_pts: list[int], rotation: int) -> Picker:
-    """Decode from the start, converting only the wanted frames (by pts); stops after the last one."""
-    size: list[tuple[int, int]] = []  # the first frame's coded size: later frames are scaled to it
+def _read_by_pts(
+    path: Path, wanted: list[int], timeline_pts: list[int], rotation: int, coded: tuple[int, int]
+) -> Picker:
+    """Decode from the start, converting only the wanted frames (by pts); stops after the last one.
+
+    Every frame is scaled to `coded` (the stream header's size), else to the first frame's size."""
+    size: list[tuple[int, int]] = [coded] if all(coded) else []
 
     def convert(frame: Any) -> np.ndarray:
         if not size:

@@ -116,6 +116,7 @@ class VideoStream:
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
     rotation: int = 0  # degrees counterclockwise applied to each decoded frame
+    coded_size: tuple[int, int] = (0, 0)  # (width, height) every decoded frame is scaled to before rotation
     _packets: _Packets | None = field(default=None, repr=False)  # None: no usable pts, read sequentially
     _times: np.ndarray | None = field(default=None, repr=False)  # (total,) seconds of every display frame
 
@@ -304,13 +305,10 @@ class VideoStream:
         return picker
 
     def _converter(self, size: tuple[int, int] | None) -> Any:
-        rotation = self.rotation
-        coded: list[tuple[int, int]] = []
+        rotation, coded = self.rotation, self.coded_size  # one size for every chunk, whatever a frame claims
 
         def convert(frame: Any) -> np.ndarray:
-            if not coded:
-                coded.append((frame.width, frame.height))
-            image = to_rgb(frame, rotation, coded[0])
+            image = to_rgb(frame, rotation, coded)
             return image if size is None else resize_frames(image[None], size)[0]
 
         return convert
@@ -372,6 +370,8 @@ def open_video_stream(path: str | Path, *, fps: float = 2.0, max_frames: int = 2
     if packets is not None:
         packets = _with_seek_points(packets, scan)
     width, height = scan.width, scan.height
+    if not (width and height):
+        raise _error(f"cannot tell the frame size of {path} (the stream header is damaged); re-encode it")
     if probe.rotation in (90, 270):
         width, height = height, width
     timeline = plan.timeline
@@ -387,6 +387,7 @@ def open_video_stream(path: str | Path, *, fps: float = 2.0, max_frames: int = 2
         open_seconds=time.perf_counter() - start,
         notes=probe.notes(path),
         rotation=probe.rotation,
+        coded_size=(scan.width, scan.height),
         _packets=packets,
         _times=timeline.times,
     )
