@@ -22,7 +22,7 @@ Real videos (issue 11, part 2):
   frame (`_Picker`), with a note. More than half the sampled frames replaced is refused.
 - A display matrix (phone videos) is applied in multiples of 90 degrees, with a note.
 - decord is used only for containers with a seek index (mp4/mov, mkv/webm, avi): on MPEG-TS and
-  MPEG-PS decord 3.4 returns wrong frames without an error (see _DECORD_FORMATS).
+  MPEG-PS decord 3.4 returns wrong frames without an error (see _INDEXED_FORMATS).
 """
 
 from __future__ import annotations
@@ -56,10 +56,11 @@ MAX_REPLACED_FRACTION = 0.5
 # Frames smaller than one merged vision patch (2 x 14 px) on a side carry almost nothing for the model.
 _TINY_SIDE = 28
 
-# Containers decord reads right: those with a seek index. Without one (MPEG-TS, MPEG-PS) decord 3.4 returns
-# wrong frames without an error: on a 48-frame H.264 .ts it drops the first group of pictures and repeats the
-# last frame; on a 72-frame MPEG-2 .mpg it returns frames 3, 9, 3, 9, ... for 3, 9, 15, 21, ...
-_DECORD_FORMATS = {"mov", "mp4", "matroska", "webm", "avi"}
+# Containers with a seek index, searched by pts. Without one (MPEG-TS, MPEG-PS) FFmpeg seeks by a binary
+# search over dts, and decord 3.4 returns wrong frames without an error: on a 48-frame H.264 .ts it drops the
+# first group of pictures and repeats the last frame; on a 72-frame MPEG-2 .mpg it returns frames 3, 9, 3,
+# 9, ... for 3, 9, 15, 21, ... So decord reads only these.
+_INDEXED_FORMATS = {"mov", "mp4", "matroska", "webm", "avi"}
 
 # FFmpeg demuxers of single pictures: a JPEG or PNG renamed .mp4 opens as a one-frame "video".
 _STILL_FORMATS = ("image2", "image2pipe")
@@ -266,9 +267,10 @@ class _Probe:
     height: int = 0
 
     @property
-    def decord_reads(self) -> bool:
-        """Whether decord numbers this container's frames right (see _DECORD_FORMATS)."""
-        return bool(_DECORD_FORMATS & set(self.format_name.split(",")))
+    def indexed(self) -> bool:
+        """Whether the container has a seek index (see _INDEXED_FORMATS): decord reads it right, and a seek
+        by a keyframe's pts finds that keyframe."""
+        return bool(_INDEXED_FORMATS & set(self.format_name.split(",")))
 
     def notes(self, path: Path) -> tuple[str, ...]:
         """What the user should know about this file before its frames reach the model."""
@@ -432,9 +434,9 @@ def auto_order(probe: _Probe, wanted: int) -> tuple[str, ...]:
       10-min 854x480 30 fps H.264, keyframe every 250, 256 frames (one per 70): decord 8.7 s, 1.45 GB
         peak RSS; PyAV 5.7 s, 0.37 GB  -> sequential
       60 s grainy 30 fps, keyframe every 30, 16 frames (one per 112): decord 1.2 s; PyAV 4.4 s  -> seek
-    Containers without a seek index (MPEG-TS, MPEG-PS) are PyAV only: decord misreads them (_DECORD_FORMATS).
+    Containers without a seek index (MPEG-TS, MPEG-PS) are PyAV only: decord misreads them (_INDEXED_FORMATS).
     """
-    if not probe.decord_reads:
+    if not probe.indexed:
         return ("pyav",)
     expected = probe.expected_frames or probe.header_frames
     interval = probe.keyframe_interval
@@ -631,7 +633,7 @@ _DECORD_COPY_BUG = "DECORDArrayCopyFromTo"
 
 
 def _decode_decord(path: Path, probe: _Probe, plan: _Plan) -> DecodedVideo:
-    if not probe.decord_reads:
+    if not probe.indexed:
         kind = probe.format_name.split(",")[0] or "this kind of"
         raise _error(
             f"decord returns wrong frames for {kind} files such as {path} (they have no seek index);"

@@ -24,6 +24,16 @@ keyframe every 250 frames, 256 frames resized to 588x336): see docs/benchmarks.m
 - resizing with swscale instead differs from the processor's torchvision resize (one step: 3.6-3.9 grey
   levels on average; RGB first, then bicubic: 0.19, but 4.6 ms a frame against torchvision's ~1.5 ms).
 
+Real videos (issue 11, part 2):
+- in MPEG-TS and MPEG-PS a group of pictures is sought by its keyframe's dts: they have no index and FFmpeg
+  seeks in them by dts, so seeking by pts landed a group late ("frame 7 cannot be decoded"); indexed
+  containers (mp4, mkv, ...) are searched by pts, so there it stays the keyframe's pts. A seek that lands after the wanted frames (or MPEG-PS, whose first frames after a seek carry
+  pts no packet had) is retried from the keyframe before, at worst from the file start; the first group of
+  pictures is always decoded from the file start, without a seek;
+- a wanted frame in a damaged stretch is replaced by the nearest decodable frame (`decode.Picker`), the
+  chunk reports it and `chunks` adds a note; more than half the sampled frames replaced is an error;
+- frames are turned as the display matrix asks before resizing (`width` / `height` are the turned size).
+
 Files whose packets carry no usable pts (missing or repeated) are read sequentially by one worker,
 counting frames as `decode_video`'s PyAV backend does.
 """
@@ -50,7 +60,6 @@ from .decode import (
     _check_max_frames,
     _check_path,
     _error,
-    _no_frames,
     _open_av,
     _plan_from,
     _probe,
@@ -368,7 +377,7 @@ def open_video_stream(path: str | Path, *, fps: float = 2.0, max_frames: int = 2
     plan = _plan_from(scan, probe, fps=fps, max_frames=max_frames)
     packets = _index_packets(scan.pts, scan.keys)
     if packets is not None:
-        packets = _with_seek_points(packets, scan)
+        packets = _with_seek_points(packets, scan, by_dts=not probe.indexed)
     width, height = scan.width, scan.height
     if not (width and height):
         raise _error(f"cannot tell the frame size of {path} (the stream header is damaged); re-encode it")
@@ -431,15 +440,18 @@ def _index_packets(pts: list[int | None], keys: list[bool]) -> _Packets | None:
     return _Packets(pts=[int(pts[d]) for d in decode_position], gop_start=gop_start)  # type: ignore[arg-type]
 
 
-def _with_seek_points(packets: _Packets, scan: Any) -> _Packets:
-    """Seek to a keyframe by its dts: MPEG-TS seeks by dts (by pts it lands a group of pictures late), and
-    for an indexed container (mp4, mkv) a keyframe's dts finds that same keyframe."""
-    position = {p: d for d, p in enumerate(scan.pts)}
+def _with_seek_points(packets: _Packets, scan: Any, *, by_dts: bool) -> _Packets:
+    """The timestamp to seek to for each keyframe: its pts in an indexed container (mp4, mkv: the index is
+    searched by pts, and a keyframe's dts would find the keyframe before), its dts in MPEG-TS / MPEG-PS (FFmpeg
+    searches those by dts, and a keyframe's pts lands a group of pictures late)."""
     seek_ts: dict[int, int] = {}
-    for start in set(packets.gop_start):
-        d = position[packets.pts[start]]
-        dts = scan.dts[d]
-        seek_ts[start] = int(dts) if dts is not None else packets.pts[start]
+    if by_dts:
+        position = {p: d for d, p in enumerate(scan.pts)}
+        for start in set(packets.gop_start):
+            dts = scan.dts[position[packets.pts[start]]]
+            seek_ts[start] = int(dts) if dts is not None else packets.pts[start]
+    else:
+        seek_ts = {start: packets.pts[start] for start in set(packets.gop_start)}
     return dataclasses.replace(packets, seek_ts=seek_ts)
 
 
