@@ -81,24 +81,27 @@ def test_stream_metadata_matches_decode_video(make_video) -> None:
     assert stream.indices.tolist() == sample_indices(60, 30000 / 1001, fps=2.0, max_frames=256).tolist()
 
 
-def test_stream_seeks_over_groups_without_wanted_frames(make_video, monkeypatch: pytest.MonkeyPatch) -> None:
-    # 2 frames from 96 with a keyframe every 8: the worker must seek to the right group and decode only it
-    import av
+@pytest.mark.parametrize("codec", ["h264", "h264-mkv", "h264-ts"])
+def test_stream_seeks_over_groups_without_wanted_frames(make_video, monkeypatch: pytest.MonkeyPatch, codec: str) -> None:
+    # 2 frames from 96 with a keyframe every 8: the worker must seek to the right group and decode only it.
+    # Frames 24 and 72 are keyframes, so a seek to the right place decodes one frame each; a seek by the wrong
+    # timestamp lands a group early (a keyframe's dts in mp4) or late (its pts in MPEG-TS, then retried)
+    from adaspark_cli.video import stream as stream_module
 
-    path = make_video(codec="h264", fps=24.0, n_frames=96, width=96, height=64, gop=8)
+    path = make_video(codec=codec, fps=24.0, n_frames=96, width=96, height=64, gop=8)
     decoded = []
-    real_decode = av.container.InputContainer.decode
+    real_decoded_frames = stream_module.decoded_frames
 
-    def counting_decode(self, *args, **kwargs):
-        for frame in real_decode(self, *args, **kwargs):
+    def counting(container, stream):
+        for frame in real_decoded_frames(container, stream):
             decoded.append(frame.pts)
             yield frame
 
-    monkeypatch.setattr(av.container.InputContainer, "decode", counting_decode)
+    monkeypatch.setattr(stream_module, "decoded_frames", counting)
     indices, frames, _ = _read_stream(path, fps=0.5, workers=1)
     assert indices.tolist() == [24, 72]
     assert [vf.read_frame_index(f) for f in frames] == [24, 72]
-    assert len(decoded) <= 2 * 8 + 4  # two groups of pictures (plus decoder look-ahead), not 73 frames
+    assert len(decoded) == 2, decoded  # the two keyframes, not 73 frames, and no seek to retry
 
 
 def test_resize_in_decoder_is_what_the_processor_does(make_video, qa: VideoQA) -> None:
