@@ -245,3 +245,13 @@ def test_ask_prints_the_readers_notes(runner, tiny_checkpoint, folder: Path) -> 
     assert "phone.mp4: turned 90 degrees counterclockwise, as its display matrix asks" in res.stderr
     quiet = runner.invoke(app, [*args, "-q"], catch_exceptions=False)
     assert quiet.exit_code == 0 and "display matrix" not in quiet.stderr
+
+
+def test_reading_a_damaged_stream_twice_gives_the_same_result(first_packets_damaged: Path) -> None:
+    stream = open_video(first_packets_damaged, decoder="auto")
+    assert isinstance(stream, VideoStream) and stream.notes == ()  # damage is found while decoding
+    first = stream.read_all()
+    once = (stream.indices.tolist(), stream.notes)
+    second = stream.read_all()
+    assert np.array_equal(first, second) and (stream.indices.tolist(), stream.notes) == once
+    assert once[0][0] == 12 and len(once[1]) == 1

@@ -128,6 +128,7 @@ class VideoStream:
     coded_size: tuple[int, int] = (0, 0)  # (width, height) every decoded frame is scaled to before rotation
     _packets: _Packets | None = field(default=None, repr=False)  # None: no usable pts, read sequentially
     _times: np.ndarray | None = field(default=None, repr=False)  # (total,) seconds of every display frame
+    _planned: tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None = field(default=None, repr=False)  # as opened
 
     @property
     def pipelined(self) -> bool:
@@ -154,8 +155,8 @@ class VideoStream:
             raise VideoError(f"workers must be an integer >= 1, got {workers!r}; use e.g. 2")
         self.wait_seconds = 0.0
         start = time.perf_counter()
-        base_notes = tuple(n for n in self.notes if not n.startswith(f"{self.path.name}: skipped "))
-        self.notes = base_notes
+        self._restore_plan()  # a second read starts from the plan, not from the last read's replacements
+        base_notes = self.notes
         replaced = lost = 0
         try:
             if self._packets is None:
@@ -171,6 +172,11 @@ class VideoStream:
                 yield chunk
         finally:
             self.seconds = time.perf_counter() - start
+
+    def _restore_plan(self) -> None:
+        if self._planned is None:
+            self._planned = (self.indices.copy(), self.timestamps.copy(), self.notes)
+        self.indices, self.timestamps, self.notes = self._planned[0].copy(), self._planned[1].copy(), self._planned[2]
 
     def _record(self, chunk: FrameChunk) -> None:
         """Name the frames a chunk delivered instead of damaged ones in `indices` and `timestamps`."""
