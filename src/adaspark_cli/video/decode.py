@@ -519,7 +519,7 @@ def _scan(path: Path) -> _Scan:
     return _Scan(pts=pts, dts=dts, keys=keys, durations=durations, time_base=time_base, width=width, height=height)
 
 
-def usable_pts(pts: list[int | None]) -> bool:
+def _usable_pts(pts: list[int | None]) -> bool:
     """Whether packets identify frames: every one has a pts and no two share one."""
     return all(p is not None for p in pts) and len(set(pts)) == len(pts)
 
@@ -542,7 +542,7 @@ class _Timeline:
 def _timeline(scan: _Scan, header_fps: float) -> _Timeline:
     total = len(scan.pts)
     uniform = np.arange(total, dtype=np.float64) / header_fps
-    if not usable_pts(scan.pts) or scan.time_base <= 0:
+    if not _usable_pts(scan.pts) or scan.time_base <= 0:
         return _Timeline(uniform, total / header_fps, header_fps, None, True)
     order = sorted(range(total), key=lambda i: scan.pts[i])  # type: ignore[arg-type, return-value]
     pts = [int(scan.pts[i]) for i in order]  # type: ignore[arg-type]
