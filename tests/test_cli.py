@@ -5,7 +5,7 @@ import json
 import pytest
 
 from adaspark_cli.cli.app import app
-from video_factory import corrupt, truncate, write_audio_only, write_garbage, write_text, write_video
+from video_factory import corrupt, damage_packets, truncate, write_audio_only, write_garbage, write_text, write_video
 
 JSON_KEYS = {
     "question", "answer", "mode", "frames", "video_tokens", "cubes", "prefill_seconds", "video_prefill_seconds",
@@ -154,7 +154,7 @@ def test_bad_video_is_one_line_error(runner, tiny_checkpoint, tmp_path, case):
 def test_damage_found_while_decoding_is_one_line_error(runner, tiny_checkpoint, tmp_path, decoder):
     # the file opens; its damaged packets are hit while decoding: with the pipelined reader (auto) that is
     # after the model has loaded, so the notes come first and the error is the last line
-    path = corrupt(write_video(tmp_path / "full.mp4"), tmp_path / "damaged.mp4", start=0.4, fraction=0.05)
+    path = damage_packets(write_video(tmp_path / "full.mp4"), tmp_path / "damaged.mp4", range(8, 48))  # too much to skip
     res = ask(runner, path, "q?", "--model", tiny_checkpoint, "--decoder", decoder)
     assert res.exit_code == 1, res.output
     assert res.stdout == "" and "Traceback" not in res.stderr
@@ -176,9 +176,9 @@ def test_damage_found_while_decoding_is_one_line_error(runner, tiny_checkpoint, 
         pytest.param(["--layers", "3-1"], "layers", id="layers-reversed"),
         pytest.param(["--layers", "0,7"], "layers", id="layer-past-the-model"),
         pytest.param(["--fps", "0"], "fps", id="fps-zero"),
-        pytest.param(["--max-frames", "0"], "max_frames", id="max-frames-zero"),
+        pytest.param(["--max-frames", "0"], "--max-frames", id="max-frames-zero"),
         pytest.param(["--max-pixels", "100"], "max-pixels", id="max-pixels-tiny"),
-        pytest.param(["--decoder", "ffmpeg"], "backend", id="unknown-decoder"),
+        pytest.param(["--decoder", "ffmpeg"], "--decoder", id="unknown-decoder"),
         pytest.param(["--max-new-tokens", "0"], "max-new-tokens", id="max-new-tokens-zero"),
         pytest.param(["--device", "tpu:9"], "device", id="bad-device"),
         pytest.param(["--kernel", "fast"], "kernel", id="unknown-kernel"),

@@ -80,24 +80,27 @@ def test_stream_metadata_matches_decode_video(make_video) -> None:
     assert stream.indices.tolist() == sample_indices(60, 30000 / 1001, fps=2.0, max_frames=256).tolist()
 
 
-def test_stream_seeks_over_groups_without_wanted_frames(make_video, monkeypatch: pytest.MonkeyPatch) -> None:
-    # 2 frames from 96 with a keyframe every 8: the worker must seek to the right group and decode only it
-    import av
+@pytest.mark.parametrize("codec", ["h264", "h264-mkv", "h264-ts"])
+def test_stream_seeks_over_groups_without_wanted_frames(make_video, monkeypatch: pytest.MonkeyPatch, codec: str) -> None:
+    # 2 frames from 96 with a keyframe every 8: the worker must seek to the right group and decode only it.
+    # Frames 24 and 72 are keyframes, so a seek to the right place decodes one frame each; a seek by the wrong
+    # timestamp lands a group early (a keyframe's dts in mp4) or late (its pts in MPEG-TS, then retried)
+    from adaspark_cli.video import stream as stream_module
 
-    path = make_video(codec="h264", fps=24.0, n_frames=96, width=96, height=64, gop=8)
+    path = make_video(codec=codec, fps=24.0, n_frames=96, width=96, height=64, gop=8)
     decoded = []
-    real_decode = av.container.InputContainer.decode
+    real_decoded_frames = stream_module.decoded_frames
 
-    def counting_decode(self, *args, **kwargs):
-        for frame in real_decode(self, *args, **kwargs):
+    def counting(container, stream):
+        for frame in real_decoded_frames(container, stream):
             decoded.append(frame.pts)
             yield frame
 
-    monkeypatch.setattr(av.container.InputContainer, "decode", counting_decode)
+    monkeypatch.setattr(stream_module, "decoded_frames", counting)
     indices, frames, _ = _read_stream(path, fps=0.5, workers=1)
     assert indices.tolist() == [24, 72]
     assert [vf.read_frame_index(f) for f in frames] == [24, 72]
-    assert len(decoded) <= 2 * 8 + 4  # two groups of pictures (plus decoder look-ahead), not 73 frames
+    assert len(decoded) == 2, decoded  # the two keyframes, not 73 frames, and no seek to retry
 
 
 def test_resize_in_decoder_is_what_the_processor_does(make_video, qa: VideoQA) -> None:
@@ -197,6 +200,25 @@ def test_pipelined_prompt_equals_one_shot(make_video, qa: VideoQA, chunk_frames:
     assert torch.allclose(a, b, rtol=0, atol=1e-4 * float(b.abs().max()))
 
 
+def test_variable_frame_rate_positions_follow_real_time(tmp_path: Path, qa: VideoQA) -> None:
+    # a VFR clip sampled uniformly in real time: Qwen2.5-VL's temporal positions come from one
+    # seconds-per-frame-pair value, which must be 2 * duration / n (the real spacing), on both paths
+    times = np.round(np.cumsum(np.r_[0.0, np.random.default_rng(3).choice([0.02, 0.1, 0.3], size=59)]), 3)
+    path = vf.write_vfr(tmp_path / "vfr", times.tolist(), width=128, height=64)
+    video = decode_video(path, fps=2.0, backend="pyav")
+    n = len(video.indices)
+    assert n % 2 == 0 and n == int(video.duration * 2.0)
+    expected_step = 2 * video.duration / n
+    for prompt in (qa.prepare_video(video, max_pixels=112 * 84), qa.prepare_video(open_video_stream(path, fps=2.0), max_pixels=112 * 84)):
+        t, h, w = (int(x) for x in prompt.video_grid_thw[0])
+        assert t == n // 2
+        video_tokens = prompt.input_ids[0] == qa.processor.video_token_id
+        temporal = prompt.positions[0, 0, video_tokens].reshape(t, -1)[:, 0]
+        tps = qa.model.config.vision_config.tokens_per_second
+        expected = (torch.arange(t, dtype=torch.float64) * expected_step * tps).long()
+        assert (temporal - temporal[0]).tolist() == expected.tolist()
+
+
 def test_pipelined_timing_adds_up(make_video, qa: VideoQA) -> None:
     path = make_video(codec="h264", fps=24.0, n_frames=48, width=160, height=120)
     prompt = qa.prepare_video_stream(open_video_stream(path, fps=4.0), max_pixels=112 * 84, chunk_frames=2)
@@ -222,7 +244,7 @@ def test_open_video_picks_the_reader(make_video, qa: VideoQA, monkeypatch: pytes
         one_shot = open_video(path, fps=4.0, decoder=name)
         assert isinstance(one_shot, DecodedVideo) and one_shot.backend == name
         assert one_shot.indices.tolist() == auto.indices.tolist()
-    with pytest.raises(VideoError, match="unknown video backend 'ffmpeg'"):
+    with pytest.raises(VideoError, match="unknown --decoder 'ffmpeg'"):
         open_video(path, decoder="ffmpeg")
     # prepare_video takes either; a stream goes through prepare_video_stream
     piped = qa.prepare_video(auto, max_pixels=112 * 84)
@@ -255,7 +277,7 @@ def test_bad_chunk_frames(make_video, chunk_frames) -> None:
 
 def _damaged(tmp: Path) -> Path:
     src = vf.write_video(tmp / "full", codec="h264")
-    return vf.corrupt(src, tmp / "damaged.mp4", start=0.4, fraction=0.05)
+    return vf.damage_packets(src, tmp / "damaged.mp4", range(8, 48))  # most frames: refused, not skipped
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,10 @@ CODECS: dict[str, tuple[str, str, str]] = {
     "h264": (".mp4", "libx264", "yuv420p"),
     "vp9": (".webm", "libvpx-vp9", "yuv420p"),
     "mpeg4": (".avi", "mpeg4", "yuv420p"),
+    "h264-ts": (".ts", "libx264", "yuv420p"),  # MPEG-TS: no index, seeks by dts, pts from 1.4 s
+    "h264-mkv": (".mkv", "libx264", "yuv420p"),  # Matroska: millisecond timestamps, no frame count
+    "h264-mov": (".mov", "libx264", "yuv420p"),
+    "mpeg2-ps": (".mpg", "mpeg2video", "yuv420p"),  # MPEG program stream (DVD-style), no index
 }
 
 
@@ -77,6 +81,7 @@ def write_video(
     pattern: str = "gradient",
     faststart: bool = False,
     gop: int | None = None,
+    rotation: int = 0,
 ) -> Path:
     """Encode ``n_frames`` pattern frames with PyAV; returns the path (suffix fixed by ``codec``).
 
@@ -85,12 +90,13 @@ def write_video(
     a container whose video stream has no frames (only .avi keeps such a stream visible: FFmpeg
     drops an empty mp4 track and cannot reopen an empty webm). ``faststart`` (mp4 only) puts the index
     before the data, so a truncated copy still opens and claims the full frame count. ``gop`` (h264
-    only) puts a keyframe every ``gop`` frames.
+    and h264-ts) puts a keyframe every ``gop`` frames. ``rotation`` (degrees counterclockwise) tags the
+    stream with a display matrix, as a phone does for a portrait clip (mp4, mov).
     """
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; use one of {sorted(CODECS)}")
     suffix, encoder, pix_fmt = CODECS[codec]
-    if codec == "h264" and (width % 2 or height % 2):
+    if encoder == "libx264" and (width % 2 or height % 2):
         raise ValueError(f"libx264 with {pix_fmt} needs even dimensions, got {width}x{height}")
     path = Path(path).with_suffix(suffix)
     rate = Fraction(30000, 1001) if abs(fps - 29.97) < 1e-6 else Fraction(fps).limit_denominator(1001)
@@ -101,7 +107,9 @@ def write_video(
         stream.height = height
         stream.pix_fmt = pix_fmt
         stream.time_base = 1 / rate
-        if codec == "h264":
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if encoder == "libx264":
             stream.options = {"crf": "18", "preset": "veryfast"}
             if gop is not None:  # a keyframe every `gop` frames exactly
                 stream.options = {**stream.options, "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
@@ -120,6 +128,65 @@ def write_video(
         for packet in stream.encode(None):
             out.mux(packet)
     return path
+
+
+def write_vfr(
+    path: str | Path, times: list[float], *, width: int = 128, height: int = 64, time_base: int = 1000
+) -> Path:
+    """An H.264 mp4 whose frame i is shown at ``times[i]`` seconds (variable frame rate, like a phone
+    recording in low light or a screen capture); frame i carries index i as in ``write_video``."""
+    path = Path(path).with_suffix(".mp4")
+    tb = Fraction(1, time_base)
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = tb
+        stream.time_base = tb
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(frame_pattern(i, width=width, height=height), format="rgb24")
+            frame.pts = round(t * time_base)
+            frame.time_base = tb
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def write_still_image(path: str | Path, *, width: int = 128, height: int = 64) -> Path:
+    """A JPEG picture (frame 0's pattern) under whatever name ``path`` has, e.g. photo.mp4."""
+    path = Path(path)
+    with av.open(str(path), mode="w", format="image2") as out:
+        stream = out.add_stream("mjpeg", rate=1)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuvj420p"
+        frame = av.VideoFrame.from_ndarray(frame_pattern(0, width=width, height=height), format="rgb24")
+        for packet in stream.encode(frame.reformat(format="yuvj420p")):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def packet_spans(path: str | Path) -> list[tuple[int, int]]:
+    """(byte offset, size) of each video packet in file order (decode order), from the demuxer."""
+    with av.open(str(path)) as container:
+        return [(p.pos, p.size) for p in container.demux(video=0) if p.size and p.pos is not None and p.pos >= 0]
+
+
+def damage_packets(src: str | Path, dst: str | Path, packets: range | list[int], *, seed: int = 0) -> Path:
+    """Copy ``src`` to ``dst`` with random bytes over the payload of the given video packets (decode order):
+    a damaged stretch of a file whose container (index, headers) is intact, as a bad sector or a broken
+    download range makes."""
+    data = bytearray(Path(src).read_bytes())
+    spans = packet_spans(src)
+    rng = np.random.default_rng(seed)
+    for i in packets:
+        pos, size = spans[i]
+        data[pos : pos + size] = rng.integers(0, 256, size=size, dtype=np.uint8).tobytes()
+    dst = Path(dst)
+    dst.write_bytes(bytes(data))
+    return dst
 
 
 def write_audio_only(path: str | Path, *, seconds: float = 1.0, sample_rate: int = 16000) -> Path:

@@ -75,6 +75,8 @@ def ask(
     qa = loaded.qa
     prompt = qa.prepare_video(source, max_pixels=max_pixels)
     if not quiet:
+        for line in source.notes:  # the video reader's remarks: rotation applied, damaged frames skipped, ...
+            note(line)
         cfg = loaded.config
         mode = "dense" if dense else (
             f"adaspark cube {'x'.join(map(str, cfg.cube))}, "

@@ -1,5 +1,5 @@
 """Video input: decode a file into uniformly time-sampled RGB frames (decord or PyAV backend)."""
 
-from .decode import BACKENDS, DecodedVideo, decode_video, sample_indices
+from .decode import BACKENDS, MAX_REPLACED_FRACTION, DecodedVideo, decode_video, sample_indices, sample_times
 
-__all__ = ["BACKENDS", "DecodedVideo", "decode_video", "sample_indices"]
+__all__ = ["BACKENDS", "MAX_REPLACED_FRACTION", "DecodedVideo", "decode_video", "sample_indices", "sample_times"]

@@ -12,15 +12,28 @@ CUDA torch wheels installed, even on a CPU host (+0.8 GB when torch is already i
 Choice: "auto" picks per file (`auto_order`): decord when the wanted frames lie several keyframe
 intervals apart, where its keyframe seeking wins several-fold; PyAV otherwise (sequential reading,
 a quarter of decord's memory). Either falls back to the other when it cannot open or read the file.
+
+Real videos (issue 11, part 2):
+- Frame times come from one demux pass (`_scan`, packets only): every frame's pts in display order,
+  from the first frame. A constant-rate file is sampled by index (`sample_indices`); a variable-rate
+  one uniformly in real time (`sample_times`), and the timestamps are the chosen frames' real times.
+- A damaged stretch is skipped as a player skips it: PyAV decodes packet by packet, drops the packets
+  the decoder rejects, and a sampled frame that never decodes is replaced by the nearest decodable
+  frame (`_Picker`), with a note. More than half the sampled frames replaced is refused.
+- A display matrix (phone videos) is applied in multiples of 90 degrees, with a note.
+- decord is used only for containers with a seek index (mp4/mov, mkv/webm, avi): on MPEG-TS and
+  MPEG-PS decord 3.4 returns wrong frames without an error (see _INDEXED_FORMATS).
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import numbers
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,27 +49,52 @@ BACKENDS = ("auto", "decord", "pyav")
 _MIN_SLACK_FRAMES = 2
 _SLACK_FRACTION = 0.02
 
-__all__ = ["BACKENDS", "DecodedVideo", "decode_video", "sample_indices"]
+# A damaged stretch is skipped while at most this fraction of the sampled frames falls in one; past it
+# the video is mostly unreadable and an answer about it would be about the replacements.
+MAX_REPLACED_FRACTION = 0.5
+
+# Frames smaller than one merged vision patch (2 x 14 px) on a side carry almost nothing for the model.
+_TINY_SIDE = 28
+
+# Containers with a seek index, searched by pts. Without one (MPEG-TS, MPEG-PS) FFmpeg seeks by a binary
+# search over dts, and decord 3.4 returns wrong frames without an error: on a 48-frame H.264 .ts it drops the
+# first group of pictures and repeats the last frame; on a 72-frame MPEG-2 .mpg it returns frames 3, 9, 3,
+# 9, ... for 3, 9, 15, 21, ... So decord reads only these.
+_INDEXED_FORMATS = {"mov", "mp4", "matroska", "webm", "avi"}
+
+# FFmpeg demuxers of single pictures: a JPEG or PNG renamed .mp4 opens as a one-frame "video".
+_STILL_FORMATS = ("image2", "image2pipe")
+
+__all__ = [
+    "BACKENDS",
+    "MAX_REPLACED_FRACTION",
+    "DecodedVideo",
+    "decode_video",
+    "sample_indices",
+    "sample_times",
+]
 
 
 @dataclass(frozen=True)
 class DecodedVideo:
     """Frames sampled from one video, with where in the source they came from.
 
-    timestamps are ``indices / source_fps`` (not per-frame pts) so both backends give identical
-    results and they match the uniform spacing the model's temporal position ids assume;
-    duration is ``total_frames / source_fps``.
+    timestamps are the sampled frames' times in seconds from the first frame: ``indices / source_fps``
+    for a constant-rate file (so both backends agree exactly), the frames' real pts for a variable-rate
+    one. source_fps is ``total_frames / duration``, the header's rate for a constant-rate file. notes
+    are one-line remarks for the user (rotation applied, damaged frames replaced, a tiny frame size).
     """
 
     path: Path
-    frames: np.ndarray  # (N, H, W, 3) uint8 RGB
-    timestamps: np.ndarray  # (N,) float64 seconds of each sampled frame: index / source_fps
-    indices: np.ndarray  # (N,) int64 source frame indices that were sampled
+    frames: np.ndarray  # (N, H, W, 3) uint8 RGB, rotated as the file's display matrix asks
+    timestamps: np.ndarray  # (N,) float64 seconds of each sampled frame from the first frame
+    indices: np.ndarray  # (N,) int64 source frame indices (display order) that were sampled
     source_fps: float
     total_frames: int
     duration: float  # seconds
     backend: str  # "decord" or "pyav"
     seconds: float = 0.0  # wall time decode_video took
+    notes: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,6 +124,27 @@ def sample_indices(total_frames: int, source_fps: float, *, fps: float, max_fram
     return ((2 * k + 1) * total) // (2 * n)
 
 
+def sample_times(times: np.ndarray, duration: float, *, fps: float, max_frames: int) -> np.ndarray:
+    """Indices of the frames shown at n instants uniformly spaced in real time (variable frame rate).
+
+    times: (total,) increasing seconds of each frame; duration: seconds of the video. n is chosen as in
+    `sample_indices`; instant k is the centre of the k-th of n equal intervals, and its frame is the one
+    a player shows then (the last frame starting at or before it). On evenly spaced times this gives
+    `sample_indices`' indices; where a frame lasts longer than an interval it is sampled twice.
+    """
+    _check_fps(fps)
+    _check_max_frames(max_frames)
+    times = np.asarray(times, dtype=np.float64)
+    if times.ndim != 1 or times.size < 1 or not _is_real(duration) or not duration > 0:
+        raise _error(f"sample_times needs at least one frame time and a duration > 0, got {times.size} and {duration!r}")
+    total = int(times.size)
+    n = max(1, min(math.floor(duration * float(fps) + 1e-9), int(max_frames), total))
+    instants = (np.arange(n, dtype=np.float64) + 0.5) * (duration / n)
+    # a relative epsilon: an instant that falls exactly on a frame's start picks that frame despite rounding
+    picked = np.searchsorted(times, instants + duration * 1e-12, side="right") - 1
+    return np.clip(picked, 0, total - 1).astype(np.int64)
+
+
 # --------------------------------------------------------------------------------------------
 # public entry point
 
@@ -93,10 +152,11 @@ def sample_indices(total_frames: int, source_fps: float, *, fps: float, max_fram
 def decode_video(
     path: str | Path, *, fps: float = 2.0, max_frames: int = 256, backend: str = "auto"
 ) -> DecodedVideo:
-    """Decode the frames ``sample_indices`` picks from ``path`` as (N, H, W, 3) uint8 RGB.
+    """Decode the frames sampled uniformly in time from ``path`` as (N, H, W, 3) uint8 RGB.
 
     backend: "decord", "pyav", or "auto" (tries the one ``auto_order`` prefers and falls back to the other
-    when one cannot open or read the file). Every failure is a one-line ``VideoError``.
+    when one cannot open or read the file). Every failure is a one-line ``VideoError``; remarks the user
+    should see (rotation, damaged frames replaced, a tiny frame size) are in ``DecodedVideo.notes``.
     """
     start = time.perf_counter()
     video = _decode(path, fps=fps, max_frames=max_frames, backend=backend)
@@ -107,20 +167,20 @@ def _decode(path: str | Path, *, fps: float, max_frames: int, backend: str) -> D
     _check_fps(fps)
     _check_max_frames(max_frames)
     if not isinstance(backend, str) or backend not in BACKENDS:
-        raise _error(f"unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        raise _error(f"unknown --decoder {backend!r}; use --decoder {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}")
     path = _check_path(path)
-    # one cheap header read with PyAV gives the same errors (not a video, no video stream) and the
-    # frame count the file claims, whichever backend decodes; decord alone logs to stderr instead
+    # one cheap header read with PyAV gives the same errors (not a video, no video stream) whichever
+    # backend decodes; decord alone logs to stderr instead
     probe = _probe(path)
+    plan = _plan(path, probe, fps=fps, max_frames=max_frames)
     decoders = {"decord": _decode_decord, "pyav": _decode_pyav}
     if backend != "auto":
-        return decoders[backend](path, probe, fps=fps, max_frames=max_frames)
-    wanted = len(sample_indices(probe.expected_frames, probe.fps, fps=fps, max_frames=max_frames)) if probe.expected_frames else 0
+        return decoders[backend](path, probe, plan)
     # decord is imported only if it is tried: importing it alone costs ~1 GB RSS (see above)
     errors: dict[str, VideoError] = {}
-    for name in auto_order(probe, wanted):
+    for name in auto_order(probe, len(plan.indices)):
         try:
-            return decoders[name](path, probe, fps=fps, max_frames=max_frames)
+            return decoders[name](path, probe, plan)
         except VideoError as exc:
             errors[name] = exc
     raise errors["pyav"]  # both failed: PyAV's message names the problem and the fix
@@ -136,17 +196,21 @@ def _is_real(x: Any) -> bool:
 
 def _check_fps(fps: Any) -> None:
     if not _is_real(fps) or not math.isfinite(fps) or fps <= 0:
-        raise _error(f"fps must be a finite number > 0, got {fps!r}; use e.g. fps=2.0")
+        raise _error(f"--fps must be a finite number > 0, got {fps!r}; use e.g. --fps 2")
 
 
 def _check_max_frames(max_frames: Any) -> None:
     if not isinstance(max_frames, numbers.Integral) or isinstance(max_frames, bool) or max_frames < 1:
-        raise _error(f"max_frames must be an integer >= 1, got {max_frames!r}; use e.g. max_frames=256")
+        raise _error(f"--max-frames must be an integer >= 1, got {max_frames!r}; use e.g. --max-frames 256")
 
 
 def _error(message: str) -> VideoError:
     """A VideoError whose message is one line even if a path or FFmpeg text held line breaks."""
     return VideoError(" ".join(message.splitlines()).strip())
+
+
+# "https://host/v.mp4" arrives as Path("https:/host/v.mp4"): pathlib folds the double slash
+_URL = re.compile(r"^(?:https?|ftp|ftps|rtsp|rtmp|rtmps|srt|udp|tcp|s3|gs|file):/", re.IGNORECASE)
 
 
 def _check_path(path: str | Path) -> Path:
@@ -157,6 +221,9 @@ def _check_path(path: str | Path) -> Path:
     except TypeError as exc:
         raise _error(f"video path must be a str or Path, got {type(path).__name__}; pass a file path") from exc
     if not p.exists():
+        if _URL.match(str(path)):
+            url = re.sub(r"^([A-Za-z]+):/+", r"\1://", str(path))
+            raise _error(f"URLs are not supported: {url}; download the video first and pass the file's path")
         raise _error(f"video not found: {p}; check the path")
     if p.is_dir():
         raise _error(f"video path is a directory: {p}; pass a video file, not a folder")
@@ -194,6 +261,28 @@ class _Probe:
     expected_frames: int | None  # header_frames, else header duration * fps, else None
     pixel_format_known: bool  # False when FFmpeg's stream probe decoded no frame (an empty stream)
     keyframe_interval: int | None = None  # frames between the first two keyframes; None: none within the scan
+    rotation: int = 0  # degrees counterclockwise to turn decoded frames (display matrix): 0, 90, 180, 270
+    format_name: str = ""  # FFmpeg's demuxer, e.g. "mov,mp4,m4a,3gp,3g2,mj2", "mpegts"
+    width: int = 0  # coded size, before rotation
+    height: int = 0
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the container has a seek index (see _INDEXED_FORMATS): decord reads it right, and a seek
+        by a keyframe's pts finds that keyframe."""
+        return bool(_INDEXED_FORMATS & set(self.format_name.split(",")))
+
+    def notes(self, path: Path) -> tuple[str, ...]:
+        """What the user should know about this file before its frames reach the model."""
+        notes = []
+        if self.rotation:
+            notes.append(f"{path.name}: turned {self.rotation} degrees counterclockwise, as its display matrix asks")
+        if self.width and self.height and min(self.width, self.height) < _TINY_SIDE:
+            notes.append(
+                f"{path.name} is only {self.width}x{self.height} pixels; frames are enlarged to the model's minimum"
+                " size, so there is little for it to see"
+            )
+        return tuple(notes)
 
 
 def _open_av(path: Path) -> Any:
@@ -243,9 +332,19 @@ def _stream_duration(container: Any, stream: Any) -> float | None:
     return None
 
 
+def _is_still_image(container: Any) -> bool:
+    name = str(container.format.name or "")
+    return name in _STILL_FORMATS or name.endswith("_pipe")  # jpeg_pipe, png_pipe, webp_pipe, ...
+
+
 def _probe(path: Path) -> _Probe:
     container = _open_av(path)
     try:
+        if _is_still_image(container):
+            raise _error(
+                f"{path} is a still image ({container.format.name}), not a video; pass a video file, or make a"
+                " clip of the picture first, e.g. ffmpeg -loop 1 -t 2 -i IMAGE clip.mp4"
+            )
         stream = _video_stream(container, path)
         header_frames = max(0, int(stream.frames or 0))
         duration = _stream_duration(container, stream)
@@ -258,12 +357,19 @@ def _probe(path: Path) -> _Probe:
                 " e.g. ffmpeg -i IN -r 30 OUT.mp4"
             )
         expected = header_frames or (round(duration * fps) if duration else None)
+        pixel_format_known = stream.codec_context.pix_fmt is not None
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        interval, rotation = _scan_head(container, stream)
         return _Probe(
             fps=fps,
             header_frames=header_frames,
             expected_frames=expected or None,
-            pixel_format_known=stream.codec_context.pix_fmt is not None,
-            keyframe_interval=_keyframe_interval(container, stream),
+            pixel_format_known=pixel_format_known,
+            keyframe_interval=interval,
+            rotation=rotation,
+            format_name=str(container.format.name or ""),
+            width=width,
+            height=height,
         )
     except VideoError:
         raise
@@ -276,28 +382,51 @@ def _probe(path: Path) -> _Probe:
 _KEYFRAME_SCAN = 1000  # packets demuxed (not decoded) to find the second keyframe
 
 
-def _keyframe_interval(container: Any, stream: Any) -> int | None:
-    """Frames from the first keyframe to the second, from packet flags alone (cheap: no decoding)."""
+def _scan_head(container: Any, stream: Any) -> tuple[int | None, int]:
+    """(frames from the first keyframe to the second, the display rotation) from the file's first packets.
+
+    The interval comes from packet flags alone; the rotation from the first frame that decodes (FFmpeg
+    attaches the stream's display matrix to every frame). Both are hints: a damaged file gives None, 0.
+    """
     seen = 0
     first: int | None = None
+    interval: int | None = None
+    rotation: int | None = None
     try:
         for packet in container.demux(stream):
+            if rotation is None:
+                rotation = _first_rotation(stream, packet)
             if packet.size == 0:
                 continue
-            if packet.is_keyframe:
-                if first is not None:
-                    return seen - first
-                first = seen
+            if packet.is_keyframe and interval is None:
+                if first is None:
+                    first = seen
+                else:
+                    interval = seen - first
             seen += 1
-            if seen >= _KEYFRAME_SCAN:
+            if (interval is not None and rotation is not None) or seen >= _KEYFRAME_SCAN:
                 break
-    except Exception:  # a damaged file: the decoders report it; the interval is only a hint
+    except Exception:  # a damaged file: the decoders report it
+        pass
+    return interval, rotation or 0
+
+
+def _first_rotation(stream: Any, packet: Any) -> int | None:
+    """The quarter turn of the first frame `packet` decodes to, or None while no frame has come out."""
+    try:
+        frames = stream.decode(packet)
+    except Exception:  # a damaged packet: try the next one
         return None
-    return None
+    return _quarter_turns(frames[0].rotation) * 90 if frames else None
 
 
-def auto_order(probe: _Probe, wanted: int) -> tuple[str, str]:
-    """Which backend "auto" tries first.
+def _quarter_turns(degrees: float) -> int:
+    """FFmpeg's display rotation (counterclockwise degrees, -180..180) as 0-3 quarter turns, as decord rounds."""
+    return int(math.floor(degrees / 90 + 0.5)) % 4
+
+
+def auto_order(probe: _Probe, wanted: int) -> tuple[str, ...]:
+    """Which backends "auto" tries, in order.
 
     decord seeks to the keyframe before each wanted frame; PyAV reads sequentially. Seeking pays only
     when wanted frames lie several keyframe intervals apart, otherwise it decodes the same GOPs again
@@ -305,7 +434,10 @@ def auto_order(probe: _Probe, wanted: int) -> tuple[str, str]:
       10-min 854x480 30 fps H.264, keyframe every 250, 256 frames (one per 70): decord 8.7 s, 1.45 GB
         peak RSS; PyAV 5.7 s, 0.37 GB  -> sequential
       60 s grainy 30 fps, keyframe every 30, 16 frames (one per 112): decord 1.2 s; PyAV 4.4 s  -> seek
+    Containers without a seek index (MPEG-TS, MPEG-PS) are PyAV only: decord misreads them (_INDEXED_FORMATS).
     """
+    if not probe.indexed:
+        return ("pyav",)
     expected = probe.expected_frames or probe.header_frames
     interval = probe.keyframe_interval
     if interval and expected and wanted and expected / wanted > 2 * interval:
@@ -338,16 +470,130 @@ def _no_frames(path: Path, expected: int | None = None) -> VideoError:
     return _error(f"no decodable frames in {path}{claim}; the video stream is empty or damaged - re-encode it")
 
 
-def _result(path: Path, frames: np.ndarray, indices: np.ndarray, fps: float, total: int, backend: str) -> DecodedVideo:
+# --------------------------------------------------------------------------------------------
+# frame times (one demux pass) and the sampling plan
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What one demux pass (no decoding) tells about the video stream, per packet in DECODE order."""
+
+    pts: list[int | None]
+    dts: list[int | None]
+    keys: list[bool]
+    durations: list[int]  # packet durations in time_base units, 0 when unknown
+    time_base: float  # seconds per pts unit; 0.0 when the stream has none
+    width: int
+    height: int
+
+
+def _scan(path: Path) -> _Scan:
+    """Demux every packet of the video stream once (0.1 s for a 10-minute 854x480 H.264 file)."""
+    container = _open_av(path)
+    pts: list[int | None] = []
+    dts: list[int | None] = []
+    keys: list[bool] = []
+    durations: list[int] = []
+    try:
+        stream = _video_stream(container, path)
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        time_base = float(stream.time_base) if stream.time_base else 0.0
+        try:
+            for packet in container.demux(stream):
+                if packet.size:
+                    pts.append(packet.pts)
+                    dts.append(packet.dts)
+                    keys.append(bool(packet.is_keyframe))
+                    durations.append(int(packet.duration or 0))
+        except Exception:  # the container breaks off here (a damaged or cut file): the packets so far count
+            if not pts:
+                raise
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise _error(f"video is corrupt: cannot read {path} ({_reason(exc)}); re-download or re-encode it") from exc
+    finally:
+        container.close()
+    if not pts:
+        raise _no_frames(path)
+    return _Scan(pts=pts, dts=dts, keys=keys, durations=durations, time_base=time_base, width=width, height=height)
+
+
+def _usable_pts(pts: list[int | None]) -> bool:
+    """Whether packets identify frames: every one has a pts and no two share one."""
+    return all(p is not None for p in pts) and len(set(pts)) == len(pts)
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """Every frame of the video stream in display order."""
+
+    times: np.ndarray  # (total,) float64 seconds from the first frame
+    duration: float  # seconds: last frame's time plus its duration
+    fps: float  # total / duration; the header's rate for a constant-rate file
+    pts: list[int] | None  # (total,) display-order pts, None when packets carry no usable pts
+    constant_rate: bool  # every frame within a tenth of a frame of index / header fps
+
+    @property
+    def total(self) -> int:
+        return int(self.times.size)
+
+
+def _timeline(scan: _Scan, header_fps: float) -> _Timeline:
+    total = len(scan.pts)
+    uniform = np.arange(total, dtype=np.float64) / header_fps
+    if not _usable_pts(scan.pts) or scan.time_base <= 0:
+        return _Timeline(uniform, total / header_fps, header_fps, None, True)
+    order = sorted(range(total), key=lambda i: scan.pts[i])  # type: ignore[arg-type, return-value]
+    pts = [int(scan.pts[i]) for i in order]  # type: ignore[arg-type]
+    times = (np.asarray(pts, dtype=np.float64) - pts[0]) * scan.time_base
+    if np.all(np.abs(times - uniform) <= 0.1 / header_fps):
+        return _Timeline(uniform, total / header_fps, header_fps, pts, True)
+    last = scan.durations[order[-1]] * scan.time_base
+    if not last > 0:
+        last = float(np.median(np.diff(times))) if total > 1 else 1 / header_fps
+    duration = float(times[-1] + last)
+    return _Timeline(times, duration, total / duration, pts, False)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which frames to decode: the timeline and the sampled display indices."""
+
+    timeline: _Timeline
+    indices: np.ndarray  # (N,) int64, non-decreasing (a long frame of a variable-rate file may repeat)
+    scan: _Scan
+
+
+def _plan(path: Path, probe: _Probe, *, fps: float, max_frames: int) -> _Plan:
+    scan = _scan(path)
+    _check_frame_count(path, probe, len(scan.pts))  # no frames, or fewer than the header promises
+    return _plan_from(scan, probe, fps=fps, max_frames=max_frames)
+
+
+def _plan_from(scan: _Scan, probe: _Probe, *, fps: float, max_frames: int) -> _Plan:
+    timeline = _timeline(scan, probe.fps)
+    if timeline.constant_rate:
+        indices = sample_indices(timeline.total, timeline.fps, fps=fps, max_frames=max_frames)
+    else:
+        indices = sample_times(timeline.times, timeline.duration, fps=fps, max_frames=max_frames)
+    return _Plan(timeline=timeline, indices=indices, scan=scan)
+
+
+def _result(
+    path: Path, frames: np.ndarray, indices: np.ndarray, timeline: _Timeline, backend: str, notes: tuple[str, ...]
+) -> DecodedVideo:
+    indices = np.asarray(indices, dtype=np.int64)
     return DecodedVideo(
         path=path,
         frames=frames,
-        timestamps=indices.astype(np.float64) / fps,
-        indices=indices.astype(np.int64),
-        source_fps=float(fps),
-        total_frames=int(total),
-        duration=total / fps,
+        timestamps=timeline.times[indices].astype(np.float64),
+        indices=indices,
+        source_fps=float(timeline.fps),
+        total_frames=timeline.total,
+        duration=float(timeline.duration),
         backend=backend,
+        notes=notes,
     )
 
 
@@ -386,7 +632,13 @@ def _open_decord(path: Path) -> Any:
 _DECORD_COPY_BUG = "DECORDArrayCopyFromTo"
 
 
-def _decode_decord(path: Path, probe: _Probe, *, fps: float, max_frames: int) -> DecodedVideo:
+def _decode_decord(path: Path, probe: _Probe, plan: _Plan) -> DecodedVideo:
+    if not probe.indexed:
+        kind = probe.format_name.split(",")[0] or "this kind of"
+        raise _error(
+            f"decord returns wrong frames for {kind} files such as {path} (they have no seek index);"
+            " use --decoder pyav or --decoder auto"
+        )
     try:
         reader = _open_decord(path)
     except VideoError:
@@ -396,15 +648,19 @@ def _decode_decord(path: Path, probe: _Probe, *, fps: float, max_frames: int) ->
             raise _no_frames(path, probe.expected_frames) from exc
         raise _error(f"decord cannot open {path} ({_reason(exc)}); use --decoder pyav or re-encode the video") from exc
     try:
-        total = len(reader)  # decord counts packets when it opens the file
-        _check_frame_count(path, probe, total)
-        indices = sample_indices(total, probe.fps, fps=fps, max_frames=max_frames)
-        batch = reader.get_batch(indices.tolist())
+        if len(reader) != plan.timeline.total:  # decord would number the frames differently
+            raise _error(
+                f"decord counts {len(reader)} frames in {path}, the container {plan.timeline.total};"
+                " use --decoder pyav"
+            )
+        unique, inverse = np.unique(plan.indices, return_inverse=True)  # a variable-rate file may repeat one
+        batch = reader.get_batch(unique.tolist())
         frames = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)  # decord bridge may be torch
         frames = np.ascontiguousarray(frames, dtype=np.uint8)
-        if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[3] != 3:
+        if frames.ndim != 4 or frames.shape[0] != len(unique) or frames.shape[3] != 3:
             raise _error(f"decord returned frames of shape {frames.shape} for {path}; use --decoder pyav")
-        return _result(path, frames, indices, probe.fps, total, "decord")
+        frames = _decord_rotated(frames, probe)[inverse.reshape(-1)]
+        return _result(path, frames, plan.indices, plan.timeline, "decord", probe.notes(path))
     except VideoError:
         raise
     except Exception as exc:  # DECORDError from a damaged packet, IndexError, ...
@@ -414,75 +670,224 @@ def _decode_decord(path: Path, probe: _Probe, *, fps: float, max_frames: int) ->
                 "depends on the frame width and the CPU); use --decoder pyav or --decoder auto"
             ) from exc
         raise _error(
-            f"decord cannot read {path} ({_reason(exc)}); use --decoder pyav, or re-encode the video"
+            f"decord cannot read {path} ({_reason(exc)}); use --decoder pyav or --decoder auto, which skip"
+            " damaged stretches, or re-encode the video"
         ) from exc
     finally:
         del reader
+
+
+def _decord_rotated(frames: np.ndarray, probe: _Probe) -> np.ndarray:
+    """decord (2 3.4) applies the display matrix itself; turn the frames only if this decord did not."""
+    turns = probe.rotation // 90
+    if turns % 2 and probe.width != probe.height and frames.shape[1:3] == (probe.height, probe.width):
+        return np.ascontiguousarray(np.rot90(frames, turns, axes=(1, 2)))
+    return frames
+
+
+# --------------------------------------------------------------------------------------------
+# PyAV: decoding that skips damaged stretches
+
+
+def decoded_frames(container: Any, stream: Any) -> Iterator[Any]:
+    """The frames of `stream` in display order, leaving out packets the decoder rejects, as a player does.
+
+    The demuxer breaking off (a cut or garbled container) ends the stream there.
+    """
+    import av
+
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError:
+            return
+        try:
+            frames = stream.decode(packet)
+        except av.error.FFmpegError:  # InvalidDataError: a damaged packet
+            continue
+        yield from frames
+
+
+def to_rgb(frame: Any, rotation: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a decoded frame at coded size `size` (width, height), turned `rotation` degrees."""
+    if size is not None and (frame.width, frame.height) != size:  # resolution changed mid-stream: keep the first
+        frame = frame.reformat(width=size[0], height=size[1])
+    image = frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(np.rot90(image, rotation // 90)) if rotation else image
+
+
+class Picker:
+    """Collects the wanted frames from decoded frames arriving in display order, each identified by its pts.
+
+    A wanted pts that never arrives lies in a damaged stretch: it gets the nearer in time of the last frame
+    decoded before it and the first one after (a player shows one of them there). `lost` counts the frames
+    of `timeline_pts` the decoder skipped from `start_pts` (where decoding began, None after a seek: what a seek
+    skips is not lost) to the last frame seen.
+    """
+
+    def __init__(
+        self, wanted: list[int], timeline_pts: list[int], start_pts: int | None, convert: Callable[[Any], np.ndarray]
+    ) -> None:
+        self.pending = sorted((pts, slot) for slot, pts in enumerate(wanted))
+        self.chosen = list(wanted)  # pts that fills each slot
+        self.images: list[np.ndarray | None] = [None] * len(wanted)
+        self.replaced = 0
+        self.lost = 0
+        self.first_pts: int | None = None  # of the first frame that decoded
+        self._timeline = timeline_pts
+        self._known = set(timeline_pts)
+        # frames after this pts and before the next decoded frame are lost
+        self._last_pts: int | None = None if start_pts is None else start_pts - 1
+        self._prev: tuple[int, Any] | None = None
+        self._convert = convert
+        self._converted: dict[int, np.ndarray] = {}
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+    def offer(self, frame: Any) -> bool:
+        """Take `frame` if it is wanted or the nearest to a skipped wanted frame; True once all are filled."""
+        pts = frame.pts
+        # no pts, a pts no packet had (MPEG-PS right after a seek), or the decoder repeating itself after damage
+        if pts is None or pts not in self._known or (self._last_pts is not None and pts <= self._last_pts):
+            return self.done
+        if self.first_pts is None:
+            self.first_pts = pts
+        if self._last_pts is not None:
+            self.lost += self._between(self._last_pts, pts)
+        while self.pending and self.pending[0][0] <= pts:
+            want, slot = self.pending.pop(0)
+            if want == pts:
+                self._fill(slot, pts, frame)
+            else:
+                before = self._prev
+                use = before if before is not None and want - before[0] <= pts - want else (pts, frame)
+                self._fill(slot, *use)
+                self.replaced += 1
+        self._prev = (pts, frame)
+        self._last_pts = pts
+        return self.done
+
+    def finish(self) -> bool:
+        """The stream ended: the frames still wanted get the last frame decoded. False if there was none."""
+        if self._prev is None:
+            return self.done
+        self.lost += self._between(self._prev[0], None)
+        while self.pending:
+            _, slot = self.pending.pop(0)
+            self._fill(slot, *self._prev)
+            self.replaced += 1
+        return True
+
+    def _between(self, after: int, before: int | None) -> int:
+        lo = bisect.bisect_right(self._timeline, after)
+        hi = len(self._timeline) if before is None else bisect.bisect_left(self._timeline, before)
+        return max(0, hi - lo)
+
+    def _fill(self, slot: int, pts: int, frame: Any) -> None:
+        if pts not in self._converted:
+            self._converted = {k: v for k, v in self._converted.items() if k >= pts}  # older ones are never reused
+            self._converted[pts] = self._convert(frame)
+        self.images[slot] = self._converted[pts]
+        self.chosen[slot] = pts
+
+    def frames(self) -> np.ndarray:
+        return np.stack(self.images)  # type: ignore[arg-type]
+
+
+def damage_note(path: Path, replaced: int, sampled: int, lost: int) -> str:
+    """The note for frames skipped in damaged stretches, e.g. "clip.mp4: skipped 12 damaged frames; ..."."""
+    skipped = f"{path.name}: skipped {lost} damaged frame{'s' if lost != 1 else ''}"
+    if not replaced:
+        return f"{skipped}; none of the {sampled} sampled frames was among them"
+    return f"{skipped}; {replaced} of {sampled} sampled frames fell there and are the nearest decodable frames instead"
+
+
+def check_replaced(path: Path, replaced: int, sampled: int, lost: int) -> None:
+    """Refuse a video whose sampled frames mostly fall in damaged stretches (see MAX_REPLACED_FRACTION)."""
+    if replaced > MAX_REPLACED_FRACTION * sampled:
+        raise _error(
+            f"video is corrupt: {path} has {lost} damaged frames, and {replaced} of {sampled} sampled frames"
+            " cannot be decoded; re-download or re-encode it"
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # PyAV backend
 
 
-def _count_packets(container: Any, stream: Any) -> int:
-    """Frames in a stream whose header has no count (webm, mkv): demux only, nothing is decoded."""
-    return sum(1 for packet in container.demux(stream) if packet.size)
+def _decode_pyav(path: Path, probe: _Probe, plan: _Plan) -> DecodedVideo:
+    timeline = plan.timeline
+    if timeline.pts is None:
+        frames = _read_counted(path, plan.indices, probe.rotation)
+        return _result(path, frames, plan.indices, timeline, "pyav", probe.notes(path))
+    wanted = [timeline.pts[i] for i in plan.indices.tolist()]
+    picker = _read_by_pts(path, wanted, timeline.pts, probe.rotation, (plan.scan.width, plan.scan.height))
+    notes = probe.notes(path)
+    indices = plan.indices
+    if picker.replaced or picker.lost:
+        check_replaced(path, picker.replaced, len(wanted), picker.lost)
+        position = {p: i for i, p in enumerate(timeline.pts)}
+        indices = np.asarray([position[p] for p in picker.chosen], dtype=np.int64)
+        notes += (damage_note(path, picker.replaced, len(wanted), picker.lost),)
+    return _result(path, picker.frames(), indices, timeline, "pyav", notes)
 
 
-def _decode_pyav(path: Path, probe: _Probe, *, fps: float, max_frames: int) -> DecodedVideo:
-    total = probe.header_frames
-    if not total:
-        container = _open_av(path)
-        try:
-            total = _count_packets(container, _video_stream(container, path))
-        except VideoError:
-            raise
-        except Exception as exc:
-            raise _error(f"video is corrupt: cannot read {path} ({_reason(exc)}); re-download or re-encode it") from exc
-        finally:
-            container.close()
-        _check_frame_count(path, probe, total)
-    indices = sample_indices(total, probe.fps, fps=fps, max_frames=max_frames)
-    frames, decoded = _read_frames(path, indices)
-    if frames is None:
-        if decoded == 0:
-            raise _no_frames(path, probe.expected_frames)
-        if total - decoded > _slack(total):
-            raise _truncated(path, total, decoded)
-        # the header over-counted by a frame or two: sample the frames that exist, in a second pass
-        total = decoded
-        indices = sample_indices(total, probe.fps, fps=fps, max_frames=max_frames)
-        frames, decoded = _read_frames(path, indices)
-        if frames is None:
-            raise _truncated(path, total, decoded)
-    return _result(path, frames, indices, probe.fps, total, "pyav")
+def _read_by_pts(
+    path: Path, wanted: list[int], timeline_pts: list[int], rotation: int, coded: tuple[int, int]
+) -> Picker:
+    """Decode from the start, converting only the wanted frames (by pts); stops after the last one.
 
+    Every frame is scaled to `coded` (the stream header's size), else to the first frame's size."""
+    size: list[tuple[int, int]] = [coded] if all(coded) else []
 
-def _read_frames(path: Path, indices: np.ndarray) -> tuple[np.ndarray | None, int]:
-    """Decode from the start, converting only the wanted frames; stops after the last one.
+    def convert(frame: Any) -> np.ndarray:
+        if not size:
+            size.append((frame.width, frame.height))
+        return to_rgb(frame, rotation, size[0])
 
-    Returns (frames, frames decoded); frames is None when the stream ended before the last index.
-    """
+    picker = Picker(wanted, timeline_pts, timeline_pts[0], convert)
     container = _open_av(path)
-    out: np.ndarray | None = None
+    try:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"  # frame + slice threads; the skipped frames still have to be decoded
+        for frame in decoded_frames(container, stream):
+            if picker.offer(frame):
+                break
+        else:
+            picker.finish()
+    except VideoError:
+        raise
+    except Exception as exc:  # a failure outside decoding proper (conversion, an odd frame): one line
+        raise _error(f"video is corrupt: {path} cannot be decoded ({_reason(exc)}); re-encode it") from exc
+    finally:
+        container.close()
+    if not picker.done:
+        raise _error(f"video is corrupt: none of the {len(timeline_pts)} frames of {path} can be decoded; re-encode it")
+    return picker
+
+
+def _read_counted(path: Path, indices: np.ndarray, rotation: int) -> np.ndarray:
+    """Packets without usable pts: decode from the start counting frames (a damaged packet is an error, as
+    skipping it would shift the count)."""
+    container = _open_av(path)
     wanted = indices.tolist()
-    slot = 0
+    out: list[np.ndarray] = []
     count = 0
     size: tuple[int, int] | None = None
     try:
         stream = _video_stream(container, path)
-        stream.thread_type = "AUTO"  # frame + slice threads; the skipped frames still have to be decoded
+        stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            if count == wanted[slot]:
-                if size is None:
-                    size = (frame.width, frame.height)
-                    out = np.empty((len(wanted), size[1], size[0], 3), dtype=np.uint8)
-                if (frame.width, frame.height) != size:  # resolution changed mid-stream: keep the first
-                    frame = frame.reformat(width=size[0], height=size[1])
-                out[slot] = frame.to_ndarray(format="rgb24")  # type: ignore[index]
-                slot += 1
-                if slot == len(wanted):
-                    return out, count + 1
+            size = size or (frame.width, frame.height)
+            while len(out) < len(wanted) and wanted[len(out)] == count:  # a repeated index repeats the frame
+                out.append(out[-1] if out and wanted[len(out) - 1] == count else to_rgb(frame, rotation, size))
+            if len(out) == len(wanted):
+                return np.stack(out)
             count += 1
     except VideoError:
         raise
@@ -492,4 +897,6 @@ def _read_frames(path: Path, indices: np.ndarray) -> tuple[np.ndarray | None, in
         ) from exc
     finally:
         container.close()
-    return None, count
+    if count == 0:
+        raise _no_frames(path)
+    raise _truncated(path, int(indices[-1]) + 1, count)

@@ -24,6 +24,16 @@ keyframe every 250 frames, 256 frames resized to 588x336): see docs/benchmarks.m
 - resizing with swscale instead differs from the processor's torchvision resize (one step: 3.6-3.9 grey
   levels on average; RGB first, then bicubic: 0.19, but 4.6 ms a frame against torchvision's ~1.5 ms).
 
+Real videos (issue 11, part 2):
+- in MPEG-TS and MPEG-PS a group of pictures is sought by its keyframe's dts: they have no index and FFmpeg
+  seeks in them by dts, so seeking by pts landed a group late ("frame 7 cannot be decoded"); indexed
+  containers (mp4, mkv, ...) are searched by pts, so there it stays the keyframe's pts. A seek that lands after the wanted frames (or MPEG-PS, whose first frames after a seek carry
+  pts no packet had) is retried from the keyframe before, at worst from the file start; the first group of
+  pictures is always decoded from the file start, without a seek;
+- a wanted frame in a damaged stretch is replaced by the nearest decodable frame (`decode.Picker`), the
+  chunk reports it and `chunks` adds a note; more than half the sampled frames replaced is an error;
+- frames are turned as the display matrix asks before resizing (`width` / `height` are the turned size).
+
 Files whose packets carry no usable pts (missing or repeated) are read sequentially by one worker,
 counting frames as `decode_video`'s PyAV backend does.
 """
@@ -31,6 +41,7 @@ counting frames as `decode_video`'s PyAV backend does.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -43,18 +54,23 @@ import numpy as np
 
 from .decode import (
     DecodedVideo,
+    Picker,
     _check_fps,
     _check_frame_count,
     _check_max_frames,
     _check_path,
     _error,
-    _no_frames,
     _open_av,
+    _plan_from,
     _probe,
     _reason,
+    _scan,
     _video_stream,
+    check_replaced,
+    damage_note,
     decode_video,
-    sample_indices,
+    decoded_frames,
+    to_rgb,
 )
 from ..errors import VideoError
 
@@ -69,8 +85,10 @@ class FrameChunk:
     """Consecutive sampled frames of one video."""
 
     frames: np.ndarray  # (n, H, W, 3) uint8 RGB, at the size asked for
-    indices: np.ndarray  # (n,) int64 source frame indices
+    indices: np.ndarray  # (n,) int64 source frame indices (a damaged one replaced by the frame shown instead)
     first: int  # position of the first frame among all sampled frames
+    replaced: int = 0  # sampled frames that fell in a damaged stretch and were replaced by the nearest decodable
+    lost: int = 0  # source frames the decoder skipped (damaged) while reading this chunk
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,7 @@ class _Packets:
 
     pts: list[int]  # pts of display frame i
     gop_start: list[int]  # display index of the keyframe to seek to before decoding display frame i
+    seek_ts: dict[int, int] = field(default_factory=dict)  # keyframe display index -> timestamp to seek to
 
 
 @dataclass
@@ -87,22 +106,29 @@ class VideoStream:
 
     `open_seconds` is the time `open_video_stream` took (probe and packet scan); `wait_seconds` the time the
     consumer spent blocked waiting for frames (the decode that other work did not hide); `seconds` the wall
-    time from the first chunk asked for to the last one delivered.
+    time from the first chunk asked for to the last one delivered. `notes` are one-line remarks for the user,
+    as `DecodedVideo.notes`; a damaged stretch is only found while decoding, so its note is added by `chunks`
+    (and `indices` / `timestamps` then name the frames delivered instead).
     """
 
     path: Path
-    width: int
+    width: int  # of the delivered frames before resizing (rotation applied)
     height: int
     source_fps: float
     total_frames: int
     indices: np.ndarray  # (N,) int64 source frame indices that will be delivered
-    timestamps: np.ndarray  # (N,) float64 seconds: indices / source_fps, as DecodedVideo
+    timestamps: np.ndarray  # (N,) float64 seconds from the first frame, as DecodedVideo
     duration: float
     backend: str = "pyav"
     open_seconds: float = 0.0
     wait_seconds: float = 0.0
     seconds: float = 0.0
+    notes: tuple[str, ...] = ()
+    rotation: int = 0  # degrees counterclockwise applied to each decoded frame
+    coded_size: tuple[int, int] = (0, 0)  # (width, height) every decoded frame is scaled to before rotation
     _packets: _Packets | None = field(default=None, repr=False)  # None: no usable pts, read sequentially
+    _times: np.ndarray | None = field(default=None, repr=False)  # (total,) seconds of every display frame
+    _planned: tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None = field(default=None, repr=False)  # as opened
 
     @property
     def pipelined(self) -> bool:
@@ -120,7 +146,8 @@ class VideoStream:
         """Chunks of up to `chunk_frames` frames (even, so frame pairs never straddle chunks), in order.
 
         size: (height, width) to resize every frame to, or None for the decoded size. Decoding runs in
-        `workers` threads, at most `workers + 1` chunks ahead of the consumer.
+        `workers` threads, at most `workers + 1` chunks ahead of the consumer. A sampled frame in a damaged
+        stretch is replaced by the nearest decodable frame, with a note; more than half replaced is an error.
         """
         if not isinstance(chunk_frames, int) or chunk_frames < 2 or chunk_frames % 2:
             raise VideoError(f"chunk_frames must be an even integer >= 2, got {chunk_frames!r}; use e.g. 32")
@@ -128,13 +155,36 @@ class VideoStream:
             raise VideoError(f"workers must be an integer >= 1, got {workers!r}; use e.g. 2")
         self.wait_seconds = 0.0
         start = time.perf_counter()
+        self._restore_plan()  # a second read starts from the plan, not from the last read's replacements
+        base_notes = self.notes
+        replaced = lost = 0
         try:
             if self._packets is None:
-                yield from self._waited(iter(self._sequential_chunks(size, chunk_frames)))
+                source = iter(self._sequential_chunks(size, chunk_frames))
             else:
-                yield from self._waited(self._parallel_chunks(size, chunk_frames, workers))
+                source = self._parallel_chunks(size, chunk_frames, workers)
+            for chunk in self._waited(source):
+                if chunk.replaced or chunk.lost:
+                    replaced, lost = replaced + chunk.replaced, lost + chunk.lost
+                    check_replaced(self.path, replaced, len(self.indices), lost)
+                    self._record(chunk)
+                    self.notes = base_notes + (damage_note(self.path, replaced, len(self.indices), lost),)
+                yield chunk
         finally:
             self.seconds = time.perf_counter() - start
+
+    def _restore_plan(self) -> None:
+        if self._planned is None:
+            self._planned = (self.indices.copy(), self.timestamps.copy(), self.notes)
+        self.indices, self.timestamps, self.notes = self._planned[0].copy(), self._planned[1].copy(), self._planned[2]
+
+    def _record(self, chunk: FrameChunk) -> None:
+        """Name the frames a chunk delivered instead of damaged ones in `indices` and `timestamps`."""
+        stop = chunk.first + len(chunk.indices)
+        self.indices = self.indices.copy()
+        self.indices[chunk.first : stop] = chunk.indices
+        if self._times is not None:
+            self.timestamps = self._times[self.indices]
 
     def _waited(self, chunks: Iterator[FrameChunk]) -> Iterator[FrameChunk]:
         """Yield from `chunks`, adding the time spent waiting for each one to `wait_seconds`."""
@@ -153,19 +203,20 @@ class VideoStream:
 
     def _parallel_chunks(self, size: tuple[int, int] | None, chunk_frames: int, workers: int) -> Iterator[FrameChunk]:
         """Chunks decoded by `workers` threads, delivered in order, at most `workers + 1` in flight."""
-        firsts = iter(range(0, len(self.indices), chunk_frames))
+        planned = self.indices.copy()  # the plan; `_record` may rewrite self.indices as chunks arrive
+        firsts = iter(range(0, len(planned), chunk_frames))
         pending: deque[Future[FrameChunk]] = deque()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adaspark-decode") as pool:
             try:
                 for first in firsts:
-                    pending.append(pool.submit(self._decode_chunk, first, first + chunk_frames, size))
+                    pending.append(pool.submit(self._decode_chunk, planned, first, first + chunk_frames, size))
                     if len(pending) > workers:
                         break
                 while pending:
                     chunk = pending.popleft().result()
                     first = next(firsts, None)
                     if first is not None:
-                        pending.append(pool.submit(self._decode_chunk, first, first + chunk_frames, size))
+                        pending.append(pool.submit(self._decode_chunk, planned, first, first + chunk_frames, size))
                     yield chunk
             finally:  # the consumer stopped early or a chunk failed: drop the queued work
                 for future in pending:
@@ -177,14 +228,16 @@ class VideoStream:
 
     # ---- workers -------------------------------------------------------------------------------
 
-    def _decode_chunk(self, first: int, stop: int, size: tuple[int, int] | None) -> FrameChunk:
-        """Decode sampled frames first..stop-1: seek to their group of pictures, skip groups with none."""
+    def _decode_chunk(self, planned: np.ndarray, first: int, stop: int, size: tuple[int, int] | None) -> FrameChunk:
+        """Decode sampled frames first..stop-1: seek to their group of pictures, skip groups with none.
+
+        (Each group decodes from its keyframe, or, in the first group of pictures, from the file's start.)"""
         packets = self._packets
         assert packets is not None
-        wanted = self.indices[first:stop].tolist()
-        out: np.ndarray | None = None
-        by_pts = {packets.pts[i]: slot for slot, i in enumerate(wanted)}
-        found = 0
+        wanted = planned[first:stop].tolist()
+        images: list[np.ndarray] = []
+        chosen: list[int] = []
+        replaced = lost = 0
         container = _open_av(self.path)
         try:
             stream = _video_stream(container, self.path)
@@ -196,55 +249,101 @@ class VideoStream:
                 last = slot
                 while last + 1 < len(wanted) and packets.gop_start[wanted[last + 1]] == gop:
                     last += 1
-                targets = {packets.pts[i] for i in wanted[slot : last + 1]}
-                container.seek(packets.pts[gop], stream=stream, backward=True, any_frame=False)
-                for frame in container.decode(stream):
-                    if frame.pts in targets:
-                        image = _rgb(frame, size)
-                        if out is None:
-                            out = np.empty((len(wanted), *image.shape), dtype=np.uint8)
-                        out[by_pts[frame.pts]] = image
-                        targets.discard(frame.pts)
-                        found += 1
-                        if not targets:
-                            break
-                    elif frame.pts is not None and frame.pts > packets.pts[wanted[last]] and targets:
-                        break  # past the group's last wanted frame without it: reported below
-                if targets:
-                    raise self._missing(wanted, targets)
+                picker = self._decode_group(container, stream, gop, wanted[slot : last + 1], size)
+                images.extend(picker.images)  # type: ignore[arg-type]
+                chosen.extend(picker.chosen)
+                replaced += picker.replaced
+                lost += picker.lost
                 slot = last + 1
         except VideoError:
             raise
-        except Exception as exc:  # av.error.InvalidDataError from a damaged packet, ...
+        except Exception as exc:  # a failure outside decoding proper (conversion, an odd frame): one line
             raise _error(f"video is corrupt: {self.path} cannot be decoded ({_reason(exc)}); re-encode it") from exc
         finally:
             container.close()
-        assert out is not None and found == len(wanted)
-        return FrameChunk(frames=out, indices=self.indices[first:stop].copy(), first=first)
+        position = {p: i for i, p in enumerate(packets.pts)}  # Picker only takes frames with a packet's pts
+        indices = np.asarray([position[p] for p in chosen], dtype=np.int64)
+        return FrameChunk(frames=np.stack(images), indices=indices, first=first, replaced=replaced, lost=lost)
 
-    def _missing(self, wanted: list[int], targets: set[int]) -> VideoError:
-        assert self._packets is not None
-        missing = sorted(i for i in wanted if self._packets.pts[i] in targets)
-        return _error(
-            f"video is corrupt: frame {missing[0]} of {self.path} cannot be decoded"
-            f" ({len(missing)} wanted frames missing); re-encode it"
-        )
+    def _decode_group(
+        self, container: Any, stream: Any, gop: int, group: list[int], size: tuple[int, int] | None
+    ) -> Picker:
+        """The frames `group` (display indices of one group of pictures), decoded after a seek.
+
+        A seek may land after the wanted frames (MPEG-TS seeks by dts and has no index; a damaged keyframe
+        decodes to nothing; MPEG-PS gives the first frames after a seek pts no packet had): then the group is
+        decoded again from the keyframe before, at worst from the file's start without seeking. What is still
+        missing from there is damage, and `Picker` replaces it.
+        """
+        packets = self._packets
+        assert packets is not None
+        wanted = [packets.pts[i] for i in group]
+        first_gop = packets.gop_start[0]
+        starts = list(dict.fromkeys([gop, packets.gop_start[gop - 1] if gop > 0 else gop, first_gop]))
+        for start in starts:
+            if start == first_gop:
+                return self._decode_from_start(wanted, size)
+            picker = Picker(wanted, packets.pts, None, self._converter(size))
+            try:
+                container.seek(packets.seek_ts[start], stream=stream, backward=True, any_frame=False)
+            except Exception:  # the container cannot seek there: try an earlier keyframe
+                continue
+            for frame in decoded_frames(container, stream):
+                if picker.offer(frame):
+                    break
+            else:
+                picker.finish()
+            if picker.done and picker.first_pts is not None and picker.first_pts <= min(wanted):
+                return picker
+        raise AssertionError("unreachable: the last start is the file's first keyframe")
+
+    def _decode_from_start(self, wanted: list[int], size: tuple[int, int] | None) -> Picker:
+        """Decode from the first packet, as a player starts (a fresh container: no seek to get wrong)."""
+        packets = self._packets
+        assert packets is not None
+        picker = Picker(wanted, packets.pts, packets.pts[0], self._converter(size))
+        container = _open_av(self.path)
+        try:
+            stream = _video_stream(container, self.path)
+            stream.codec_context.thread_type = "NONE"
+            for frame in decoded_frames(container, stream):
+                if picker.offer(frame):
+                    break
+            else:
+                picker.finish()
+        finally:
+            container.close()
+        if not picker.done:
+            raise _error(
+                f"video is corrupt: none of the {len(packets.pts)} frames of {self.path} can be decoded; re-encode it"
+            )
+        return picker
+
+    def _converter(self, size: tuple[int, int] | None) -> Any:
+        rotation, coded = self.rotation, self.coded_size  # one size for every chunk, whatever a frame claims
+
+        def convert(frame: Any) -> np.ndarray:
+            image = to_rgb(frame, rotation, coded)
+            return image if size is None else resize_frames(image[None], size)[0]
+
+        return convert
 
     def _sequential_chunks(self, size: tuple[int, int] | None, chunk_frames: int) -> list[FrameChunk]:
         """Fallback without usable pts: decode from the start counting frames, as decode_video's PyAV backend
         does, in the caller's thread (no overlap, all frames at once; rare: raw streams, broken muxers)."""
         wanted = self.indices.tolist()
         frames: list[np.ndarray] = []
+        convert = self._converter(size)
         count = 0
         container = _open_av(self.path)
         try:
             stream = _video_stream(container, self.path)
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
-                if count == wanted[len(frames)]:
-                    frames.append(_rgb(frame, size))
-                    if len(frames) == len(wanted):
-                        break
+                while len(frames) < len(wanted) and wanted[len(frames)] == count:  # a repeat repeats the frame
+                    frames.append(frames[-1] if frames and wanted[len(frames) - 1] == count else convert(frame))
+                if len(frames) == len(wanted):
+                    break
                 count += 1
         except VideoError:
             raise
@@ -278,21 +377,34 @@ def open_video_stream(path: str | Path, *, fps: float = 2.0, max_frames: int = 2
     _check_fps(fps)
     _check_max_frames(max_frames)
     path = _check_path(path)
-    probe = _probe(path)  # not a video, no video stream, unknown frame rate
-    packets, total, width, height = _scan(path)
-    _check_frame_count(path, probe, total)  # no frames, or fewer than the header promises
-    indices = sample_indices(total, probe.fps, fps=fps, max_frames=max_frames)
+    probe = _probe(path)  # not a video, no video stream, unknown frame rate, a still image
+    scan = _scan(path)
+    _check_frame_count(path, probe, len(scan.pts))  # no frames, or fewer than the header promises
+    plan = _plan_from(scan, probe, fps=fps, max_frames=max_frames)
+    packets = _index_packets(scan.pts, scan.keys)
+    if packets is not None:
+        packets = _with_seek_points(packets, scan, by_dts=not probe.indexed)
+    width, height = scan.width, scan.height
+    if not (width and height):
+        raise _error(f"cannot tell the frame size of {path} (the stream header is damaged); re-encode it")
+    if probe.rotation in (90, 270):
+        width, height = height, width
+    timeline = plan.timeline
     return VideoStream(
         path=path,
         width=width,
         height=height,
-        source_fps=float(probe.fps),
-        total_frames=total,
-        indices=indices.astype(np.int64),
-        timestamps=indices.astype(np.float64) / probe.fps,
-        duration=total / probe.fps,
+        source_fps=float(timeline.fps),
+        total_frames=timeline.total,
+        indices=plan.indices.astype(np.int64),
+        timestamps=timeline.times[plan.indices].astype(np.float64),
+        duration=float(timeline.duration),
         open_seconds=time.perf_counter() - start,
+        notes=probe.notes(path),
+        rotation=probe.rotation,
+        coded_size=(scan.width, scan.height),
         _packets=packets,
+        _times=timeline.times,
     )
 
 
@@ -303,9 +415,9 @@ def open_video(
 
     decoder "auto": `open_video_stream` (probe and packet scan, nothing decoded yet), so that
     `VideoQA.prepare_video` decodes chunk by chunk while the vision tower runs. A file whose packets carry
-    no usable pts (missing or repeated, or no keyframe first) is instead decoded now, in one go, by
+    no usable pts (missing or repeated) is instead decoded now, in one go, by
     `decode_video(backend="auto")`. "decord" / "pyav": `decode_video` with that backend, now, in one go.
-    Anything else is `decode_video`'s one-line "unknown video backend" error. Every failure is a `VideoError`
+    Anything else is `decode_video`'s one-line "unknown --decoder" error. Every failure is a `VideoError`
     with `decode_video`'s message for the same problem.
     """
     if decoder != "auto":
@@ -316,36 +428,14 @@ def open_video(
     return decode_video(stream.path, fps=fps, max_frames=max_frames, backend="auto")
 
 
-def _scan(path: Path) -> tuple[_Packets | None, int, int, int]:
-    """Demux every packet once (no decoding): frame count, pts in display order, keyframes."""
-    container = _open_av(path)
-    pts: list[int | None] = []
-    keys: list[bool] = []
-    try:
-        stream = _video_stream(container, path)
-        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
-        for packet in container.demux(stream):
-            if packet.size:
-                pts.append(packet.pts)
-                keys.append(bool(packet.is_keyframe))
-    except VideoError:
-        raise
-    except Exception as exc:
-        raise _error(f"video is corrupt: cannot read {path} ({_reason(exc)}); re-download or re-encode it") from exc
-    finally:
-        container.close()
-    if not pts:
-        raise _no_frames(path)
-    return _index_packets(pts, keys), len(pts), width, height
-
-
 def _index_packets(pts: list[int | None], keys: list[bool]) -> _Packets | None:
-    """Display order from pts; None (read sequentially) when pts are missing or repeated or no keyframe comes first."""
-    if any(p is None for p in pts) or len(set(pts)) != len(pts) or not keys[0]:
+    """Display order from pts; None (read sequentially) when pts are missing or repeated."""
+    if any(p is None for p in pts) or len(set(pts)) != len(pts):
         return None
     decode_position = sorted(range(len(pts)), key=lambda i: pts[i])  # display index -> decode position
     display_index = {d: i for i, d in enumerate(decode_position)}
-    key_positions = [d for d, key in enumerate(keys) if key]
+    # decoding can always begin at the first packet, flagged or not (a damaged keyframe loses its flag)
+    key_positions = [d for d, key in enumerate(keys) if key or d == 0]
     gop_start: list[int] = []
     for i, d in enumerate(decode_position):
         # a frame's references follow the last keyframe before it in DECODE order
@@ -356,13 +446,23 @@ def _index_packets(pts: list[int | None], keys: list[bool]) -> _Packets | None:
     return _Packets(pts=[int(pts[d]) for d in decode_position], gop_start=gop_start)  # type: ignore[arg-type]
 
 
+def _with_seek_points(packets: _Packets, scan: Any, *, by_dts: bool) -> _Packets:
+    """The timestamp to seek to for each keyframe: its pts in an indexed container (mp4, mkv: the index is
+    searched by pts, and a keyframe's dts would find the keyframe before), its dts in MPEG-TS / MPEG-PS (FFmpeg
+    searches those by dts, and a keyframe's pts lands a group of pictures late)."""
+    seek_ts: dict[int, int] = {}
+    if by_dts:
+        position = {p: d for d, p in enumerate(scan.pts)}
+        for start in set(packets.gop_start):
+            dts = scan.dts[position[packets.pts[start]]]
+            seek_ts[start] = int(dts) if dts is not None else packets.pts[start]
+    else:
+        seek_ts = {start: packets.pts[start] for start in set(packets.gop_start)}
+    return dataclasses.replace(packets, seek_ts=seek_ts)
+
+
 # --------------------------------------------------------------------------------------------
 # conversion
-
-
-def _rgb(frame: Any, size: tuple[int, int] | None) -> np.ndarray:
-    image = frame.to_ndarray(format="rgb24")
-    return image if size is None else resize_frames(image[None], size)[0]
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
