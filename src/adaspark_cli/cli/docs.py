@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 import typer
 
-from .app import app
+from .commands import app
 
 JSON_KEYS = """\
 ## `ask --json`

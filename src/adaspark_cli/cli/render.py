@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
@@ -16,19 +17,58 @@ err_console = Console(stderr=True, highlight=False)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
+class StdoutError(Exception):
+    """Writing to stdout failed (`error`: the OSError); the error boundary turns it into an exit code."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def printable(text: str) -> str:
     """Escape control characters (a model can emit ESC and friends) except newline and tab."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+def _write(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:  # a closed pipe, a full disk: the boundary tells them apart
+        raise StdoutError(exc) from None
+
+
 def write_answer_piece(text: str) -> None:
-    sys.stdout.write(printable(text))
-    sys.stdout.flush()
+    _write(printable(text))
 
 
 def write_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    _write(json.dumps(obj) + "\n")
+
+
+def write_line(text: str) -> None:
+    _write(text + "\n")
+
+
+def print_stdout(renderable: RenderableType) -> None:
+    """A table as the command's output, on stdout (at 100 columns when stdout is not a terminal)."""
+    console = Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 100)
+    try:
+        console.print(renderable)
+        sys.stdout.flush()
+    except OSError as exc:
+        raise StdoutError(exc) from None
+
+
+def discard_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null, so that the interpreter's last flush of what is still
+    buffered cannot fail again (a closed pipe, a full disk) with an 'Exception ignored' message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # no real stdout (closed, or a test's capture)
+        pass
 
 
 BUNDLED_MODEL_NOTE = (
