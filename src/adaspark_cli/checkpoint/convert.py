@@ -207,13 +207,19 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
     try:
         os.rename(tmp, out)
     except BaseException:
-        if os.path.lexists(tmp):  # the rename did not happen (an interrupt can land just after it did)
+        if os.path.lexists(tmp):  # the rename did not happen: put the old OUT back
             os.rename(old, out)
+        else:  # an interrupt landed just after the rename: OUT is the new one
+            _remove(old)
         raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        old.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 def convert_checkpoint(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -24,7 +23,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import AdasparkError
-from .render import StdoutError, discard_stdout, err_console
+from .render import StdoutError, discard_stdout, end_partial_line, err_console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -118,10 +117,7 @@ def handle_errors(command: F) -> F:
 
 
 def _end_partial_line() -> None:
-    """After Ctrl-C in the middle of a streamed answer, end its line so the shell prompt starts clean."""
     try:
-        if sys.stdout is not None:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-    except (OSError, ValueError):
+        end_partial_line()
+    except StdoutError:
         discard_stdout()

@@ -30,12 +30,24 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+_line_open = False  # stdout holds a partial line (an answer still streaming)
+
+
 def _write(text: str) -> None:
+    global _line_open
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
     except OSError as exc:  # a closed pipe, a full disk: the boundary tells them apart
         raise StdoutError(exc) from None
+    if text:
+        _line_open = not text.endswith("\n")
+
+
+def end_partial_line() -> None:
+    """End a partial answer line (after Ctrl-C), so that the shell prompt starts on its own line."""
+    if _line_open:
+        _write("\n")
 
 
 def write_answer_piece(text: str) -> None:

@@ -89,7 +89,13 @@ def load_video_qa(
     `kernel`: "auto" (block-sparse on CUDA, exact reference elsewhere), "reference" or "blocksparse".
     """
     name = model or default_model()
-    path = resolve_model_path(name)
+    try:
+        path = resolve_model_path(name)
+    except CheckpointError as exc:
+        if model is None and os.environ.get(MODEL_ENV):  # the user may not remember setting it
+            raise CheckpointError(f"${MODEL_ENV} is {name!r} (no --model given): {exc}; fix or unset {MODEL_ENV}, "
+                                  "or pass --model") from None
+        raise
     block = config_from_checkpoint(read_config_json(path))
     config = (block or AdaSparkConfig()).replace(**(overrides or {}))
     check_kernel(kernel)
