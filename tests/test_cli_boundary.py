@@ -245,3 +245,20 @@ def test_check_convert_paths_refuses_a_read_only_folder_before_any_work(tiny_che
     monkeypatch.setattr(convert_mod.tempfile, "mkdtemp", read_only)
     with pytest.raises(CheckpointError, match="read-only filesystem"):
         convert_mod.check_convert_paths(tiny_checkpoint, tmp_path / "out", force=False)
+
+
+def test_main_turns_a_late_ctrl_c_into_the_commands_note(monkeypatch, capsys):
+    # Typer turns a Ctrl-C that lands while a command returns into a silent exit 130
+    from adaspark_cli.cli import app as app_mod
+    from adaspark_cli.cli import commands, errors
+
+    def late_interrupt(**kwargs):
+        errors.mark_complete("interrupted, but OUT is complete")
+        raise SystemExit(130)
+
+    monkeypatch.setattr(commands, "app", late_interrupt)
+    monkeypatch.setattr(app_mod.signal, "signal", lambda *args: None)  # leave pytest's own SIGINT handler alone
+    monkeypatch.setattr(errors, "_complete", None)
+    with pytest.raises(SystemExit) as exit_info:
+        app_mod.main()
+    assert exit_info.value.code == 0 and capsys.readouterr().err == "interrupted, but OUT is complete\n"

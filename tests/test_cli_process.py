@@ -153,3 +153,20 @@ def test_sigint_at_any_moment_gives_one_line_and_130(env, clip, tiny_checkpoint)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, (delay, err)
         assert err.strip().splitlines()[-1:] == ["interrupted"] and "Traceback" not in err, (delay, err)
+
+
+def test_ctrl_c_during_shutdown_keeps_the_exit_code(env):
+    # a Ctrl-C while atexit handlers run (torch's, worker threads) must neither print a traceback nor change the code
+    code = textwrap.dedent(
+        """
+        import atexit, os, signal, sys, time
+        atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))
+        sys.argv = ["adaspark", "--version"]
+        from adaspark_cli.cli.app import main
+        main()
+        """
+    )
+    started = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith("adaspark ") and res.stderr == "", res.stderr
+    assert time.monotonic() - started < 5  # it ended at the signal, not after the handler's sleep

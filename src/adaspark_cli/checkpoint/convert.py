@@ -136,7 +136,7 @@ def _check_layers(config: AdaSparkConfig, config_json: dict[str, Any]) -> None:
     if isinstance(n_layers, int) and config.sparse_layers and max(config.sparse_layers) >= n_layers:
         raise ConfigError(
             f"sparse layers {list(config.sparse_layers)} include an index past the model's {n_layers} layers; "
-            f"use indices 0-{n_layers - 1}"
+            f"use e.g. --layers 0-{n_layers - 1}"
         )
 
 

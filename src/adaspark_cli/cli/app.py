@@ -60,7 +60,20 @@ def main() -> None:
     except KeyboardInterrupt:  # before a command's own error boundary (loading the app, parsing)
         _say("interrupted")
         code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        code = _after_complete_work()
     _finish(_exit_code(code))
+
+
+def _after_complete_work() -> int:
+    """130, unless the interrupt came after the command's work was done (Typer turns a Ctrl-C that lands
+    while its command returns into a silent 130): then the command's note and 0."""
+    errors = sys.modules.get("adaspark_cli.cli.errors")
+    message = errors.complete_message() if errors is not None else None
+    if message is None:
+        return EXIT_INTERRUPTED
+    _say(message)
+    return 0
 
 
 def __getattr__(name: str) -> Any:

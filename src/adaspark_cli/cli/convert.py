@@ -8,7 +8,7 @@ import typer
 
 from . import options as opt
 from .defaults import DEFAULT_GRID, DEFAULT_QUESTION
-from .errors import UsageError, handle_errors, interrupted, usage
+from .errors import UsageError, handle_errors, interrupted, mark_complete, usage
 from .render import ProgressBar, calibration_table, err_console, note, write_json, write_line
 
 
@@ -73,6 +73,8 @@ def convert(
     opt.check_sampling(fps, max_frames)
     opt.check_choices(decoder=decoder, device=device)
     opt.check_max_pixels(max_pixels)
+    if target_reduction is not None and not 0.0 < target_reduction < 1.0:
+        raise UsageError(f"--target-reduction must be between 0 and 1 (0.57 = 57% fewer FLOPs), got {target_reduction:g}")
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
 
     from ..checkpoint import check_convert_paths, convert_checkpoint, is_converted, read_config_json  # torch
@@ -104,6 +106,7 @@ def convert(
         with ProgressBar(enabled=not quiet) as bar:
             bar.stage(f"writing {out}")
             converted = convert_checkpoint(path, out, config, force=force, calibration=record)
+        mark_complete(f"interrupted, but {out} is complete")  # from here on a Ctrl-C exits 0
         if json_out:
             write_json(converted.to_json())
         else:

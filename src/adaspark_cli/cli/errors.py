@@ -58,6 +58,20 @@ def print_error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
+_complete: str | None = None  # set by mark_complete: the command's work is done
+
+
+def mark_complete(message: str) -> None:
+    """The command's work is done and cannot be undone (convert's OUT is in place): a Ctrl-C from now on
+    prints `message` and exits 0, here and in `main`, instead of 130."""
+    global _complete
+    _complete = message
+
+
+def complete_message() -> str | None:
+    return _complete
+
+
 def interrupted(message: str = "interrupted", code: int = EXIT_INTERRUPTED) -> NoReturn:
     """One line on stderr and exit `code` (130 unless the work was already complete)."""
     err_console.print(escape(message), style="yellow", soft_wrap=True)
@@ -82,6 +96,8 @@ def handle_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _complete
+        _complete = None
         try:
             return command(*args, **kwargs)
         except typer.Exit:
@@ -102,6 +118,8 @@ def handle_errors(command: F) -> F:
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             _end_partial_line()
+            if _complete is not None:
+                interrupted(_complete, code=0)
             interrupted()
         except Exception as exc:  # an adaspark bug: one line unless debugging
             if _debug():
