@@ -262,3 +262,53 @@ def test_main_turns_a_late_ctrl_c_into_the_commands_note(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         app_mod.main()
     assert exit_info.value.code == 0 and capsys.readouterr().err == "interrupted, but OUT is complete\n"
+
+
+class _BrokenPipe:
+    def write(self, text):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+def test_rich_output_into_a_broken_pipe_reaches_the_boundary(monkeypatch):
+    # Rich would raise SystemExit(1) itself; the boundary must see the pipe error and exit 141 quietly
+    from rich.table import Table
+
+    monkeypatch.setattr("sys.stdout", _BrokenPipe())
+    with pytest.raises(render.StdoutError) as info:
+        render.print_stdout(Table("a"))
+    assert info.value.error.errno == errno.EPIPE
+    monkeypatch.setattr(render.err_console, "_file", _BrokenPipe())  # "file" would pin stderr after the test
+    monkeypatch.setattr(render.err_console, "quiet", False)
+    with pytest.raises(BrokenPipeError):
+        render.note("a note on a stderr nobody reads")
+
+
+def test_a_command_runs_with_ctrl_c_as_keyboard_interrupt():
+    # main ends the process at once on Ctrl-C while the app loads; a command must get a KeyboardInterrupt
+    # again (convert removes its temporary folder on one), except while it loads torch (loading())
+    import signal
+
+    from adaspark_cli.cli.errors import handle_errors, loading
+    from adaspark_cli.cli.interrupt import exit_interrupted
+
+    seen = []
+
+    @handle_errors
+    def command():
+        seen.append(signal.getsignal(signal.SIGINT))
+        with loading():
+            seen.append(signal.getsignal(signal.SIGINT))
+        seen.append(signal.getsignal(signal.SIGINT))
+
+    previous = signal.signal(signal.SIGINT, exit_interrupted)
+    try:
+        command()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [signal.default_int_handler, exit_interrupted, signal.default_int_handler]

@@ -143,8 +143,9 @@ def test_full_disk_on_stdout_is_one_line(env, clip, tiny_checkpoint):
 
 
 def test_sigint_at_any_moment_gives_one_line_and_130(env, clip, tiny_checkpoint):
-    # -i waits on stdin once the video is prefilled, so the signal finds it importing, loading, prefilling or waiting
-    for delay in (0.6, 5.0):
+    # -i waits on stdin once the video is prefilled, so the signal finds it loading the app, importing torch,
+    # loading the model, prefilling or waiting
+    for delay in (0.2, 0.8, 5.0):
         proc = subprocess.Popen([sys.executable, "-m", "adaspark_cli.cli.app", "ask", str(clip), "--model",
                                  str(tiny_checkpoint), "-i", "-q", "--max-frames", "2"], env=env,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
+
+from .interrupt import EXIT_INTERRUPTED, exit_interrupted
 
 EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130
 
 
 def _say(message: str) -> None:
@@ -31,7 +32,7 @@ def _exit_code(code: Any) -> int:
     return EXIT_ERROR
 
 
-def _finish(code: int) -> None:
+def _finish(code: int) -> NoReturn:
     """Flush, then exit with `code`; a Ctrl-C while the interpreter shuts down (atexit handlers, worker
     threads) ends the process at once with the same code, since the command's work is done."""
     for stream in (sys.stdout, sys.stderr):
@@ -51,29 +52,31 @@ def main() -> None:
              "/dev/null instead of closing it")
         sys.exit(EXIT_ERROR)
     try:
+        signal.signal(signal.SIGINT, exit_interrupted)  # until a command starts (cli/errors.handle_errors)
         from .commands import app
 
         app(prog_name="adaspark")
         code: Any = 0
     except SystemExit as exc:  # Typer always ends this way: Click's usage errors with 2, commands with theirs
         code = exc.code
-    except KeyboardInterrupt:  # before a command's own error boundary (loading the app, parsing)
+    except KeyboardInterrupt:  # raised (not signalled) while the app loads
         _say("interrupted")
-        code = EXIT_INTERRUPTED
+        _finish(EXIT_INTERRUPTED)
     if code == EXIT_INTERRUPTED:
-        code = _after_complete_work()
+        code = _late_interrupt()
     _finish(_exit_code(code))
 
 
-def _after_complete_work() -> int:
-    """130, unless the interrupt came after the command's work was done (Typer turns a Ctrl-C that lands
-    while its command returns into a silent 130): then the command's note and 0."""
+def _late_interrupt() -> int:
+    """Typer turns a Ctrl-C that lands while its command returns into a silent 130: say `interrupted`
+    unless the command did, or give the command's note and 0 when its work was already done."""
     errors = sys.modules.get("adaspark_cli.cli.errors")
-    message = errors.complete_message() if errors is not None else None
-    if message is None:
-        return EXIT_INTERRUPTED
-    _say(message)
-    return 0
+    if errors is not None and errors.complete_message() is not None:
+        _say(errors.complete_message())
+        return 0
+    if errors is None or not errors.interrupt_reported():
+        _say("interrupted")
+    return EXIT_INTERRUPTED
 
 
 def __getattr__(name: str) -> Any:

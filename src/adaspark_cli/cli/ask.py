@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from . import options as opt
-from .errors import UsageError, handle_errors, print_error
+from .errors import UsageError, handle_errors, loading, print_error
 from .render import BUNDLED_MODEL_NOTE, err_console, layer_table, note, write_answer_piece, write_json
 
 
@@ -64,11 +64,12 @@ def ask(
     opt.check_max_pixels(max_pixels)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers, decode_top_p)
 
-    from ..qa import is_bundled_demo, load_video_qa  # torch and transformers: only once the flags are good
-    from ..video.stream import VideoStream, open_video
+    with loading():  # torch and transformers: only once the flags are good
+        from ..qa import is_bundled_demo, load_video_qa
+        from ..video.stream import VideoStream, open_video
 
-    source = open_video(video, fps=fps, max_frames=max_frames, decoder=decoder)  # a stream is decoded in prepare_video
-    loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense, kernel=kernel)
+        source = open_video(video, fps=fps, max_frames=max_frames, decoder=decoder)  # decoded in prepare_video
+        loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense, kernel=kernel)
     if not quiet:
         if loaded.device.type == "cpu":
             note("running on the CPU (no CUDA GPU visible); long videos will be slow")

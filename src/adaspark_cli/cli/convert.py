@@ -8,7 +8,7 @@ import typer
 
 from . import options as opt
 from .defaults import DEFAULT_GRID, DEFAULT_QUESTION
-from .errors import UsageError, handle_errors, interrupted, mark_complete, usage
+from .errors import UsageError, handle_errors, interrupted, loading, mark_complete, usage
 from .render import ProgressBar, calibration_table, err_console, note, write_json, write_line
 
 
@@ -77,10 +77,11 @@ def convert(
         raise UsageError(f"--target-reduction must be between 0 and 1 (0.57 = 57% fewer FLOPs), got {target_reduction:g}")
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
 
-    from ..checkpoint import check_convert_paths, convert_checkpoint, is_converted, read_config_json  # torch
-    from ..config import AdaSparkConfig, config_from_checkpoint
-    from ..qa import calibrate, calibrate_per_layer, load_video_qa, parse_grid
-    from ..video import decode_video
+    with loading():  # torch: only once the flags are good
+        from ..checkpoint import check_convert_paths, convert_checkpoint, is_converted, read_config_json
+        from ..config import AdaSparkConfig, config_from_checkpoint
+        from ..qa import calibrate, calibrate_per_layer, load_video_qa, parse_grid
+        from ..video import decode_video
 
     with usage():
         values = parse_grid(grid)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -23,13 +25,13 @@ import typer
 from rich.markup import escape
 
 from ..errors import AdasparkError
+from .interrupt import EXIT_INTERRUPTED, exit_interrupted
 from .render import StdoutError, discard_stdout, end_partial_line, err_console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 DEBUG_ENV = "ADASPARK_DEBUG"
@@ -48,6 +50,21 @@ def usage() -> Iterator[None]:
         raise
     except AdasparkError as exc:
         raise UsageError(str(exc)) from None
+
+
+@contextmanager
+def loading() -> Iterator[None]:
+    """Around importing torch, transformers and the library, and loading the model: a Ctrl-C ends the
+    process at once with one line and exit 130 (interrupt.exit_interrupted), since nothing needs cleaning
+    up and a KeyboardInterrupt inside their import code can turn into an unrelated error."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, exit_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _debug() -> bool:
@@ -72,9 +89,18 @@ def complete_message() -> str | None:
     return _complete
 
 
+_interrupt_reported = False  # interrupted() has printed its line
+
+
+def interrupt_reported() -> bool:
+    return _interrupt_reported
+
+
 def interrupted(message: str = "interrupted", code: int = EXIT_INTERRUPTED) -> NoReturn:
     """One line on stderr and exit `code` (130 unless the work was already complete)."""
+    global _interrupt_reported
     err_console.print(escape(message), style="yellow", soft_wrap=True)
+    _interrupt_reported = True
     raise typer.Exit(code)
 
 
@@ -96,8 +122,10 @@ def handle_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        global _complete
-        _complete = None
+        global _complete, _interrupt_reported
+        _complete, _interrupt_reported = None, False
+        if signal.getsignal(signal.SIGINT) is exit_interrupted:  # set by main while the app loaded
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a Ctrl-C is a KeyboardInterrupt again
         try:
             return command(*args, **kwargs)
         except typer.Exit:

@@ -13,7 +13,7 @@ from rich.table import Table
 from ..errors import AdasparkError
 from . import options as opt
 from .defaults import DEFAULT_DEPTHS, DEFAULT_LENGTHS, MAX_FRAMES, MIN_FRAMES, TASKS
-from .errors import UsageError, handle_errors
+from .errors import UsageError, handle_errors, loading
 from .render import ProgressBar, err_console, human_flops, print_stdout, write_json
 
 DEFAULT_WRITERS = min(8, os.cpu_count() or 1)  # encoding is CPU-bound; more rarely pays
@@ -117,10 +117,11 @@ def eval_command(
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
     grid = (parse_tasks(tasks), parse_lengths(lengths), parse_depths(depths)) if suite_path is None else None
 
-    from ..qa import load_video_qa  # torch: only once the flags are good
-    from ..qa.eval import evaluate, plot_eval
-    from ..qa.plot import check_plot_path
-    from ..synth.suite import make_suite, read_suite, write_suite
+    with loading():  # torch: only once the flags are good
+        from ..qa import load_video_qa
+        from ..qa.eval import evaluate, plot_eval
+        from ..qa.plot import check_plot_path
+        from ..synth.suite import make_suite, read_suite, write_suite
 
     if plot is not None:
         plot = check_plot_path(plot)

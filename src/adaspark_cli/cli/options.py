@@ -14,7 +14,7 @@ from .defaults import DECODERS, DEFAULT_MAX_PIXELS, KERNELS, MIN_PIXELS
 from .errors import UsageError, usage
 
 # A question is prefilled densely after the video, its KV cache copied per question: 100,000 characters
-# took 1:41 and 6.4 GB with the bundled model on a 2-core CPU. 10,000 characters is about 2,500 tokens.
+# took 1:41 and 6.4 GB with the bundled model on a 2-core CPU. 10,000 characters is roughly 2,500 tokens.
 MAX_QUESTION_CHARS = 10_000
 VIDEO_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .flv .wmv .3gp .ogv .gif".split()

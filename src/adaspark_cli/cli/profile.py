@@ -8,7 +8,7 @@ import typer
 
 from . import options as opt
 from .defaults import DEFAULT_QUESTION
-from .errors import handle_errors
+from .errors import handle_errors, loading
 from .render import (
     BUNDLED_MODEL_NOTE, ProgressBar, err_console, note, print_stdout, profile_summary, profile_tables, write_json,
 )
@@ -67,9 +67,10 @@ def profile(
     opt.check_at_least("--heatmap-layer", heatmap_layer, 0)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
 
-    from ..qa import is_bundled_demo, load_video_qa, profile_prefill  # torch: only once the flags are good
-    from ..qa.plot import check_plot_path, plot_profile
-    from ..video import decode_video
+    with loading():  # torch: only once the flags are good
+        from ..qa import is_bundled_demo, load_video_qa, profile_prefill
+        from ..qa.plot import check_plot_path, plot_profile
+        from ..video import decode_video
 
     if plot is not None:
         plot = check_plot_path(plot)  # before the long profile; a missing matplotlib is no usage error: exit 1

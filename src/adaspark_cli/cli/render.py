@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -12,7 +13,15 @@ from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-err_console = Console(stderr=True, highlight=False)
+class _Console(Console):
+    """A Rich console whose broken pipe reaches the error boundary (Rich itself would exit 1 on the spot)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more is written to that pipe
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+err_console = _Console(stderr=True, highlight=False)
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -64,7 +73,7 @@ def write_line(text: str) -> None:
 
 def print_stdout(renderable: RenderableType) -> None:
     """A table as the command's output, on stdout (at 100 columns when stdout is not a terminal)."""
-    console = Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 100)
+    console = _Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 100)
     try:
         console.print(renderable)
         sys.stdout.flush()
