@@ -131,6 +131,11 @@ def test_bad_adaspark_model_is_named(runner, clip, tmp_path, monkeypatch):
     # an explicit --model is named as itself, not as the variable
     err = one_line_error(invoke(runner, "ask", clip, "q?", "--model", tmp_path / "also-gone"), 1)
     assert "ADASPARK_MODEL" not in err
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    monkeypatch.setenv("ADASPARK_MODEL", str(tmp_path / "llama"))
+    err = one_line_error(invoke(runner, "ask", clip, "q?", "-q"), 1)
+    assert err.startswith("error: $ADASPARK_MODEL is") and "llama" in err
 
 
 def test_stdout_errors_name_stdout(runner, clip, tiny_checkpoint, monkeypatch):
