@@ -171,3 +171,19 @@ def test_ctrl_c_during_shutdown_keeps_the_exit_code(env):
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.startswith("adaspark ") and res.stderr == "", res.stderr
     assert time.monotonic() - started < 5  # it ended at the signal, not after the handler's sleep
+
+
+def test_ctrl_c_after_convert_finished_exits_0(env, tiny_checkpoint, tmp_path):
+    # the case: a Ctrl-C right after convert finishes, while the process shuts down (freeing torch
+    # takes about a second), exited 130 with a complete OUT, or 0 with an atexit traceback, or died of SIGINT
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "adaspark_cli.cli.app", "convert", str(tiny_checkpoint), str(out),
+                             "--top-p", "0.5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    note = proc.stderr.readline()  # its last word: the command is done
+    assert note.startswith(f"wrote {out}"), note
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert stdout.strip() == str(out) and err == "", err
+    assert json.loads((out / "config.json").read_text())["adaspark"]["attn_top_p"] == 0.5

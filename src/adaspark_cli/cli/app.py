@@ -7,6 +7,7 @@ the Ctrl-C guard, and each command imports torch and the library only when it ru
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -32,9 +33,15 @@ def _exit_code(code: Any) -> int:
     return EXIT_ERROR
 
 
+def _ignore_sigint() -> None:
+    """The last atexit handler: the interpreter's teardown that follows (freeing torch, about a second) would
+    otherwise die on a Ctrl-C with the system's default action, losing the exit code. It cannot hang."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _finish(code: int) -> NoReturn:
-    """Flush, then exit with `code`; a Ctrl-C while the interpreter shuts down (atexit handlers, worker
-    threads) ends the process at once with the same code, since the command's work is done."""
+    """Flush, then exit with `code`; a Ctrl-C while the atexit handlers run ends the process at once with
+    the same code, since the command's work is done (and after them, _ignore_sigint)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
@@ -51,6 +58,7 @@ def main() -> None:
         _say("error: stdout is closed; adaspark writes its answers and JSON there: redirect it to a file or "
              "/dev/null instead of closing it")
         sys.exit(EXIT_ERROR)
+    atexit.register(_ignore_sigint)  # registered first, so it runs last
     try:
         signal.signal(signal.SIGINT, exit_interrupted)  # until a command starts (cli/errors.handle_errors)
         from .commands import app

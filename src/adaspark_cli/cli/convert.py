@@ -95,7 +95,8 @@ def convert(
                 bar.stage(f"decoding {video.name}")
                 decoded.append(decode_video(video, fps=fps, max_frames=max_frames, backend=decoder))
             bar.stage("loading the model")
-            loaded = load_video_qa(str(path), device=device, overrides=overrides)  # same block + overrides: `config`
+            with loading():  # transformers imports the model's modules now; nothing is written yet
+                loaded = load_video_qa(str(path), device=device, overrides=overrides)  # same block + overrides
             search = calibrate_per_layer if per_layer else calibrate
             result = search(loaded.qa, decoded, target_reduction=target_reduction, question=question, grid=values,
                             max_pixels=max_pixels, progress=bar.update)

@@ -141,7 +141,7 @@ def eval_command(
         if limit is not None:
             suite = type(suite)(suite.seed, suite.fps, suite.size, suite.items[:limit], root=suite.root)
         bar.stage("loading the model")
-        loaded = load_video_qa(model, device=device, overrides=overrides)
+        loaded = load_video_qa(model, device=device, overrides=overrides)  # not in loading(): tmp must be removed
         report = evaluate(loaded.qa, suite, max_pixels=max_pixels, max_new_tokens=max_new_tokens, decoder=decoder,
                           progress=lambda text, done, total: bar.update(f"answering {text}", done, total))
     report.model = str(loaded.path)

@@ -78,7 +78,8 @@ def profile(
         bar.stage(f"decoding {video.name}")
         decoded = decode_video(video, fps=fps, max_frames=max_frames, backend=decoder)
         bar.stage("loading the model")
-        loaded = load_video_qa(model, device=device, overrides=overrides, kernel=kernel)
+        with loading():  # transformers imports the model's modules now
+            loaded = load_video_qa(model, device=device, overrides=overrides, kernel=kernel)
         bar.stage("preparing the video")
         result = profile_prefill(
             loaded.qa, decoded, question, max_pixels=max_pixels, warmup=warmup, repeats=repeats,
