@@ -157,11 +157,16 @@ def test_sigint_at_any_moment_gives_one_line_and_130(env, clip, tiny_checkpoint)
 
 
 def test_ctrl_c_during_shutdown_keeps_the_exit_code(env):
-    # a Ctrl-C while atexit handlers run (torch's, worker threads) must neither print a traceback nor change the code
+    # a Ctrl-C while atexit handlers run (torch's) must neither print a traceback nor change the code; the
+    # handler is registered as a library's would be, while main imports it
     code = textwrap.dedent(
         """
         import atexit, os, signal, sys, time
-        atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))
+        class RegisterAtImport:
+            def find_spec(self, name, path=None, target=None):
+                if name == "typer":
+                    atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))
+        sys.meta_path.insert(0, RegisterAtImport())
         sys.argv = ["adaspark", "--version"]
         from adaspark_cli.cli.app import main
         main()

@@ -3,7 +3,8 @@
 - a bad flag value or combination (UsageError, or a library error raised inside `usage()`): exit 2, as
   Click's own usage errors;
 - a library error (AdasparkError: the video, the model, the disk): exit 1;
-- Ctrl-C: "interrupted", exit 130;
+- Ctrl-C: "interrupted", exit 130; once the work is done and cannot be undone (mark_complete: convert's
+  OUT in place), the command's note and exit 0;
 - stdout that cannot be written: its reader went away (EPIPE, e.g. `| head -c1`): no message, exit 141,
   what a shell reports for a program killed by SIGPIPE; any other write error (a full disk): one line
   naming stdout, exit 1;
