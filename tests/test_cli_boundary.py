@@ -91,6 +91,12 @@ def test_questions_naming_a_video_are_still_questions(runner, clip, tiny_checkpo
                                                                             "is it like a.mp4 or b.webm"]
 
 
+@pytest.mark.parametrize("command", ["ask", "profile"])
+def test_a_url_is_refused_as_such(runner, command):
+    err = one_line_error(invoke(runner, command, "https://example.com/clip.mp4", "q?"), 2)
+    assert "URLs are not supported" in err and "curl" in err
+
+
 def test_profile_refuses_an_empty_question(runner, clip):
     assert "QUESTION is empty" in one_line_error(invoke(runner, "profile", clip, "  "), 2)
 

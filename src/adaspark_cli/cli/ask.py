@@ -54,6 +54,7 @@ def ask(
 
         adaspark ask clip.mp4 "Summarize." --dense --json
     """
+    opt.check_video_path(video)
     questions = opt.check_questions(list(questions or []), "ask")
     if not questions and not interactive:
         raise UsageError("no question given; add one after the video, e.g. adaspark ask clip.mp4 \"What happens?\", "

@@ -69,6 +69,8 @@ def convert(
         raise UsageError("--target-reduction chooses the top-p values; drop --top-p/--attn-top-p/--ffn-top-p")
     if per_layer and target_reduction is None:
         raise UsageError("--per-layer is a calibration method; add --target-reduction and --calibrate VIDEO")
+    for video in videos:
+        opt.check_video_path(video, "--calibrate")
     question = opt.check_question(question, "--question")
     opt.check_sampling(fps, max_frames)
     opt.check_choices(decoder=decoder, device=device)

@@ -20,6 +20,8 @@ VIDEO_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .flv .wmv .3gp .ogv .gif".split()
 )
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# A URL given as a path: the Path argument has already folded "https://" to "https:/"
+_URL = re.compile(r"[a-z][a-z0-9+.-]+:/", re.IGNORECASE)
 
 MODEL = typer.Option(
     None, "--model", "-m", help="Qwen2.5-VL checkpoint: a local directory or a Hugging Face hub id (cache and "
@@ -128,6 +130,13 @@ def check_max_pixels(max_pixels: int) -> None:
     if max_pixels < MIN_PIXELS:
         raise UsageError(f"--max-pixels {max_pixels} is below the minimum {MIN_PIXELS} (2x2 tokens of 28x28 px); "
                          f"e.g. --max-pixels {DEFAULT_MAX_PIXELS}")
+
+
+def check_video_path(path: Path, where: str = "VIDEO") -> None:
+    """A local file is wanted: a URL is refused with the fix."""
+    if _URL.match(str(path)):
+        raise UsageError(f"{where} must be a local file; URLs are not supported: download it first, e.g. "
+                         "curl -L -o clip.mp4 URL")
 
 
 def check_question(question: str, where: str = "QUESTION") -> str:

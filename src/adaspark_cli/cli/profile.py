@@ -58,6 +58,7 @@ def profile(
 
         adaspark profile clip.mp4 --model ./qwen2.5-vl-7b-adaspark --repeats 10 --json > profile.json
     """
+    opt.check_video_path(video)
     question = opt.check_questions([question], "profile")[0]
     opt.check_sampling(fps, max_frames)
     opt.check_choices(decoder=decoder, kernel=kernel, device=device)
