@@ -472,27 +472,28 @@ def test_convert_cli_plain_prints_out(runner, tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args,fragment",
+    "args,fragment,code",
     [
-        pytest.param(["{tmp}/missing", "{tmp}/out"], "does not exist", id="src-missing"),
-        pytest.param(["{ck}", "{tmp}/exists"], "already exists; pass --force", id="out-exists"),
-        pytest.param(["{ck}", "{tmp}/out", "--target-reduction", "0.5"], "go together", id="target-without-videos"),
-        pytest.param(["{ck}", "{tmp}/out", "--calibrate", "{tmp}/v.mp4"], "go together", id="videos-without-target"),
+        pytest.param(["{tmp}/missing", "{tmp}/out"], "does not exist", 1, id="src-missing"),
+        pytest.param(["{ck}", "{tmp}/exists"], "already exists; pass --force", 1, id="out-exists"),
+        pytest.param(["{ck}", "{tmp}/out", "--target-reduction", "0.5"], "go together", 2, id="target-without-videos"),
+        pytest.param(["{ck}", "{tmp}/out", "--calibrate", "{tmp}/v.mp4"], "go together", 2, id="videos-without-target"),
         pytest.param(["{ck}", "{tmp}/out", "--target-reduction", "0.5", "--calibrate", "{tmp}/v.mp4", "--top-p", "0.5"],
-                     "chooses the top-p values", id="target-and-top-p"),
+                     "chooses the top-p values", 2, id="target-and-top-p"),
         pytest.param(["{ck}", "{tmp}/out", "--target-reduction", "0.5", "--calibrate", "{tmp}/v.mp4", "--grid", "x"],
-                     "--grid", id="bad-grid"),
-        pytest.param(["{ck}", "{tmp}/out", "--attn-top-p", "2"], "attn-top-p", id="bad-top-p"),
-        pytest.param(["{ck}", "{tmp}/out", "--per-layer"], "--per-layer is a calibration method", id="per-layer-alone"),
-        pytest.param(["{ck}", "{tmp}/out", "--layers", "0-9"], "past the model's 2 layers", id="layers-past-model"),
-        pytest.param(["nobody/not-a-model", "{tmp}/out"], "not in the Hugging Face cache", id="uncached-hub-id"),
+                     "--grid", 2, id="bad-grid"),
+        pytest.param(["{ck}", "{tmp}/out", "--attn-top-p", "2"], "attn-top-p", 2, id="bad-top-p"),
+        pytest.param(["{ck}", "{tmp}/out", "--per-layer"], "--per-layer is a calibration method", 2, id="per-layer-alone"),
+        pytest.param(["{ck}", "{tmp}/out", "--layers", "0-9"], "past the model's 2 layers", 1, id="layers-past-model"),
+        pytest.param(["nobody/not-a-model", "{tmp}/out"], "not in the Hugging Face cache", 1, id="uncached-hub-id"),
+        pytest.param(["{ck}", "{tmp}/out", "--question", "  "], "--question is empty", 2, id="empty-question"),
     ],
 )
-def test_convert_cli_errors_are_one_line(runner, tiny_checkpoint, tmp_path, args, fragment):
+def test_convert_cli_errors_are_one_line(runner, tiny_checkpoint, tmp_path, args, fragment, code):
     (tmp_path / "exists").mkdir()
     args = [a.format(tmp=tmp_path, ck=tiny_checkpoint) for a in args]
     res = convert_cli(runner, *args)
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == code, res.output
     err = res.stderr.strip()
     assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
     assert fragment in err and res.stdout == ""

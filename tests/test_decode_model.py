@@ -118,4 +118,4 @@ def test_ask_decode_top_p_flag(runner, clip, tiny_checkpoint):
     decode = json.loads(res.stdout)["decode"]
     assert decode["sparse"] and decode["top_p"] == 0.3 and decode["cubes_attended_mean"] <= decode["cubes_total"]
     bad = runner.invoke(app, [*args, "--decode-top-p", "1.5"])
-    assert bad.exit_code == 1 and "--decode-top-p" in bad.stderr
+    assert bad.exit_code == 2 and "--decode-top-p" in bad.stderr

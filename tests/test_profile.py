@@ -161,29 +161,36 @@ def test_profile_cli_json_and_plot(runner, clip, tiny_checkpoint, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_profile_cli_tables_on_stderr(runner, clip, tiny_checkpoint):
+def test_profile_cli_tables_are_the_output(runner, clip, tiny_checkpoint):
+    # without --json the report is the command's output: stdout; -q hides only notes and progress
     res = profile_cli(runner, clip, "--model", tiny_checkpoint, "--cube", "1x2x2", "--fps", "2", "-q")
     assert res.exit_code == 0, res.output
-    assert "density" in res.stderr and "prefill FLOPs" in res.stderr and "CPU time" in res.stderr
-    assert res.stdout == ""
+    assert "density" in res.stdout and "prefill FLOPs" in res.stdout and "CPU time" in res.stdout
+    assert res.stderr == ""
+
+
+def test_profile_cli_quiet_json_is_only_json(runner, clip, tiny_checkpoint):
+    res = profile_cli(runner, clip, "--model", tiny_checkpoint, "--cube", "1x2x2", "--fps", "2", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["frames"] == 4 and res.stderr == ""
 
 
 @pytest.mark.parametrize(
-    "args,fragment",
+    "args,fragment,code",
     [
-        pytest.param(["--plot", "{tmp}/p.txt"], "use a .png, .svg or .pdf", id="plot-suffix"),
-        pytest.param(["--plot", "{tmp}/no/such/dir/p.png"], "does not exist", id="plot-folder"),
-        pytest.param(["--repeats", "0"], "--repeats must be at least 1", id="repeats-zero"),
-        pytest.param(["--heatmap-layer", "7"], "not a layer of this model", id="heatmap-layer"),
-        pytest.param(["--top-p", "0"], "top-p", id="top-p-zero"),
-        pytest.param(["--model", "{tmp}/missing"], "does not exist", id="missing-model"),
+        pytest.param(["--plot", "{tmp}/p.txt"], "use a .png, .svg or .pdf", 1, id="plot-suffix"),
+        pytest.param(["--plot", "{tmp}/no/such/dir/p.png"], "does not exist", 1, id="plot-folder"),
+        pytest.param(["--repeats", "0"], "--repeats must be at least 1", 2, id="repeats-zero"),
+        pytest.param(["--heatmap-layer", "7"], "not a layer of this model", 1, id="heatmap-layer"),
+        pytest.param(["--top-p", "0"], "top-p", 2, id="top-p-zero"),
+        pytest.param(["--model", "{tmp}/missing"], "does not exist", 1, id="missing-model"),
     ],
 )
-def test_profile_cli_errors_are_one_line(runner, clip, tiny_checkpoint, tmp_path, args, fragment):
+def test_profile_cli_errors_are_one_line(runner, clip, tiny_checkpoint, tmp_path, args, fragment, code):
     args = [a.format(tmp=tmp_path) for a in args]
     model = [] if "--model" in args else ["--model", tiny_checkpoint]
     res = profile_cli(runner, clip, *model, "--fps", "2", *args)
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == code, res.output
     err = res.stderr.strip()
     assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
     assert fragment in err and res.stdout == ""

@@ -15,6 +15,9 @@ from .errors import ConfigError
 
 FORMAT_VERSION = 1
 CONFIG_KEY = "adaspark"
+# A cube side of 64 tokens spans 128 frames in time or 1792 px in space, more than a frame has at any
+# usual --max-pixels: a larger side only makes the cubes the whole video, i.e. attention dense.
+MAX_CUBE_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,16 @@ class AdaSparkConfig:
         return cls(**kwargs)
 
 
-def validate_cube(cube: tuple[int, ...]) -> None:
+def validate_cube(cube: tuple[int, ...], name: str = "cube") -> None:
+    """Three integers in 1..MAX_CUBE_SIDE; `name` (the flag or key) starts the message."""
     if len(cube) != 3 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in cube):
-        raise ConfigError(f"cube: expected three positive integers TxHxW, got {cube!r}; e.g. --cube 2x8x8")
+        shown = "x".join(map(str, cube)) if all(isinstance(v, int) for v in cube) else repr(cube)
+        raise ConfigError(f"{name} {shown}: expected three positive integers TxHxW, e.g. --cube 2x8x8")
+    if max(cube) > MAX_CUBE_SIDE:
+        raise ConfigError(
+            f"{name} {'x'.join(map(str, cube))}: each side must be at most {MAX_CUBE_SIDE} tokens ({2 * MAX_CUBE_SIDE} "
+            f"frames in time, {28 * MAX_CUBE_SIDE} px in space); e.g. --cube 2x8x8"
+        )
 
 
 def validate_top_p(name: str, value: float) -> None:
@@ -181,18 +191,18 @@ def _parse_layer_top_p(value: Any) -> tuple[tuple[int, float, float], ...]:
     return tuple(sorted(entries))
 
 
-def parse_cube(text: str) -> tuple[int, int, int]:
-    """'2x8x8' -> (2, 8, 8)."""
+def parse_cube(text: str, name: str = "cube") -> tuple[int, int, int]:
+    """'2x8x8' -> (2, 8, 8); `name` (e.g. the flag) starts an error message."""
     parts = text.lower().replace("×", "x").split("x")
     try:
         values = tuple(int(p) for p in parts)
     except ValueError:
-        raise ConfigError(f"cube: cannot read {text!r}; expected TxHxW with positive integers, e.g. 2x8x8") from None
-    validate_cube(values)
+        raise ConfigError(f"{name}: cannot read {text!r}; expected TxHxW with positive integers, e.g. 2x8x8") from None
+    validate_cube(values, name)
     return values  # type: ignore[return-value]
 
 
-def parse_layers(text: str) -> tuple[int, ...] | None:
+def parse_layers(text: str, name: str = "layers") -> tuple[int, ...] | None:
     """'all' -> None; '0-3,8' -> (0, 1, 2, 3, 8)."""
     if text.strip().lower() == "all":
         return None
@@ -208,9 +218,9 @@ def parse_layers(text: str) -> tuple[int, ...] | None:
             else:
                 layers.append(int(part))
     except ValueError:
-        raise ConfigError(f"layers: cannot read {text!r}; expected 'all' or e.g. '0-3,8'") from None
+        raise ConfigError(f"{name}: cannot read {text!r}; expected 'all' or e.g. '0-3,8'") from None
     if any(i < 0 for i in layers):
-        raise ConfigError(f"layers: indices must be non-negative, got {text!r}")
+        raise ConfigError(f"{name}: indices must be non-negative, got {text!r}")
     return tuple(sorted(set(layers)))
 
 

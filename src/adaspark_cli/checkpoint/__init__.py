@@ -9,7 +9,7 @@ from .load import (
     resolve_model_path,
     verify_checkpoint,
 )
-from .convert import ConvertResult, check_convert_paths, convert_checkpoint, read_calibration
+from .convert import ConvertResult, check_convert_paths, convert_checkpoint, is_converted, read_calibration
 from .tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_checkpoint, build_tiny_processor, build_tiny_tokenizer
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "check_convert_paths",
     "convert_checkpoint",
     "default_dtype",
+    "is_converted",
     "load_model",
     "quiet_hf_output",
     "read_calibration",

@@ -4,7 +4,8 @@ The weights are never modified: the safetensors files (sharded like the source) 
 OUT is on the same filesystem as SRC, else copied. Processor, tokenizer and other side files are copied.
 The write is atomic: everything goes to a temporary directory beside OUT, which is renamed to OUT at
 the end; on any error or interrupt the temporary directory is removed, so OUT either is complete or was
-never touched. SRC is only read.
+never touched. SRC is only read. An interrupt can still land after the rename, so a caller that catches
+it asks `is_converted` whether OUT is complete.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ SPACE_MARGIN = 16 << 20  # bytes kept free beyond what the copy needs
 TMP_PREFIX = ".adaspark-tmp-"
 OLD_PREFIX = ".adaspark-old-"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_PERMISSION = (errno.EACCES, errno.EPERM)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,33 @@ def check_convert_paths(src: str | Path, out: str | Path, *, force: bool) -> tup
         raise CheckpointError(f"the folder {out.parent} for OUT does not exist; create it first")
     if os.path.lexists(out) and not force:
         raise CheckpointError(f"OUT {out} already exists; pass --force to replace it, or pick another OUT")
+    _check_writable(out)
     return path, out, weights
+
+
+def write_error(exc: OSError, out: Path) -> CheckpointError:
+    """The one-line error for an OSError while writing OUT: a full disk, a read-only filesystem and a
+    missing permission each have their own fix."""
+    where = out.parent
+    if exc.errno in _NO_SPACE:
+        return CheckpointError(f"ran out of disk space while writing {out} ({exc.strerror}); nothing was written; free "
+                               f"some space in {where} or pick an OUT on another disk")
+    if exc.errno == errno.EROFS:
+        return CheckpointError(f"cannot write {out}: {where} is on a read-only filesystem; nothing was written; pick "
+                               "an OUT on a writable disk")
+    if exc.errno in _NO_PERMISSION:
+        return CheckpointError(f"cannot write {out}: no permission to write in {where} ({exc.strerror}); nothing was "
+                               "written; pick an OUT in a folder you can write to")
+    return CheckpointError(f"could not write {out} ({exc.strerror or exc}); nothing was written")
+
+
+def _check_writable(out: Path) -> None:
+    """Create and remove an empty folder beside OUT, so that a read-only or foreign folder fails before any
+    long work (calibration), with the reason the system gives."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out.parent))
+    except OSError as exc:
+        raise write_error(exc, out) from None
 
 
 def _check_layers(config: AdaSparkConfig, config_json: dict[str, Any]) -> None:
@@ -108,7 +136,7 @@ def _check_layers(config: AdaSparkConfig, config_json: dict[str, Any]) -> None:
     if isinstance(n_layers, int) and config.sparse_layers and max(config.sparse_layers) >= n_layers:
         raise ConfigError(
             f"sparse layers {list(config.sparse_layers)} include an index past the model's {n_layers} layers; "
-            f"use indices 0-{n_layers - 1}"
+            f"use e.g. --layers 0-{n_layers - 1}"
         )
 
 
@@ -137,7 +165,7 @@ def _check_space(out_parent: Path, weights: list[Path], side: list[Path]) -> Non
     linkable = all(_same_device(w, out_parent) for w in weights)
     need = sum(f.stat().st_size for f in side) + (0 if linkable else sum(w.stat().st_size for w in weights))
     free = shutil.disk_usage(out_parent).free
-    if need + SPACE_MARGIN > free:
+    if need + SPACE_MARGIN > free:  # a read-only folder was refused before (_check_writable): this is space
         raise CheckpointError(
             f"not enough disk space in {out_parent}: the converted checkpoint needs {_human(need)} "
             f"({'weights linked' if linkable else 'weights copied: OUT is on another filesystem than SRC'}), "
@@ -179,12 +207,19 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
     try:
         os.rename(tmp, out)
     except BaseException:
-        os.rename(old, out)
+        if os.path.lexists(tmp):  # the rename did not happen: put the old OUT back
+            os.rename(old, out)
+        else:  # an interrupt landed just after the rename: OUT is the new one
+            _remove(old)
         raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        old.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 def convert_checkpoint(
@@ -211,7 +246,7 @@ def convert_checkpoint(
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}-", dir=out.parent))
     except OSError as exc:
-        raise CheckpointError(f"cannot create a folder in {out.parent} ({exc.strerror or exc}); check its permissions") from None
+        raise write_error(exc, out) from None
     linked = copied = 0
     written = 0
     try:
@@ -233,12 +268,7 @@ def convert_checkpoint(
         _install(tmp, out, force)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if exc.errno in _NO_SPACE:
-            raise CheckpointError(
-                f"ran out of disk space while writing {out} ({exc.strerror}); nothing was written; free some space "
-                "or pick an OUT on another disk"
-            ) from None
-        raise CheckpointError(f"could not write {out} ({exc.strerror or exc}); nothing was written") from None
+        raise write_error(exc, out) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -253,3 +283,24 @@ def convert_checkpoint(
         side_files=tuple(f.name for f in side),
         bytes_written=written,
     )
+
+
+def is_converted(src: str | Path, out: str | Path, config: AdaSparkConfig, calibration: dict[str, Any] | None) -> bool:
+    """Whether OUT holds what `convert_checkpoint(src, out, config, calibration=...)` writes: SRC's config.json
+    with this "adaspark" block, and SRC's weight and side files at their sizes. For a caller interrupted
+    around the final rename, which cannot otherwise tell whether it happened."""
+    try:
+        path = resolve_model_path(str(src))
+        out = Path(out).expanduser()
+        expected = read_config_json(path)
+        expected[CONFIG_KEY] = adaspark_block(config, calibration)
+        if not (out / CONFIG_NAME).is_file() or read_config_json(out) != expected:
+            return False
+        weights = verify_checkpoint(path)
+        files = [*weights, *_side_files(path, weights)]
+        if any(not (out / f.name).is_file() or (out / f.name).stat().st_size != f.stat().st_size for f in files):
+            return False
+        verify_checkpoint(out)
+    except (CheckpointError, ConfigError, OSError):
+        return False
+    return True

@@ -8,20 +8,17 @@ from pathlib import Path
 
 import typer
 
-from ..attention.kernels import check_kernel
-from ..errors import AdasparkError
-from ..qa import is_bundled_demo, load_video_qa
-from ..qa.session import check_max_pixels
-from ..video.stream import VideoStream, open_video
 from . import options as opt
-from .errors import handle_errors
+from .errors import UsageError, handle_errors, loading, print_error
 from .render import BUNDLED_MODEL_NOTE, err_console, layer_table, note, write_answer_piece, write_json
 
 
 @handle_errors
 def ask(
     video: Path = typer.Argument(..., metavar="VIDEO", help="Video file (mp4, webm, avi, mkv, ...).", show_default=False),
-    questions: list[str] = typer.Argument(None, metavar="QUESTION", help="One or more questions; each is answered in turn.", show_default=False),
+    questions: list[str] = typer.Argument(None, metavar="QUESTION", help="One or more questions about VIDEO "
+                                          f"(at most {opt.MAX_QUESTION_CHARS:,} characters each); each is answered "
+                                          "in turn.", show_default=False),
     model: str = opt.MODEL,
     dense: bool = opt.DENSE,
     cube: str = opt.CUBE,
@@ -57,16 +54,23 @@ def ask(
 
         adaspark ask clip.mp4 "Summarize." --dense --json
     """
-    questions = list(questions or [])
+    opt.check_video_path(video)
+    questions = opt.check_questions(list(questions or []), "ask")
     if not questions and not interactive:
-        raise AdasparkError("no question given; add one after the video, e.g. adaspark ask clip.mp4 \"What happens?\", or use --interactive")
-    if max_new_tokens < 1:
-        raise AdasparkError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    check_max_pixels(max_pixels)
-    check_kernel(kernel)
+        raise UsageError("no question given; add one after the video, e.g. adaspark ask clip.mp4 \"What happens?\", "
+                         "or use --interactive")
+    opt.check_at_least("--max-new-tokens", max_new_tokens, 1)
+    opt.check_sampling(fps, max_frames)
+    opt.check_choices(decoder=decoder, kernel=kernel, device=device)
+    opt.check_max_pixels(max_pixels)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers, decode_top_p)
-    source = open_video(video, fps=fps, max_frames=max_frames, decoder=decoder)  # a stream is decoded in prepare_video
-    loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense, kernel=kernel)
+
+    with loading():  # torch and transformers: only once the flags are good
+        from ..qa import is_bundled_demo, load_video_qa
+        from ..video.stream import VideoStream, open_video
+
+        source = open_video(video, fps=fps, max_frames=max_frames, decoder=decoder)  # decoded in prepare_video
+        loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense, kernel=kernel)
     if not quiet:
         if loaded.device.type == "cpu":
             note("running on the CPU (no CUDA GPU visible); long videos will be slow")
@@ -94,7 +98,7 @@ def ask(
             for _ in stream:
                 pass
         else:
-            if len(questions) > 1 or interactive:
+            if (len(questions) > 1 or interactive) and not quiet:
                 err_console.print(f"[bold]Q:[/] {question}", markup=True, highlight=False)
             for piece in stream:
                 write_answer_piece(piece)
@@ -107,7 +111,9 @@ def ask(
 
 
 def _questions(given: list[str], interactive: bool) -> Iterator[str]:
-    """The given questions, then (interactive) lines from stdin until an empty line or EOF."""
+    """The given questions, then (interactive) lines from stdin until an empty line or EOF.
+
+    A line that is not a question (too long, a video file name) is refused in one line and the next is read."""
     yield from given
     if not interactive:
         return
@@ -117,4 +123,7 @@ def _questions(given: list[str], interactive: bool) -> Iterator[str]:
         line = sys.stdin.readline()
         if not line.strip():
             return
-        yield line.strip()
+        try:
+            yield opt.check_questions([line], "ask")[0]
+        except UsageError as exc:
+            print_error(str(exc))

@@ -6,14 +6,10 @@ from pathlib import Path
 
 import typer
 
-from ..checkpoint import check_convert_paths, convert_checkpoint, read_config_json
-from ..config import AdaSparkConfig, config_from_checkpoint
-from ..errors import AdasparkError
-from ..qa import DEFAULT_GRID, DEFAULT_QUESTION, calibrate, calibrate_per_layer, load_video_qa, parse_grid
-from ..video import decode_video
 from . import options as opt
-from .errors import handle_errors
-from .render import ProgressBar, calibration_table, err_console, note, write_json
+from .defaults import DEFAULT_GRID, DEFAULT_QUESTION
+from .errors import UsageError, handle_errors, interrupted, loading, mark_complete, usage
+from .render import ProgressBar, calibration_table, err_console, note, write_json, write_line
 
 
 @handle_errors
@@ -31,7 +27,8 @@ def convert(
                                            "moving the logits least.", show_default=False),
     calibrate_videos: list[Path] = typer.Option(None, "--calibrate", help="Calibration video (repeat the flag for "
                                                 "several); needs --target-reduction.", show_default=False),
-    question: str = typer.Option(DEFAULT_QUESTION, "--question", help="Question whose logits calibration compares."),
+    question: str = typer.Option(DEFAULT_QUESTION, "--question", help="Question whose logits calibration compares "
+                                 f"(at most {opt.MAX_QUESTION_CHARS:,} characters)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Calibrate a top-p pair per layer (layers x grid^2 "
                                    "prefills per video) instead of one global pair (grid^2)."),
     grid: str = typer.Option(",".join(f"{g:g}" for g in DEFAULT_GRID), "--grid", help="Top-p values tried for both "
@@ -51,7 +48,8 @@ def convert(
     files are copied; config.json gains an "adaspark" block that ask and profile read. Options set the
     values directly, or --target-reduction with --calibrate chooses them (one global pair, or one per
     layer with --per-layer). The write is atomic: OUT appears complete or not at all, and SRC is never
-    written.
+    written. Exit code 0 means OUT is complete, also after a Ctrl-C that came too late to stop it (a
+    note says so); 130 means OUT was not written.
 
     Examples:
 
@@ -65,41 +63,66 @@ def convert(
     """
     videos = list(calibrate_videos or [])
     if (target_reduction is None) != (not videos):
-        raise AdasparkError("--target-reduction and --calibrate go together: give a target and at least one video, "
-                            "or neither and set the values with --attn-top-p/--ffn-top-p")
+        raise UsageError("--target-reduction and --calibrate go together: give a target and at least one video, "
+                         "or neither and set the values with --attn-top-p/--ffn-top-p")
     if target_reduction is not None and (top_p, attn_top_p, ffn_top_p) != (None, None, None):
-        raise AdasparkError("--target-reduction chooses the top-p values; drop --top-p/--attn-top-p/--ffn-top-p")
+        raise UsageError("--target-reduction chooses the top-p values; drop --top-p/--attn-top-p/--ffn-top-p")
     if per_layer and target_reduction is None:
-        raise AdasparkError("--per-layer is a calibration method; add --target-reduction and --calibrate VIDEO")
+        raise UsageError("--per-layer is a calibration method; add --target-reduction and --calibrate VIDEO")
+    for video in videos:
+        opt.check_video_path(video, "--calibrate")
+    question = opt.check_question(question, "--question")
+    opt.check_sampling(fps, max_frames)
+    opt.check_choices(decoder=decoder, device=device)
+    opt.check_max_pixels(max_pixels)
+    if target_reduction is not None and not 0.0 < target_reduction < 1.0:
+        raise UsageError(f"--target-reduction must be between 0 and 1 (0.57 = 57% fewer FLOPs), got {target_reduction:g}")
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
+
+    with loading():  # torch: only once the flags are good
+        from ..checkpoint import check_convert_paths, convert_checkpoint, is_converted, read_config_json
+        from ..config import AdaSparkConfig, config_from_checkpoint
+        from ..qa import calibrate, calibrate_per_layer, load_video_qa, parse_grid
+        from ..video import decode_video
+
+    with usage():
+        values = parse_grid(grid)
     path, out, _ = check_convert_paths(src, out, force=force)
     config = (config_from_checkpoint(read_config_json(path)) or AdaSparkConfig()).replace(**overrides)
     record = None
     if target_reduction is not None:
-        values = parse_grid(grid)
         with ProgressBar(enabled=not quiet) as bar:
             decoded = []
             for video in videos:
                 bar.stage(f"decoding {video.name}")
                 decoded.append(decode_video(video, fps=fps, max_frames=max_frames, backend=decoder))
             bar.stage("loading the model")
-            loaded = load_video_qa(str(path), device=device, overrides=overrides)  # same block + overrides: `config`
+            with loading():  # transformers imports the model's modules now; nothing is written yet
+                loaded = load_video_qa(str(path), device=device, overrides=overrides)  # same block + overrides
             search = calibrate_per_layer if per_layer else calibrate
             result = search(loaded.qa, decoded, target_reduction=target_reduction, question=question, grid=values,
                             max_pixels=max_pixels, progress=bar.update)
         config, record = result.config, result.record()
         if not quiet:
             err_console.print(calibration_table(record))
-    with ProgressBar(enabled=not quiet) as bar:
-        bar.stage(f"writing {out}")
-        converted = convert_checkpoint(path, out, config, force=force, calibration=record)
-    if json_out:
-        write_json(converted.to_json())
-    else:
-        typer.echo(str(converted.out))
-    if not quiet:
-        top_p_text = (f"attn top-p {config.attn_top_p}, ffn top-p {config.ffn_top_p}" if config.layer_top_p is None
-                      else "per-layer top-p")
-        note(f"wrote {converted.out}: {converted.linked} weight file(s) linked, {converted.copied} copied; adaspark "
-             f"cube {'x'.join(map(str, config.cube))}, {top_p_text}, "
-             f"layers {'all' if config.sparse_layers is None else list(config.sparse_layers)}")
+    existed = out.exists()
+    try:
+        with ProgressBar(enabled=not quiet) as bar:
+            bar.stage(f"writing {out}")
+            converted = convert_checkpoint(path, out, config, force=force, calibration=record)
+        mark_complete(f"interrupted, but {out} is complete")  # from here on a Ctrl-C exits 0
+        if json_out:
+            write_json(converted.to_json())
+        else:
+            write_line(str(converted.out))
+        if not quiet:
+            top_p_text = (f"attn top-p {config.attn_top_p}, ffn top-p {config.ffn_top_p}" if config.layer_top_p is None
+                          else "per-layer top-p")
+            note(f"wrote {converted.out}: {converted.linked} weight file(s) linked, {converted.copied} copied; "
+                 f"adaspark cube {'x'.join(map(str, config.cube))}, {top_p_text}, "
+                 f"layers {'all' if config.sparse_layers is None else list(config.sparse_layers)}")
+    except KeyboardInterrupt:
+        # the exit code must say whether OUT is complete, and the interrupt may have landed after the rename
+        if is_converted(path, out, config, record):
+            interrupted(f"interrupted, but {out} is complete", code=0)
+        interrupted(f"interrupted; {out} was not written" + (" (the existing one is unchanged)" if existed else ""))

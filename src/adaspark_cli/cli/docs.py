@@ -8,7 +8,8 @@ from __future__ import annotations
 import click
 import typer
 
-from .app import app
+from .commands import app
+from .options import MAX_QUESTION_CHARS
 
 JSON_KEYS = """\
 ## `ask --json`
@@ -30,9 +31,29 @@ One JSON object per question, one per line, on stdout. Keys (stable):
 """
 
 
+EXIT_CODES = """\
+## Exit codes and streams
+
+stdout carries answers, JSON (`--json`), `convert`'s OUT path, and the tables of `profile` and `eval`
+when they are the output (without `--json`). Notes, progress bars, `ask`'s per-layer tables and every
+error go to stderr; `-q` hides the notes, progress and the tables on stderr. Every error is one line.
+
+| code | meaning |
+|---|---|
+| 0 | done; for `convert`: OUT is complete (also after a Ctrl-C that came too late to stop it, with a note) |
+| 1 | an error of the input or the machine: the video, the model, the disk, stdout that cannot be written (e.g. `> /dev/full`, or closed with `>&-`) |
+| 2 | a usage error: a bad flag value or combination, a missing argument, an empty or too long question (at most {max_chars:,} characters), a second video given as a question, a URL as VIDEO |
+| 130 | interrupted (Ctrl-C at any moment, start-up included); for `convert`: OUT was not written |
+| 141 | stdout's reader went away (`\\| head -c1`): no message, as for a program killed by SIGPIPE |
+
+An unexpected failure is an adaspark bug: one `internal error:` line; `ADASPARK_DEBUG=1` shows the traceback.
+"""
+
+
 def _help(args: list[str]) -> str:
     command = typer.main.get_command(app)
-    with click.Context(command, info_name="adaspark", terminal_width=100, max_content_width=100) as ctx:
+    settings = {"terminal_width": 100, "max_content_width": 100, **command.context_settings}  # -h, --help
+    with click.Context(command, info_name="adaspark", **settings) as ctx:
         for name in args:
             sub = ctx.command.get_command(ctx, name)  # type: ignore[attr-defined]
             ctx = click.Context(sub, info_name=name, parent=ctx, terminal_width=100, max_content_width=100)
@@ -46,6 +67,7 @@ def render_cli_docs() -> str:
     parts.append("## adaspark\n\n```\n" + _help([]) + "\n```\n")
     for name in names:
         parts.append(f"## adaspark {name}\n\n```\n" + _help([name]) + "\n```\n")
+    parts.append(EXIT_CODES.format(max_chars=MAX_QUESTION_CHARS))
     parts.append(JSON_KEYS)
     return "\n".join(parts)
 

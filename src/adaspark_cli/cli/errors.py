@@ -1,56 +1,170 @@
-"""The CLI's one error boundary: library errors become one line on stderr and exit code 1."""
+"""The CLI's one error boundary: every failure of a command becomes one line on stderr and an exit code.
+
+- a bad flag value or combination (UsageError, or a library error raised inside `usage()`): exit 2, as
+  Click's own usage errors;
+- a library error (AdasparkError: the video, the model, the disk): exit 1;
+- Ctrl-C: "interrupted", exit 130; once the work is done and cannot be undone (mark_complete: convert's
+  OUT in place), the command's note and exit 0;
+- stdout that cannot be written: its reader went away (EPIPE, e.g. `| head -c1`): no message, exit 141,
+  what a shell reports for a program killed by SIGPIPE; any other write error (a full disk): one line
+  naming stdout, exit 1;
+- anything else is an adaspark bug: one line, with the traceback only when ADASPARK_DEBUG=1.
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
-import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.markup import escape
 
 from ..errors import AdasparkError
-from .render import err_console
+from .interrupt import EXIT_INTERRUPTED, exit_interrupted
+from .render import StdoutError, discard_stdout, end_partial_line, err_console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130
+EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
+
+DEBUG_ENV = "ADASPARK_DEBUG"
+
+
+class UsageError(AdasparkError):
+    """A flag value or combination is invalid; the message names the flag and a valid value."""
+
+
+@contextmanager
+def usage() -> Iterator[None]:
+    """Library errors raised inside this block come from checking a flag: they become usage errors (exit 2)."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except AdasparkError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@contextmanager
+def loading() -> Iterator[None]:
+    """Around importing torch, transformers and the library, and loading the model: a Ctrl-C ends the
+    process at once with one line and exit 130 (interrupt.exit_interrupted), since nothing needs cleaning
+    up and a KeyboardInterrupt inside their import code can turn into an unrelated error."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, exit_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _debug() -> bool:
-    return os.environ.get("ADASPARK_DEBUG", "") not in ("", "0") or hasattr(sys, "_called_from_test")
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def print_error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
+_complete: str | None = None  # set by mark_complete: the command's work is done
+
+
+def mark_complete(message: str) -> None:
+    """The command's work is done and cannot be undone (convert's OUT is in place): a Ctrl-C from now on
+    prints `message` and exits 0, here and in `main`, instead of 130."""
+    global _complete
+    _complete = message
+
+
+def complete_message() -> str | None:
+    return _complete
+
+
+_interrupt_reported = False  # interrupted() has printed its line
+
+
+def interrupt_reported() -> bool:
+    return _interrupt_reported
+
+
+def interrupted(message: str = "interrupted", code: int = EXIT_INTERRUPTED) -> NoReturn:
+    """One line on stderr and exit `code` (130 unless the work was already complete)."""
+    global _interrupt_reported
+    err_console.print(escape(message), style="yellow", soft_wrap=True)
+    _interrupt_reported = True
+    raise typer.Exit(code)
+
+
+def _stdout_message(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "cannot write to stdout: no space left on the disk or device it goes to; free some space or redirect it elsewhere"
+    if exc.errno == errno.EBADF:
+        return "cannot write to stdout: it is closed; redirect it to a file or /dev/null instead of closing it"
+    return f"cannot write to stdout: {exc.strerror or exc}; redirect it to a file or /dev/null"
+
+
+def _broken_pipe() -> NoReturn:
+    discard_stdout()  # nothing more reaches the reader; the final flush must not fail again
+    raise typer.Exit(EXIT_BROKEN_PIPE)
 
 
 def handle_errors(command: F) -> F:
-    """Wrap a command: AdasparkError -> 'error: ...' exit 1; Ctrl-C -> exit 130; others re-raise when debugging."""
+    """Wrap a command so that every failure is one line on stderr and an exit code (see the module docstring)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _complete, _interrupt_reported
+        _complete, _interrupt_reported = None, False
+        if signal.getsignal(signal.SIGINT) is exit_interrupted:  # set by main while the app loaded
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a Ctrl-C is a KeyboardInterrupt again
         try:
             return command(*args, **kwargs)
         except typer.Exit:
             raise
+        except StdoutError as exc:
+            if exc.error.errno == errno.EPIPE:
+                _broken_pipe()
+            discard_stdout()
+            print_error(_stdout_message(exc.error))
+            raise typer.Exit(EXIT_ERROR) from None
+        except BrokenPipeError:  # stderr's reader went away (2>&1 | head): nobody is left to tell
+            _broken_pipe()
+        except UsageError as exc:
+            print_error(str(exc))
+            raise typer.Exit(EXIT_USAGE) from None
         except AdasparkError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+            print_error(str(exc))
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            err_console.print("interrupted", style="yellow")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            _end_partial_line()
+            if _complete is not None:
+                interrupted(_complete, code=0)
+            interrupted()
         except Exception as exc:  # an adaspark bug: one line unless debugging
             if _debug():
                 raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
             err_console.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc).splitlines()[0]) if str(exc) else ''} "
-                "(set ADASPARK_DEBUG=1 for the traceback and please report it)",
-                markup=True,
-                highlight=False,
-                soft_wrap=True,
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(first)} (set {DEBUG_ENV}=1 for the "
+                "traceback and please report it)", markup=True, highlight=False, soft_wrap=True,
             )
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _end_partial_line() -> None:
+    try:
+        end_partial_line()
+    except StdoutError:
+        discard_stdout()

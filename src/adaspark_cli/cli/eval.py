@@ -11,15 +11,10 @@ import typer
 from rich.table import Table
 
 from ..errors import AdasparkError
-from ..qa import load_video_qa
-from ..qa.eval import evaluate, plot_eval
-from ..qa.plot import check_plot_path
-from ..qa.session import check_max_pixels
-from ..synth.scene import MAX_FRAMES, MIN_FRAMES, TASKS
-from ..synth.suite import DEFAULT_DEPTHS, DEFAULT_LENGTHS, make_suite, read_suite, write_suite
 from . import options as opt
-from .errors import handle_errors
-from .render import ProgressBar, err_console, human_flops, write_json
+from .defaults import DEFAULT_DEPTHS, DEFAULT_LENGTHS, MAX_FRAMES, MIN_FRAMES, TASKS
+from .errors import UsageError, handle_errors, loading
+from .render import ProgressBar, err_console, human_flops, print_stdout, write_json
 
 DEFAULT_WRITERS = min(8, os.cpu_count() or 1)  # encoding is CPU-bound; more rarely pays
 
@@ -29,7 +24,7 @@ HELD_OUT_SEED = 1000
 def _split(text: str, flag: str) -> list[str]:
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
-        raise AdasparkError(f"{flag} is empty; give a comma-separated list")
+        raise UsageError(f"{flag} is empty; give a comma-separated list")
     return parts
 
 
@@ -39,7 +34,7 @@ def parse_tasks(text: str) -> tuple[str, ...]:
     tasks = _split(text, "--tasks")
     bad = [t for t in tasks if t not in TASKS]
     if bad:
-        raise AdasparkError(f"--tasks: unknown task {bad[0]!r}; use 'all' or some of {','.join(TASKS)}")
+        raise UsageError(f"--tasks: unknown task {bad[0]!r}; use 'all' or some of {','.join(TASKS)}")
     return tuple(dict.fromkeys(tasks))
 
 
@@ -47,7 +42,7 @@ def parse_lengths(text: str) -> tuple[int, ...]:
     out = []
     for p in _split(text, "--lengths"):
         if not p.isdigit() or not MIN_FRAMES <= int(p) <= MAX_FRAMES:
-            raise AdasparkError(f"--lengths: {p!r} is not a frame count in {MIN_FRAMES}..{MAX_FRAMES}; e.g. --lengths 16,64,256")
+            raise UsageError(f"--lengths: {p!r} is not a frame count in {MIN_FRAMES}..{MAX_FRAMES}; e.g. --lengths 16,64,256")
         out.append(int(p))
     return tuple(dict.fromkeys(out))
 
@@ -60,7 +55,7 @@ def parse_depths(text: str) -> tuple[float, ...]:
         except ValueError:
             d = -1.0
         if not 0.0 <= d <= 1.0:
-            raise AdasparkError(f"--depths: {p!r} is not a depth in [0, 1]; e.g. --depths 0.1,0.5,0.9")
+            raise UsageError(f"--depths: {p!r} is not a depth in [0, 1]; e.g. --depths 0.1,0.5,0.9")
         out.append(d)
     return tuple(dict.fromkeys(out))
 
@@ -95,8 +90,9 @@ def eval_command(
     plot: Path = typer.Option(None, "--plot", help="Write accuracy heatmaps over length x depth (dense beside "
                               "AdaSpark) and bars per task to this .png (.svg, .pdf); needs pip install "
                               "'adaspark-cli[plot]'.", show_default=False),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (tables go to stderr)."),
-    quiet: bool = opt.QUIET,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the tables "
+                                  "(they go to stderr)."),
+    quiet: bool = opt.REPORT_QUIET,
 ) -> None:
     """Evaluate dense and AdaSpark on the same synthetic long-video QA items, with the same weights.
 
@@ -112,19 +108,23 @@ def eval_command(
 
         adaspark eval heldout/ --top-p 0.8
     """
-    if max_new_tokens < 1:
-        raise AdasparkError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if limit is not None and limit < 1:
-        raise AdasparkError(f"--limit must be at least 1, got {limit}")
-    if per_cell < 1:
-        raise AdasparkError(f"--per-cell must be at least 1, got {per_cell}")
-    if workers < 1:
-        raise AdasparkError(f"--workers must be at least 1, got {workers}")
-    check_max_pixels(max_pixels)
+    opt.check_at_least("--max-new-tokens", max_new_tokens, 1)
+    opt.check_at_least("--limit", limit, 1)
+    opt.check_at_least("--per-cell", per_cell, 1)
+    opt.check_at_least("--workers", workers, 1)
+    opt.check_choices(decoder=decoder, device=device)
+    opt.check_max_pixels(max_pixels)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
+    grid = (parse_tasks(tasks), parse_lengths(lengths), parse_depths(depths)) if suite_path is None else None
+
+    with loading():  # torch: only once the flags are good
+        from ..qa import load_video_qa
+        from ..qa.eval import evaluate, plot_eval
+        from ..qa.plot import check_plot_path
+        from ..synth.suite import make_suite, read_suite, write_suite
+
     if plot is not None:
         plot = check_plot_path(plot)
-    grid = (parse_tasks(tasks), parse_lengths(lengths), parse_depths(depths)) if suite_path is None else None
     with tempfile.TemporaryDirectory(prefix="adaspark-suite-") as tmp, ProgressBar(enabled=not quiet) as bar:
         if suite_path is not None:
             try:
@@ -141,7 +141,7 @@ def eval_command(
         if limit is not None:
             suite = type(suite)(suite.seed, suite.fps, suite.size, suite.items[:limit], root=suite.root)
         bar.stage("loading the model")
-        loaded = load_video_qa(model, device=device, overrides=overrides)
+        loaded = load_video_qa(model, device=device, overrides=overrides)  # not in loading(): tmp must be removed
         report = evaluate(loaded.qa, suite, max_pixels=max_pixels, max_new_tokens=max_new_tokens, decoder=decoder,
                           progress=lambda text, done, total: bar.update(f"answering {text}", done, total))
     report.model = str(loaded.path)
@@ -150,11 +150,15 @@ def eval_command(
         data["suite"]["path"] = None  # it was a temporary folder
     if plot is not None:
         plot_eval(data, plot)
+    tables = eval_tables(data)
     if json_out:
         write_json(data)
-    if not quiet or not json_out:  # tables go to stderr (stdout is for JSON); -q hides them only with --json
-        for table in eval_tables(data):
-            err_console.print(table)
+        if not quiet:  # the JSON is the output: the tables are notes beside it
+            for table in tables:
+                err_console.print(table)
+    else:  # the tables are the output
+        for table in tables:
+            print_stdout(table)
 
 
 def _pct(x: float) -> str:

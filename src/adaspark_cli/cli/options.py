@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import math
+import re
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from ..config import parse_cube, parse_layers, validate_top_p
-from ..qa import DEFAULT_MAX_PIXELS
+from ..config import MAX_CUBE_SIDE, parse_cube, parse_layers, validate_top_p
+from .defaults import DECODERS, DEFAULT_MAX_PIXELS, KERNELS, MIN_PIXELS
+from .errors import UsageError, usage
+
+# A question is prefilled densely after the video, its KV cache copied per question: 100,000 characters
+# took 1:41 and 6.4 GB with the bundled model on a 2-core CPU. 10,000 characters is roughly 2,500 tokens.
+MAX_QUESTION_CHARS = 10_000
+VIDEO_SUFFIXES = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .flv .wmv .3gp .ogv .gif".split()
+)
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# A URL given as a path: the Path argument has already folded "https://" to "https:/"
+_URL = re.compile(r"[a-z][a-z0-9+.-]+:/", re.IGNORECASE)
 
 MODEL = typer.Option(
     None, "--model", "-m", help="Qwen2.5-VL checkpoint: a local directory or a Hugging Face hub id (cache and "
@@ -16,7 +30,7 @@ MODEL = typer.Option(
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 DENSE = typer.Option(False, "--dense", help="Run the unmodified dense model (same weights, no sparsity).")
 CUBE = typer.Option(None, "--cube", help="Cube size TxHxW in language-model tokens (1 token = 2 frames x 28x28 px). "
-                    "Default: the checkpoint's, else 2x8x8.", show_default=False)
+                    f"Each side at most {MAX_CUBE_SIDE}. Default: the checkpoint's, else 2x8x8.", show_default=False)
 TOP_P = typer.Option(None, "--top-p", help="Set both --attn-top-p and --ffn-top-p (0 < p <= 1; 1 = dense).", show_default=False)
 ATTN_TOP_P = typer.Option(None, "--attn-top-p", help="Mass of cube relevance each video query attends. Default: "
                           "the checkpoint's, else 0.9.", show_default=False)
@@ -43,7 +57,9 @@ KERNEL = typer.Option("auto", "--kernel", help="Sparse attention kernel: auto (o
                       "installed, else FlexAttention; on the CPU the gathered block kernel; all select per 128-token "
                       "query tile), reference (the exact per-token method), gathered, flex or fa4.")
 JSON = typer.Option(False, "--json", help="Print one JSON object per question on stdout instead of the streamed answer.")
-QUIET = typer.Option(False, "--quiet", "-q", help="No notes or tables on stderr.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No notes, progress or tables on stderr.")
+REPORT_QUIET = typer.Option(False, "--quiet", "-q", help="No notes or progress on stderr; with --json, no tables "
+                            "there either (without --json the tables are the output, on stdout).")
 
 
 def sparsity_overrides(
@@ -54,7 +70,19 @@ def sparsity_overrides(
     layers: str | None,
     decode_top_p: float | None = None,
 ) -> dict[str, Any]:
-    """The given flags as AdaSparkConfig field overrides; raises ConfigError on bad values."""
+    """The given flags as AdaSparkConfig field overrides; raises UsageError on bad values."""
+    with usage():
+        return _overrides(cube, top_p, attn_top_p, ffn_top_p, layers, decode_top_p)
+
+
+def _overrides(
+    cube: str | None,
+    top_p: float | None,
+    attn_top_p: float | None,
+    ffn_top_p: float | None,
+    layers: str | None,
+    decode_top_p: float | None,
+) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for flag, value, fields in (
         ("--top-p", top_p, ("attn_top_p", "ffn_top_p")),
@@ -69,7 +97,73 @@ def sparsity_overrides(
         validate_top_p("--decode-top-p", decode_top_p)
         overrides["decode_top_p"] = decode_top_p
     if cube is not None:
-        overrides["cube"] = parse_cube(cube)
+        overrides["cube"] = parse_cube(cube, name="--cube")
     if layers is not None:
-        overrides["sparse_layers"] = parse_layers(layers)
+        overrides["sparse_layers"] = parse_layers(layers, name="--layers")
     return overrides
+
+
+def check_at_least(flag: str, value: int | None, minimum: int) -> None:
+    if value is not None and value < minimum:
+        raise UsageError(f"{flag} must be at least {minimum}, got {value}")
+
+
+def check_sampling(fps: float, max_frames: int) -> None:
+    """--fps and --max-frames, checked before the video is opened."""
+    if not math.isfinite(fps) or fps <= 0:
+        raise UsageError(f"--fps must be a number > 0, got {fps:g}; e.g. --fps 2")
+    if max_frames < 1:
+        raise UsageError(f"--max-frames must be at least 1, got {max_frames}; e.g. --max-frames 256")
+
+
+def check_choices(decoder: str | None = None, kernel: str | None = None, device: str | None = None) -> None:
+    """--decoder, --kernel and --device against their choices."""
+    if decoder is not None and decoder not in DECODERS:
+        raise UsageError(f"--decoder {decoder!r} is not a decoder; use --decoder {', '.join(DECODERS)}")
+    if kernel is not None and kernel not in KERNELS:
+        raise UsageError(f"--kernel {kernel!r} is not a kernel; use --kernel {', '.join(KERNELS)}")
+    if device is not None and not _DEVICE.fullmatch(device):
+        raise UsageError(f"--device {device!r} is not a device; use --device auto, cpu, cuda or cuda:N")
+
+
+def check_max_pixels(max_pixels: int) -> None:
+    if max_pixels < MIN_PIXELS:
+        raise UsageError(f"--max-pixels {max_pixels} is below the minimum {MIN_PIXELS} (2x2 tokens of 28x28 px); "
+                         f"e.g. --max-pixels {DEFAULT_MAX_PIXELS}")
+
+
+def check_video_path(path: Path, where: str = "VIDEO") -> None:
+    """A local file is wanted: a URL is refused with the fix."""
+    if _URL.match(str(path)):
+        raise UsageError(f"{where} must be a local file; URLs are not supported: download it first, e.g. "
+                         "curl -L -o clip.mp4 URL")
+
+
+def check_question(question: str, where: str = "QUESTION") -> str:
+    """The question stripped; empty, whitespace-only or longer than MAX_QUESTION_CHARS is a UsageError."""
+    text = question.strip()
+    if not text:
+        raise UsageError(f"{where} is empty; ask something, e.g. \"What happens in the video?\"")
+    if len(text) > MAX_QUESTION_CHARS:
+        raise UsageError(f"{where} has {len(text):,} characters; the limit is {MAX_QUESTION_CHARS:,}: shorten it")
+    return text
+
+
+def looks_like_video(text: str) -> bool:
+    """A video file name rather than a question: a video suffix, and the file exists or the text has no space."""
+    path = Path(text)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        return False
+    try:
+        return path.is_file() or not any(c.isspace() for c in text)
+    except OSError:  # a name too long for the filesystem is no file
+        return False
+
+
+def check_questions(questions: list[str], command: str) -> list[str]:
+    """Each question checked (check_question); a video file name among them is refused: one video per run."""
+    for question in questions:
+        if looks_like_video(question):
+            raise UsageError(f"{question!r} is a video file, not a question; {command} takes one VIDEO and then "
+                             f"questions: run adaspark {command} once per video")
+    return [check_question(q) for q in questions]

@@ -6,19 +6,19 @@ from pathlib import Path
 
 import typer
 
-from ..qa import DEFAULT_QUESTION, is_bundled_demo, load_video_qa, profile_prefill
-from ..qa.plot import check_plot_path, plot_profile
-from ..video import decode_video
-from ..attention.kernels import check_kernel
 from . import options as opt
-from .errors import handle_errors
-from .render import BUNDLED_MODEL_NOTE, ProgressBar, err_console, note, profile_summary, profile_tables, write_json
+from .defaults import DEFAULT_QUESTION
+from .errors import handle_errors, loading
+from .render import (
+    BUNDLED_MODEL_NOTE, ProgressBar, err_console, note, print_stdout, profile_summary, profile_tables, write_json,
+)
 
 
 @handle_errors
 def profile(
     video: Path = typer.Argument(..., metavar="VIDEO", help="Video file (mp4, webm, avi, mkv, ...).", show_default=False),
-    question: str = typer.Argument(DEFAULT_QUESTION, metavar="QUESTION", help="Question after the video; its logits are compared."),
+    question: str = typer.Argument(DEFAULT_QUESTION, metavar="QUESTION", help="Question after the video; its logits are "
+                                  f"compared (at most {opt.MAX_QUESTION_CHARS:,} characters)."),
     model: str = opt.MODEL,
     cube: str = opt.CUBE,
     top_p: float = opt.TOP_P,
@@ -39,8 +39,9 @@ def profile(
                                       "Default: the middle sparse layer.", show_default=False),
     plot: Path = typer.Option(None, "--plot", help="Write density/FFN-keep bars and the cube-selection heatmap to "
                               "this .png (.svg, .pdf); needs pip install 'adaspark-cli[plot]'.", show_default=False),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (tables go to stderr)."),
-    quiet: bool = opt.QUIET,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the tables "
+                                  "(they go to stderr)."),
+    quiet: bool = opt.REPORT_QUIET,
 ) -> None:
     """Profile one prefill of VIDEO + QUESTION, dense against AdaSpark, on the same model.
 
@@ -57,15 +58,29 @@ def profile(
 
         adaspark profile clip.mp4 --model ./qwen2.5-vl-7b-adaspark --repeats 10 --json > profile.json
     """
-    check_kernel(kernel)
+    opt.check_video_path(video)
+    question = opt.check_questions([question], "profile")[0]
+    opt.check_sampling(fps, max_frames)
+    opt.check_choices(decoder=decoder, kernel=kernel, device=device)
+    opt.check_max_pixels(max_pixels)
+    opt.check_at_least("--warmup", warmup, 1)
+    opt.check_at_least("--repeats", repeats, 1)
+    opt.check_at_least("--heatmap-layer", heatmap_layer, 0)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
+
+    with loading():  # torch: only once the flags are good
+        from ..qa import is_bundled_demo, load_video_qa, profile_prefill
+        from ..qa.plot import check_plot_path, plot_profile
+        from ..video import decode_video
+
     if plot is not None:
-        plot = check_plot_path(plot)
+        plot = check_plot_path(plot)  # before the long profile; a missing matplotlib is no usage error: exit 1
     with ProgressBar(enabled=not quiet) as bar:
         bar.stage(f"decoding {video.name}")
         decoded = decode_video(video, fps=fps, max_frames=max_frames, backend=decoder)
         bar.stage("loading the model")
-        loaded = load_video_qa(model, device=device, overrides=overrides, kernel=kernel)
+        with loading():  # transformers imports the model's modules now
+            loaded = load_video_qa(model, device=device, overrides=overrides, kernel=kernel)
         bar.stage("preparing the video")
         result = profile_prefill(
             loaded.qa, decoded, question, max_pixels=max_pixels, warmup=warmup, repeats=repeats,
@@ -75,15 +90,17 @@ def profile(
     report = result.to_json()
     if plot is not None:
         plot_profile(report, plot)
+    tables = [*profile_tables(report), profile_summary(report)]
     if json_out:
         write_json(report)
-    if not quiet or not json_out:  # tables go to stderr (stdout is for JSON); -q hides them only with --json
-        for table in profile_tables(report):
-            err_console.print(table)
-        err_console.print(profile_summary(report))
+        if not quiet:  # the JSON is the output: the tables are notes beside it
+            for table in tables:
+                err_console.print(table)
+    else:  # the tables are the output
+        for table in tables:
+            print_stdout(table)
     if not quiet:
         if loaded.bundled and not is_bundled_demo(video):
             note(BUNDLED_MODEL_NOTE)
         if plot is not None:
             note(f"wrote {plot}")
-

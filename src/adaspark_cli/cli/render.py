@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import sys
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-err_console = Console(stderr=True, highlight=False)
+class _Console(Console):
+    """A Rich console whose broken pipe reaches the error boundary (Rich itself would exit 1 on the spot)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more is written to that pipe
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+err_console = _Console(stderr=True, highlight=False)
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class StdoutError(Exception):
+    """Writing to stdout failed (`error`: the OSError); the error boundary turns it into an exit code."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def printable(text: str) -> str:
@@ -21,14 +39,57 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+_line_open = False  # stdout holds a partial line (an answer still streaming)
+
+
+def _write(text: str) -> None:
+    global _line_open
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:  # a closed pipe, a full disk: the boundary tells them apart
+        raise StdoutError(exc) from None
+    if text:
+        _line_open = not text.endswith("\n")
+
+
+def end_partial_line() -> None:
+    """End a partial answer line (after Ctrl-C), so that the shell prompt starts on its own line."""
+    if _line_open:
+        _write("\n")
+
+
 def write_answer_piece(text: str) -> None:
-    sys.stdout.write(printable(text))
-    sys.stdout.flush()
+    _write(printable(text))
 
 
 def write_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    _write(json.dumps(obj) + "\n")
+
+
+def write_line(text: str) -> None:
+    _write(text + "\n")
+
+
+def print_stdout(renderable: RenderableType) -> None:
+    """A table as the command's output, on stdout (at 100 columns when stdout is not a terminal)."""
+    console = _Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 100)
+    try:
+        console.print(renderable)
+        sys.stdout.flush()
+    except OSError as exc:
+        raise StdoutError(exc) from None
+
+
+def discard_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null, so that the interpreter's last flush of what is still
+    buffered cannot fail again (a closed pipe, a full disk) with an 'Exception ignored' message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # no real stdout (closed, or a test's capture)
+        pass
 
 
 BUNDLED_MODEL_NOTE = (

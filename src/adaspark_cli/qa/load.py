@@ -14,7 +14,7 @@ from ..attention.kernels import check_kernel
 from ..adapters.vision import fast_vision
 from ..checkpoint import load_model, read_config_json, resolve_model_path
 from ..config import AdaSparkConfig, config_from_checkpoint
-from ..errors import AdasparkError, CheckpointError
+from ..errors import AdasparkError, CheckpointError, ConfigError
 from .session import VideoQA
 
 BUNDLED_MODEL_NAME = "adaspark-synth-small"  # trained on synthetic scenes only (its model card)
@@ -63,6 +63,11 @@ def default_model() -> str:
     return str(path)
 
 
+def _named_env(exc: CheckpointError | ConfigError, name: str) -> CheckpointError | ConfigError:
+    """The same error, saying that the model came from $ADASPARK_MODEL."""
+    return type(exc)(f"${MODEL_ENV} is {name!r} (no --model given): {exc}; fix or unset {MODEL_ENV}, or pass --model")
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,12 +96,23 @@ def load_video_qa(
     block kernel on the CPU).
     """
     name = model or default_model()
-    path = resolve_model_path(name)
-    block = config_from_checkpoint(read_config_json(path))
+    from_env = model is None and bool(os.environ.get(MODEL_ENV))  # the user may not remember setting it
+    try:
+        path = resolve_model_path(name)
+        block = config_from_checkpoint(read_config_json(path))
+    except (CheckpointError, ConfigError) as exc:
+        if not from_env:
+            raise
+        raise _named_env(exc, name) from None
     config = (block or AdaSparkConfig()).replace(**(overrides or {}))
     check_kernel(kernel)
     dev = pick_device(device)
-    net, processor = load_model(name, device=dev)
+    try:
+        net, processor = load_model(name, device=dev)
+    except CheckpointError as exc:
+        if not from_env:
+            raise
+        raise _named_env(exc, name) from None
     state = sparsify(net, config, enabled=not dense, kernel=kernel)
     if dev.type == "cuda":
         fast_vision(net)  # one varlen attention call per vision block: 4.1x at 32K tokens on an H100

@@ -1,0 +1,19 @@
+"""Library defaults and choices that the help texts show and that flags are checked against early.
+
+They are copied here so that `adaspark --help`, `--version` and usage errors load neither torch nor
+numpy (qa/, adapters/, video/ and synth/ import them when loaded). tests/test_cli_startup.py checks
+that every value equals the library's.
+"""
+
+from __future__ import annotations
+
+DEFAULT_MAX_PIXELS = 448 * 448  # qa.session.DEFAULT_MAX_PIXELS
+MIN_PIXELS = 4 * 28 * 28  # qa.session.MIN_PIXELS
+DEFAULT_QUESTION = "Describe the video."  # qa.profile.DEFAULT_QUESTION
+DEFAULT_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3)  # qa.calibrate.DEFAULT_GRID
+KERNELS = ("auto", "reference", "gathered", "flex", "fa4")  # attention.kernels.KERNELS
+DECODERS = ("auto", "decord", "pyav")  # video.decode.BACKENDS
+TASKS = ("retrieval", "ordering", "counting", "motion")  # synth.scene.TASKS
+MIN_FRAMES, MAX_FRAMES = 16, 4096  # synth.scene.MIN_FRAMES, MAX_FRAMES
+DEFAULT_LENGTHS = (16, 64, 256, 1024)  # synth.suite.DEFAULT_LENGTHS
+DEFAULT_DEPTHS = (0.1, 0.5, 0.9)  # synth.suite.DEFAULT_DEPTHS
