@@ -14,8 +14,8 @@ JSON_KEYS = {
 }
 TIMING_KEYS = {"decode_s", "preprocess_s", "vision_s", "prefill_s", "first_token_s"}
 LAYER_KEYS = {
-    "layer", "sparse", "cubes_total", "cubes_attended_mean", "cubes_attended_min", "cubes_attended_max",
-    "attn_density", "ffn_kept", "ffn_total",
+    "layer", "sparse", "kernel", "dense_fallback", "cubes_total", "cubes_attended_mean", "cubes_attended_min",
+    "cubes_attended_max", "attn_density", "ffn_kept", "ffn_total",
 }
 
 
@@ -39,6 +39,8 @@ def test_ask_json_several_questions(runner, clip, tiny_checkpoint):
     assert len(lines) == 2
     first, second = (json.loads(line) for line in lines)
     assert set(first) == JSON_KEYS and set(first["layers"][0]) == LAYER_KEYS
+    for row in first["layers"]:  # the CPU default: the gathered kernel, or dense where the selection came out near-dense
+        assert (row["kernel"], row["dense_fallback"]) in {("gathered", False), ("sdpa", True)}, row
     assert set(first["flops"]) == {"dense", "sparse", "reduction"}
     assert first["question"] == "what color?" and second["question"] == "how many?"
     assert first["mode"] == "adaspark" and first["frames"] == 8 and first["video_tokens"] == 4 * 4 * 4

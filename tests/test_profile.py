@@ -17,7 +17,7 @@ from adaspark_cli.video import DecodedVideo
 QUESTION = "what color was the star?"
 TOP_KEYS = {"question", "frames", "video_tokens", "cubes", "device", "dtype", "config", "layers", "flops", "time",
             "memory", "fidelity", "selection"}
-LAYER_KEYS = {"layer", "sparse", "cubes_total", "cubes_attended_mean", "cubes_attended_min", "cubes_attended_max",
+LAYER_KEYS = {"layer", "sparse", "kernel", "dense_fallback", "cubes_total", "cubes_attended_mean", "cubes_attended_min", "cubes_attended_max",
               "attn_density", "ffn_kept", "ffn_total", "flops", "attn_top_p", "ffn_top_p"}
 TIME_KEYS = {"dense_s", "sparse_s", "speedup", "clock", "warmup", "repeats", "dense_runs_s", "sparse_runs_s"}
 FIDELITY_KEYS = {"kl", "kl_mean", "top1_agreement", "positions", "first_token_dense", "first_token_sparse"}

@@ -118,7 +118,7 @@ def layer_table(result: dict[str, Any]) -> Table:
         table.add_column(name, justify="right")
     for row in result["layers"]:
         table.add_row(
-            str(row["layer"]) + ("" if row["sparse"] else " (dense)"),
+            str(row["layer"]) + ("" if row["sparse"] else " (dense)") + (" (dense: near-dense selection)" if row.get("dense_fallback") else ""),
             f"{row['cubes_total']:.1f}",
             f"{row['cubes_attended_mean']:.1f} / {row['cubes_attended_min']} / {row['cubes_attended_max']}",
             f"{row['attn_density']:.1%}",

@@ -143,6 +143,10 @@ def layer_rows(stats: PrefillStats) -> list[dict[str, Any]]:
             {
                 "layer": idx,
                 "sparse": rec.sparse,
+                # the attention that ran: a sparse kernel, or "sdpa" (a dense layer, or a sparse layer whose
+                # selection came out near-dense: dense_fallback)
+                "kernel": rec.kernel or "sdpa",
+                "dense_fallback": rec.dense_fallback,
                 "cubes_total": a.cubes_total / n,
                 "cubes_attended_mean": a.cubes_attended / n,
                 "cubes_attended_min": a.cubes_attended_min or 0,
