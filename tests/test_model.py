@@ -241,3 +241,18 @@ def test_near_dense_layers_fall_back_to_dense_attention(loaded, monkeypatch):
     # every earlier tile, so it computes the dense attention too, the slow way
     assert all(r.kernel == "gathered" and not r.dense_fallback for r in sparse_stats.layers.values())
     torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=1e-4)
+
+
+def test_prefill_reports_progress_per_layer(loaded):
+    model, processor = loaded
+    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.5, ffn_top_p=0.5))
+    try:
+        qa = VideoQA(model, processor, state)
+        seen: list[tuple[int, int]] = []
+        qa.prefill_video(qa.prepare_video(synthetic_video(seed=4), max_pixels=168 * 112), progress=lambda d, t: seen.append((d, t)))
+        n = len(model.model.language_model.layers)
+        assert seen == [(i + 1, n) for i in range(n)]
+        qa.prefill_video(qa.prepare_video(synthetic_video(seed=4), max_pixels=168 * 112))  # hooks removed: no more calls
+        assert len(seen) == n
+    finally:
+        unsparsify(model)

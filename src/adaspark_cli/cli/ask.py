@@ -10,7 +10,7 @@ import typer
 
 from . import options as opt
 from .errors import UsageError, handle_errors, loading, print_error
-from .render import BUNDLED_MODEL_NOTE, err_console, layer_table, note, write_answer_piece, write_json
+from .render import BUNDLED_MODEL_NOTE, ProgressBar, err_console, layer_table, note, write_answer_piece, write_json
 
 
 @handle_errors
@@ -77,7 +77,9 @@ def ask(
         if loaded.bundled and not is_bundled_demo(video):
             note(BUNDLED_MODEL_NOTE)
     qa = loaded.qa
-    prompt = qa.prepare_video(source, max_pixels=max_pixels)
+    with ProgressBar(enabled=not quiet) as bar:  # on a terminal only: decoding and the vision tower take a while
+        bar.stage(f"{source.path.name}: decoding and the vision tower")
+        prompt = qa.prepare_video(source, max_pixels=max_pixels)
     if not quiet:
         for line in source.notes:  # the video reader's remarks: rotation applied, damaged frames skipped, ...
             note(line)
@@ -91,7 +93,9 @@ def ask(
         reader = f"{source.backend}, pipelined" if isinstance(source, VideoStream) else source.backend
         note(f"{source.path.name}: {prompt.frames} frames ({reader}, {source.duration:.1f} s video), "
              f"{prompt.video_tokens} video tokens in {prompt.layout.num_cubes} cubes; {mode}; prefilling...")
-    prefix = qa.prefill_video(prompt)
+    with ProgressBar(enabled=not quiet) as bar:
+        bar.stage("prefilling the video")
+        prefix = qa.prefill_video(prompt, progress=lambda done, total: bar.update("prefill: layer", done, total))
     for question in _questions(questions, interactive):
         stream = qa.answer(prefix, question, max_new_tokens=max_new_tokens)
         if json_out:

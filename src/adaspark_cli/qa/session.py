@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import inspect
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -475,14 +475,19 @@ class VideoQA:
         return out.logits[0] if all_logits else out.logits[0, -1]
 
     @torch.inference_mode()
-    def prefill_video(self, prompt: VideoPrompt) -> VideoPrefix:
-        """Prefill system prompt + video once; the cache is reused by every question."""
+    def prefill_video(self, prompt: VideoPrompt, *, progress: Callable[[int, int], None] | None = None) -> VideoPrefix:
+        """Prefill system prompt + video once; the cache is reused by every question.
+
+        progress(done, total) is called after each language-model layer (a long prefill on the CPU
+        takes many seconds)."""
         from transformers import DynamicCache
 
         stats = PrefillStats()
         cache = DynamicCache()
         vision: list[float] = []
         hooks = self._time_module(self.model.model.visual, vision)
+        if progress is not None:
+            hooks += self._layer_progress(progress)
         _sync(self.device)
         start = time.perf_counter()
         try:
@@ -495,6 +500,15 @@ class VideoQA:
         vision_seconds = sum(vision) + prompt.vision_seconds
         seconds = time.perf_counter() - start + prompt.vision_seconds
         return VideoPrefix(prompt=prompt, cache=cache, stats=stats, seconds=seconds, vision_seconds=vision_seconds)
+
+    def _layer_progress(self, progress: Callable[[int, int], None]) -> list[Any]:
+        """Forward hooks reporting each finished language-model layer to `progress(done, total)`."""
+        layers = self.model.model.language_model.layers
+
+        def reporter(done: int) -> Callable[..., None]:
+            return lambda *_: progress(done, len(layers))
+
+        return [layer.register_forward_hook(reporter(i + 1)) for i, layer in enumerate(layers)]
 
     def _time_module(self, module: torch.nn.Module, out: list[float]) -> list[Any]:
         """Hooks that append the wall time of each call of `module` (synchronised on CUDA) to `out`."""

@@ -29,9 +29,10 @@ from .scoring import cube_mean_keys, cube_probabilities, nucleus_mask
 from .triton_union import launch_union, triton_available
 
 # Scores of one chunk hold Hq x rows x candidate cubes values: 2**24 floats (64 MB in float32) for the
-# per-token reference; the per-block path uses 2**28 (512 MB in float16 on CUDA).
+# per-token reference and the exact per-block path (the CPU's: its float32 sort makes several copies);
+# the fused CUDA path uses 2**28 (512 MB in float16), since fewer, larger GEMMs pay there.
 TOKEN_SCORE_BUDGET = 1 << 24
-BLOCK_SCORE_BUDGET = 1 << 28
+BLOCK_SCORE_BUDGET = {"exact": 1 << 24, "triton": 1 << 28}
 _ALIGN = 64  # candidate columns are padded to this, so that the float16 GEMM output rows stay aligned
 METHODS = ("auto", "exact", "triton")
 
@@ -182,14 +183,15 @@ def block_structure(plan: BlockPlan, selection: Selection) -> tuple[torch.Tensor
 # per-block selection: exact and fused
 
 
-def _selection_chunks(plan: BlockPlan, hq: int) -> list[tuple[int, int, int]]:
-    """(start, end, candidate cubes) over plan.sel_blocks; candidates grow along the blocks."""
+def _selection_chunks(plan: BlockPlan, hq: int, budget: int) -> list[tuple[int, int, int]]:
+    """(start, end, candidate cubes) over plan.sel_blocks; candidates grow along the blocks, so a chunk
+    scores only the candidates its last block has."""
     chunks = []
     cands = plan.sel_cand_host
     i = 0
     while i < len(cands):
         j = i + 1
-        while j < len(cands) and (j + 1 - i) * plan.block * hq * cands[j] <= BLOCK_SCORE_BUDGET:
+        while j < len(cands) and (j + 1 - i) * plan.block * hq * cands[j] <= budget:
             j += 1
         chunks.append((i, j, max(cands[i:j])))
         i = j
@@ -204,7 +206,7 @@ def _select_exact(plan: BlockPlan, q_perm: torch.Tensor, mean_keys: torch.Tensor
     sel = torch.zeros(hkv, plan.sel_blocks.numel(), c, dtype=torch.bool, device=device)
     ar = torch.arange(c, device=device)
     q_valid = (plan.q_pos >= 0).view(-1, b)
-    for s0, s1, cc in _selection_chunks(plan, hq):
+    for s0, s1, cc in _selection_chunks(plan, hq, BLOCK_SCORE_BUDGET["exact"]):
         blocks = plan.sel_blocks[s0:s1]
         nb = s1 - s0
         tok = (blocks[:, None] * b + torch.arange(b, device=device)[None, :]).flatten()
@@ -240,7 +242,7 @@ def _select_triton(plan: BlockPlan, q_perm: torch.Tensor, mean_keys: torch.Tenso
     else:
         q16 = q_perm.index_select(1, tok).to(torch.float16)
     out = torch.zeros(hkv, ns, c_pad, dtype=torch.int32, device=device)
-    for s0, s1, cc in _selection_chunks(plan, hq):
+    for s0, s1, cc in _selection_chunks(plan, hq, BLOCK_SCORE_BUDGET["triton"]):
         ccp = -(-cc // _ALIGN) * _ALIGN
         logits = torch.bmm(q16[:, s0 * b : s1 * b], mk_t[:, :, :ccp])  # (Hq, n, ccp) float16
         launch_union(logits, cand[s0:s1], valid[s0 * b : s1 * b], out[:, s0:s1], top_p, group, b)
