@@ -14,7 +14,7 @@ from ..errors import AdasparkError
 from . import options as opt
 from .defaults import DEFAULT_DEPTHS, DEFAULT_LENGTHS, MAX_FRAMES, MIN_FRAMES, TASKS
 from .errors import UsageError, handle_errors, loading
-from .render import ProgressBar, err_console, human_flops, print_stdout, write_json
+from .render import ProgressBar, human_flops, write_report
 
 DEFAULT_WRITERS = min(8, os.cpu_count() or 1)  # encoding is CPU-bound; more rarely pays
 
@@ -150,15 +150,7 @@ def eval_command(
         data["suite"]["path"] = None  # it was a temporary folder
     if plot is not None:
         plot_eval(data, plot)
-    tables = eval_tables(data)
-    if json_out:
-        write_json(data)
-        if not quiet:  # the JSON is the output: the tables are notes beside it
-            for table in tables:
-                err_console.print(table)
-    else:  # the tables are the output
-        for table in tables:
-            print_stdout(table)
+    write_report(data, eval_tables(data), json_out=json_out, quiet=quiet)
 
 
 def _pct(x: float) -> str:

@@ -10,7 +10,7 @@ from . import options as opt
 from .defaults import DEFAULT_QUESTION
 from .errors import handle_errors, loading
 from .render import (
-    BUNDLED_MODEL_NOTE, ProgressBar, err_console, note, print_stdout, profile_summary, profile_tables, write_json,
+    BUNDLED_MODEL_NOTE, ProgressBar, note, profile_summary, profile_tables, write_report,
 )
 
 
@@ -90,15 +90,7 @@ def profile(
     report = result.to_json()
     if plot is not None:
         plot_profile(report, plot)
-    tables = [*profile_tables(report), profile_summary(report)]
-    if json_out:
-        write_json(report)
-        if not quiet:  # the JSON is the output: the tables are notes beside it
-            for table in tables:
-                err_console.print(table)
-    else:  # the tables are the output
-        for table in tables:
-            print_stdout(table)
+    write_report(report, [*profile_tables(report), profile_summary(report)], json_out=json_out, quiet=quiet)
     if not quiet:
         if loaded.bundled and not is_bundled_demo(video):
             note(BUNDLED_MODEL_NOTE)

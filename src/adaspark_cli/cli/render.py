@@ -71,6 +71,19 @@ def write_line(text: str) -> None:
     _write(text + "\n")
 
 
+def write_report(data: Any, tables: list[RenderableType], *, json_out: bool, quiet: bool) -> None:
+    """A report command's output: with --json the JSON on stdout and the tables as notes on stderr
+    (hidden by -q); otherwise the tables are the output, on stdout."""
+    if json_out:
+        write_json(data)
+        if not quiet:
+            for table in tables:
+                err_console.print(table)
+    else:
+        for table in tables:
+            print_stdout(table)
+
+
 def print_stdout(renderable: RenderableType) -> None:
     """A table as the command's output, on stdout (at 100 columns when stdout is not a terminal)."""
     console = _Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 100)
