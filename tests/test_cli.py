@@ -241,3 +241,11 @@ def test_version_and_help(runner):
     assert runner.invoke(app, ["--version"]).stdout.startswith("adaspark ")
     res = runner.invoke(app, ["ask", "--help"])
     assert res.exit_code == 0 and "Examples" in res.stdout and "--attn-top-p" in res.stdout
+
+
+@pytest.mark.parametrize("kernel", ["fa4", "flex"])
+def test_gpu_kernel_on_the_cpu_is_one_line(runner, clip, tiny_checkpoint, kernel):
+    res = ask(runner, clip, "q?", "--model", tiny_checkpoint, "--kernel", kernel)
+    assert res.exit_code == 1, res.output
+    err = res.stderr.strip().splitlines()[-1]
+    assert err == f"error: --kernel {kernel} needs a CUDA GPU; on the CPU use --kernel auto (gathered) or reference"

@@ -114,6 +114,7 @@ def load_video_qa(
             raise
         raise _named_env(exc, name) from None
     state = sparsify(net, config, enabled=not dense, kernel=kernel)
+    state.kernel_for(dev)  # --kernel fa4 / flex without what they need: say so now, not at the first prefill
     if dev.type == "cuda":
         fast_vision(net)  # one varlen attention call per vision block: 4.1x at 32K tokens on an H100
     return LoadedModel(
