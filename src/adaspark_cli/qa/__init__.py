@@ -1,5 +1,6 @@
 """Video question answering on top of the sparsified model: prefill once, answer many questions."""
 
+from .cache import SharedCache
 from .calibrate import (
     DEFAULT_GRID,
     Calibration,
@@ -10,6 +11,7 @@ from .calibrate import (
     calibrate_per_layer,
     parse_grid,
 )
+from .decode import DecodeOutcome, Sampling, StepHook, decode_tokens
 from .load import (
     BUNDLED_MODEL_NAME,
     LoadedModel,
@@ -32,17 +34,22 @@ __all__ = [
     "Calibration",
     "CalibrationPoint",
     "CubeSelection",
+    "DecodeOutcome",
     "Fidelity",
     "LayerCalibration",
     "LayerChoice",
     "LoadedModel",
     "ProfileResult",
+    "Sampling",
+    "SharedCache",
+    "StepHook",
     "VideoPrefix",
     "VideoPrompt",
     "VideoQA",
     "bundled_model_dir",
     "calibrate",
     "calibrate_per_layer",
+    "decode_tokens",
     "default_model",
     "is_bundled_demo",
     "layer_rows",
