@@ -15,7 +15,9 @@ which costs the same).
 1. Decode steps at each size in --sizes (video tokens; the context is the prefix + question + answer):
    per-step wall ms from the public `on_step` hook (synchronised, first --warmup steps dropped,
    median), and ms/token as `ask --json` reports it (decode_seconds / steps). Dense prefill (the decode
-   is dense either way). Eager only: the session has no CUDA-graph decode yet (issue 13, part 2).
+   is dense either way). Each step kind of the session (`VideoQA.decode_step`): "dynamic" (eager,
+   attention over the filled cache) and, on CUDA, "graph" (the fixed-shape step captured once per video
+   and replayed: what `ask` runs on a GPU); the --smoke run takes "static" (the same step, eager) instead.
 2. Three questions in a row at --ask-size, as `adaspark ask video q1 q2 q3` runs them (--mode:
    AdaSpark default settings, or dense): each question's time to first token (`timing.first_token_s`,
    the first including the video prefill) and its own prefill, decode ms/token, and peak device memory
@@ -145,27 +147,32 @@ def bench_size(qa: VideoQA, video_tokens: int, args: argparse.Namespace) -> dict
     with qa.state.override(enabled=False):
         prefix = qa.prefill_video(prompt)
     log(f"  prefilled {prompt.length} tokens in {prefix.seconds:.2f} s")
-    answer_steps(qa, prefix, QUESTIONS[0], min(args.tokens, 8))  # warm-up answer
-    steps, result = answer_steps(qa, prefix, QUESTIONS[0], args.tokens + args.warmup)
-    timed = steps[args.warmup :]
     length = prompt.length + len(qa.question_ids(QUESTIONS[0])) + args.tokens // 2  # the middle step's context
-    row = {
-        "video_tokens": prompt.video_tokens,
-        "context_tokens": length,
-        "step_ms_median": statistics.median(timed),
-        "step_ms_p10": sorted(timed)[len(timed) // 10],
-        "step_ms_p90": sorted(timed)[(9 * len(timed)) // 10],
-        "ask_ms_per_token": 1e3 * result["decode_seconds"] / max(1, result["generated_tokens"]),
-        "question_prefill_s": result["timing"]["prefill_s"],
-        "weight_gb": weight_bytes(qa) / 1e9,
-        "kv_gb": kv_bytes(prefix, length) / 1e9,
-        "cache_buffer_gb": prefix.cache.nbytes() / 1e9,
-        "mode": "eager",
-    }
-    row["effective_gbs"] = (row["weight_gb"] + row["kv_gb"]) / row["step_ms_median"] * 1e3
-    log(f"  eager decode: {row['step_ms_median']:.2f} ms/step (p10 {row['step_ms_p10']:.2f}, p90 {row['step_ms_p90']:.2f}); "
-        f"ask {row['ask_ms_per_token']:.2f} ms/token; {row['weight_gb']:.2f} GB weights + {row['kv_gb']:.2f} GB KV "
-        f"-> {row['effective_gbs']:.0f} GB/s")
+    row: dict[str, Any] = {"video_tokens": prompt.video_tokens, "context_tokens": length, "weight_gb": weight_bytes(qa) / 1e9,
+                           "kv_gb": kv_bytes(prefix, length) / 1e9, "cache_buffer_gb": prefix.cache.nbytes() / 1e9, "steps": {}}
+    kinds = ["dynamic", "graph" if qa.device.type == "cuda" else "static"]
+    answers = {}
+    for kind in kinds:
+        qa.decode_step = kind
+        try:
+            answer_steps(qa, prefix, QUESTIONS[0], min(args.tokens, 8))  # warm-up answer (captures the graph)
+            steps, result = answer_steps(qa, prefix, QUESTIONS[0], args.tokens + args.warmup)
+        finally:
+            del qa.decode_step
+        timed = sorted(steps[args.warmup :])
+        r = {"step_ms_median": statistics.median(timed), "step_ms_p10": timed[len(timed) // 10],
+             "step_ms_p90": timed[(9 * len(timed)) // 10],
+             "ask_ms_per_token": 1e3 * result["decode_seconds"] / max(1, result["generated_tokens"]),
+             "cuda_graph": result["decode"]["cuda_graph"], "note": result["decode"].get("note")}
+        r["effective_gbs"] = (row["weight_gb"] + row["kv_gb"]) / r["step_ms_median"] * 1e3
+        row["steps"][kind] = r
+        answers[kind] = result["answer"]
+        log(f"  {kind}: {r['step_ms_median']:.2f} ms/step (p10 {r['step_ms_p10']:.2f}, p90 {r['step_ms_p90']:.2f}); "
+            f"ask {r['ask_ms_per_token']:.2f} ms/token; {row['weight_gb']:.2f} GB weights + {row['kv_gb']:.2f} GB KV "
+            f"-> {r['effective_gbs']:.0f} GB/s" + (f"; {r['note']}" if r["note"] else ""))
+    row["same_answers"] = len(set(answers.values())) == 1  # greedy: the step kinds must agree token for token
+    if not row["same_answers"]:
+        log(f"  the step kinds gave different answers: {answers}")
     del prefix
     return row
 
@@ -258,15 +265,19 @@ def main() -> int:
             results["skipped"].append({"three_questions": args.ask_size, "why": f"{type(e).__name__}: {str(e)[:300]}"})
     save()
     report(results)
-    return 1 if results["skipped"] else 0
+    differ = any(not r["same_answers"] for r in results["sizes"].values())
+    return 1 if results["skipped"] or differ else 0
 
 
 def report(results: dict[str, Any]) -> None:
-    print("\n| video tokens | context | decode ms/step (median) | ask ms/token | weights + KV GB | effective GB/s |")
-    print("|---|---|---|---|---|---|")
+    print("\n| video tokens | context | step | decode ms/step (median) | ask ms/token | weights + KV GB | effective GB/s |")
+    print("|---|---|---|---|---|---|---|")
     for r in results["sizes"].values():
-        print(f"| {r['video_tokens']} | {r['context_tokens']} | {r['step_ms_median']:.2f} | {r['ask_ms_per_token']:.2f} | "
-              f"{r['weight_gb']:.2f} + {r['kv_gb']:.2f} | {r['effective_gbs']:.0f} |")
+        for kind, s in r["steps"].items():
+            print(f"| {r['video_tokens']} | {r['context_tokens']} | {kind} | {s['step_ms_median']:.2f} | "
+                  f"{s['ask_ms_per_token']:.2f} | {r['weight_gb']:.2f} + {r['kv_gb']:.2f} | {s['effective_gbs']:.0f} |")
+        if not r["same_answers"]:
+            print(f"| {r['video_tokens']} | the step kinds gave different answers |")
     three = results.get("three_questions")
     if three:
         print(f"\nthree questions at {three['video_tokens']} video tokens ({three['mode']}): video prefill "

@@ -98,7 +98,7 @@ def test_shared_cache_answers_equal_the_reference_loop_question_after_question(s
         assert generated == tokens
         assert stream.result.generated_tokens == len(tokens) > 0
         torch.testing.assert_close(torch.stack(steps), logits)
-        assert stream.result.to_json()["decode"] == {"steps": len(steps) - 1, "temperature": 0.0, "seed": None}
+        assert stream.result.to_json()["decode"] == {"steps": len(steps) - 1, "temperature": 0.0, "seed": None, "cuda_graph": False}
         assert prefix.cache.length == prompt.length
 
 
@@ -213,7 +213,7 @@ def test_ask_sampling_flags(runner, clip, tiny_checkpoint):
     assert [r["answer"] for r in first] == [r["answer"] for r in second]
     assert first[0]["decode"]["temperature"] == 3.0 and first[0]["decode"]["seed"] == 11
     greedy = answers()
-    assert greedy[0]["decode"] == {"steps": greedy[0]["decode"]["steps"], "temperature": 0.0, "seed": None}
+    assert greedy[0]["decode"] == {"steps": greedy[0]["decode"]["steps"], "temperature": 0.0, "seed": None, "cuda_graph": False}
     assert [r["layers"] for r in greedy] == [r["layers"] for r in first]  # sampling leaves the sparsity alone
 
 
@@ -233,3 +233,27 @@ def test_ask_bad_sampling_flags_are_one_line_usage_errors(runner, clip, tiny_che
     res = runner.invoke(app, ["ask", str(clip), "what?", "--model", str(tiny_checkpoint), *extra])
     assert res.exit_code == 2
     assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_the_fixed_shape_decode_step_gives_the_same_answers_and_rollback(session):
+    # the step a CUDA graph captures, run eagerly: whole buffer, masked, device-tensor write index
+    qa, prompt = session
+    expected = reference_answers(qa, prompt, QUESTIONS, STEPS)
+    prefix = qa.prefill_video(prompt)
+    before = prefix_tensors(prefix)
+    qa.decode_step = "static"
+    try:
+        for question, (tokens, logits) in zip(QUESTIONS, expected, strict=True):
+            _, steps, result = session_answer(qa, prefix, question)
+            assert [int(torch.argmax(x)) for x in steps][: result.generated_tokens] == tokens
+            torch.testing.assert_close(steps, logits)
+            assert result.to_json()["decode"]["cuda_graph"] is False
+        assert prefix.static_step is not None and prefix.static_step.graph is None
+        with pytest.raises(AdasparkError, match="CUDA device"):
+            qa.decode_step = "graph"
+            list(qa.answer(prefix, QUESTION, max_new_tokens=2))
+    finally:
+        del qa.decode_step
+    assert prefix.cache.length == prompt.length
+    for (k0, v0), layer in zip(before, prefix.cache.layers, strict=True):
+        assert torch.equal(layer.keys, k0) and torch.equal(layer.values, v0)

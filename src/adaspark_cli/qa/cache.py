@@ -10,6 +10,9 @@ for token), without `torch.cat` copying the whole cache every step and without a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -28,6 +31,9 @@ class SharedLayer(DynamicLayer):
         self.length = 0
         self._keys: torch.Tensor | None = None
         self._values: torch.Tensor | None = None
+        # set in static mode (SharedCache.static_writes): the write index as a device tensor, the whole
+        # buffer returned, so that a step has fixed shapes (qa/graph.py)
+        self.write_index: torch.Tensor | None = None
 
     @property
     def capacity(self) -> int:
@@ -40,6 +46,11 @@ class SharedLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if self.write_index is not None:
+            assert self._keys is not None and self._values is not None
+            self._keys.index_copy_(-2, self.write_index, key_states)
+            self._values.index_copy_(-2, self.write_index, value_states)
+            return self._keys, self._values
         end = self.length + key_states.shape[-2]
         if end > self.capacity:
             self._grow(key_states, value_states, end + self.tail_tokens)
@@ -54,8 +65,10 @@ class SharedLayer(DynamicLayer):
         """New buffers of `capacity` tokens. The first call (the prefix) copies nothing; a later one (a question
         longer than the tail) copies the filled part once."""
         shape = (*key_like.shape[:-2], capacity, key_like.shape[-1])
-        keys = torch.empty(shape, dtype=key_like.dtype, device=key_like.device)
-        values = torch.empty((*shape[:-1], value_like.shape[-1]), dtype=value_like.dtype, device=value_like.device)
+        # zeros, not empty: a static step attends the whole buffer with the unfilled part masked, and a NaN
+        # left there by the allocator would survive the mask (0 * NaN)
+        keys = torch.zeros(shape, dtype=key_like.dtype, device=key_like.device)
+        values = torch.zeros((*shape[:-1], value_like.shape[-1]), dtype=value_like.dtype, device=value_like.device)
         if self._keys is not None and self._values is not None and self.length:
             keys[..., : self.length, :].copy_(self._keys[..., : self.length, :])
             values[..., : self.length, :].copy_(self._values[..., : self.length, :])
@@ -79,6 +92,13 @@ class SharedLayer(DynamicLayer):
         self.length = length
         if self._keys is not None:
             self._expose()
+
+    def advance(self, n: int) -> None:
+        """Count `n` tokens written by static steps (at length, length + 1, ...)."""
+        if self.length + n > self.capacity:
+            raise ValueError(f"{self.length + n} tokens do not fit a cache of {self.capacity}")
+        self.length += n
+        self._expose()
 
     def get_seq_length(self) -> int:
         return self.length
@@ -107,6 +127,25 @@ class SharedCache(Cache):
     def truncate(self, length: int) -> None:
         for layer in self.layers:
             layer.truncate(length)
+
+    @property
+    def capacity(self) -> int:
+        return self.layers[0].capacity
+
+    def advance(self, n: int) -> None:
+        for layer in self.layers:
+            layer.advance(n)
+
+    @contextmanager
+    def static_writes(self, write_index: torch.Tensor) -> Iterator[None]:
+        """Inside: each layer writes at `write_index` (a (1,) device tensor) and returns its whole buffer."""
+        for layer in self.layers:
+            layer.write_index = write_index
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer.write_index = None
 
     def nbytes(self) -> int:
         """Bytes of the preallocated buffers (tail included)."""

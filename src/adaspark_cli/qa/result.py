@@ -33,6 +33,8 @@ class AnswerResult:
     decode_steps: int = 0  # forward calls after the question (one per answer token that needed one)
     temperature: float = 0.0  # 0: greedy
     seed: int | None = None  # sampled answers only
+    decode_step: str = "dynamic"  # "dynamic", "static" or "graph" (VideoQA.decode_step)
+    decode_note: str | None = None  # why the step is not the one asked for
 
     def layer_rows(self) -> list[dict[str, Any]]:
         return layer_rows(self.stats)
@@ -61,7 +63,8 @@ class AnswerResult:
             "timing": self.timing,
             "layers": self.layer_rows(),
             "flops": self.flops(),
-            "decode": {"steps": self.decode_steps, "temperature": self.temperature, "seed": self.seed},
+            "decode": {"steps": self.decode_steps, "temperature": self.temperature, "seed": self.seed,
+                       "cuda_graph": self.decode_step == "graph", **({"note": self.decode_note} if self.decode_note else {})},
         }
 
 

@@ -22,6 +22,7 @@ from ..errors import AdasparkError
 from ..stats import ModelDims, PrefillStats
 from .cache import DEFAULT_TAIL_TOKENS, SharedCache
 from .decode import DecodeOutcome, Sampling, StepHook, decode_tokens
+from .graph import StaticDecodeStep
 from .preprocess import (  # noqa: F401  (re-exported: the names callers import from here)
     DEFAULT_MAX_PIXELS,
     MIN_PIXELS,
@@ -45,6 +46,7 @@ class VideoPrefix:
     vision_seconds: float = 0.0
     uses: int = 0
     answering: bool = False  # an answer is being decoded into `cache`
+    static_step: StaticDecodeStep | None = None  # the fixed-shape (on CUDA: graphed) decode step, kept across answers
 
 
 def question_positions(prompt: VideoPrompt, n: int) -> torch.Tensor:
@@ -57,8 +59,17 @@ def _cache_kwarg(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+DECODE_STEPS = ("auto", "dynamic", "static", "graph")
+
+
 class VideoQA(VideoPreprocessing):
-    """Answers questions about one video at a time with a (sparsified) Qwen2.5-VL model."""
+    """Answers questions about one video at a time with a (sparsified) Qwen2.5-VL model.
+
+    decode_step: how each answer token runs. "dynamic": eager, attention over the filled cache;
+    "static": the fixed-shape step (qa/graph.py), eager; "graph": that step captured once per video in
+    a CUDA graph and replayed (CUDA only); "auto" (the default): "graph" on CUDA, else "dynamic"."""
+
+    decode_step = "auto"
 
     def __init__(self, model: torch.nn.Module, processor: Any, state: SparseState) -> None:
         self.model = model
@@ -259,6 +270,36 @@ class AnswerStream:
             prefix.cache.truncate(prefix.prompt.length)  # roll back: the next question starts after the video again
             prefix.answering = False
 
+    @property
+    def step_kind(self) -> str:
+        kind = self.qa.decode_step
+        if kind not in DECODE_STEPS:
+            raise AdasparkError(f"VideoQA.decode_step {kind!r} is not one of {', '.join(DECODE_STEPS)}")
+        if kind == "auto":
+            return "graph" if self.qa.device.type == "cuda" else "dynamic"
+        if kind == "graph" and self.qa.device.type != "cuda":
+            raise AdasparkError(f"CUDA-graph decoding needs a CUDA device, the model is on {self.qa.device.type}")
+        return kind
+
+    def _step_function(self) -> Callable[[int], torch.Tensor]:
+        """step(token) -> next logits, after everything the cache holds (called once the question is in it)."""
+        qa, prefix, kind = self.qa, self.prefix, self.step_kind
+        prompt, cache = prefix.prompt, prefix.cache
+        if kind == "dynamic":
+
+            def step(token: int) -> torch.Tensor:
+                at = cache.length  # the token's index in the sequence; its text position is after the video's
+                position = torch.full((3, 1, 1), prompt.next_position + at - prompt.length)
+                return qa._forward_text(torch.tensor([[token]]), position, cache, at, None)
+
+            return step
+        static = prefix.static_step
+        if static is None or not static.fits(cache) or static.graphed != (kind == "graph"):
+            # once per video (again only if a long question grew the cache): a graph is captured on its first call
+            static = prefix.static_step = StaticDecodeStep(qa, cache, graphed=kind == "graph")
+        static.start(prompt.length, prompt.next_position)
+        return static
+
     def _answer(self) -> Iterator[str]:
         qa, prefix, res = self.qa, self.prefix, self.result
         prompt, cache = prefix.prompt, prefix.cache
@@ -277,11 +318,7 @@ class AnswerStream:
         res.timing = answer_timing(prefix, question_seconds, reused)
         res.stats = prefix.stats.merged_with(question_stats)
 
-        def step(token: int) -> torch.Tensor:
-            at = cache.length  # the token's index in the sequence; its text position is after the video's
-            position = torch.full((3, 1, 1), prompt.next_position + at - prompt.length)
-            return qa._forward_text(torch.tensor([[token]]), position, cache, at, None)
-
+        step = self._step_function()
         outcome = DecodeOutcome(tokens=[])
         tokens = decode_tokens(
             logits,
@@ -305,6 +342,9 @@ class AnswerStream:
         sync_device(qa.device)
         res.decode_seconds = time.perf_counter() - start
         res.decode_steps, res.stopped = outcome.steps, outcome.stopped
+        res.decode_step = self.step_kind
+        if isinstance(step, StaticDecodeStep) and step.capture_error is not None:
+            res.decode_step, res.decode_note = "static", f"CUDA graph capture failed, decoded eagerly: {step.capture_error}"
         res.generated_tokens = len(outcome.tokens)
         res.answer = tokenizer.decode(outcome.tokens, skip_special_tokens=True)
         if len(res.answer) > len(text):
