@@ -22,6 +22,7 @@ from .load import (
     pick_device,
 )
 from .profile import DEFAULT_QUESTION, CubeSelection, Fidelity, ProfileResult, logit_fidelity, profile_prefill
+from .result import StageTimes
 from .session import DEFAULT_MAX_PIXELS, AnswerResult, AnswerStream, VideoPrefix, VideoPrompt, VideoQA, layer_rows
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "ProfileResult",
     "Sampling",
     "SharedCache",
+    "StageTimes",
     "StepHook",
     "VideoPrefix",
     "VideoPrompt",

@@ -8,7 +8,7 @@ each stage took. The session (`session.py`) mixes it in.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from ..cubes import CubeLayout, cube_layout, video_spans
 from ..errors import AdasparkError
 from ..video import DecodedVideo
 from ..video.stream import DEFAULT_CHUNK_FRAMES, DEFAULT_WORKERS, VideoStream
+from .result import StageTimes
 
 DEFAULT_MAX_PIXELS = 448 * 448  # per frame: a 16 x 16 token grid per frame pair
 MIN_PIXELS = 4 * 28 * 28  # never upscale small frames beyond the 2 x 2 token minimum
@@ -37,10 +38,21 @@ class VideoPrompt:
     positions: torch.Tensor  # (3, 1, P)
     next_position: int  # first text position after the prefix
     layout: CubeLayout
-    decode_seconds: float = 0.0  # decoding (DecodedVideo.seconds); pipelined: opening + time waited for frames
-    preprocess_seconds: float = 0.0  # the processor: resize, normalise, patchify, tokenize
     video_embeds: torch.Tensor | None = None  # (video tokens, hidden) vision-tower output, on the model's device
-    vision_seconds: float = 0.0  # the vision tower, when it ran in prepare_video_stream
+    timing: StageTimes = field(default_factory=StageTimes)  # decode, processor, and (pipelined) vision tower
+
+    @property
+    def decode_seconds(self) -> float:
+        return self.timing.decode_s
+
+    @property
+    def preprocess_seconds(self) -> float:
+        return self.timing.preprocess_s
+
+    @property
+    def vision_seconds(self) -> float:
+        """The vision tower, when it ran in prepare_video_stream (else 0: it runs in the prefill)."""
+        return self.timing.vision_s
 
     @property
     def video_tokens(self) -> int:
@@ -110,8 +122,7 @@ class VideoPreprocessing:
         )
         prompt.frames = len(video.indices)
         prompt.pixel_values_videos = inputs["pixel_values_videos"]
-        prompt.decode_seconds = video.seconds
-        prompt.preprocess_seconds = time.perf_counter() - start
+        prompt.timing = StageTimes(decode_s=video.seconds, preprocess_s=time.perf_counter() - start)
         return prompt
 
     def _video_prompt(
@@ -230,9 +241,8 @@ class VideoPreprocessing:
         prompt = self._video_prompt(ids, types, grid, seconds_per_grid)
         prompt.frames = len(stream.indices)
         prompt.video_embeds = torch.cat(embeds)
-        prompt.decode_seconds = stream.open_seconds + stream.wait_seconds
-        prompt.preprocess_seconds = preprocess + time.perf_counter() - start
-        prompt.vision_seconds = vision
+        prompt.timing = StageTimes(decode_s=stream.open_seconds + stream.wait_seconds,
+                                   preprocess_s=preprocess + time.perf_counter() - start, vision_s=vision)
         return prompt
 
     def _chunk_patches(

@@ -12,6 +12,36 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class StageTimes:
+    """Where the time before the first answer token goes, in seconds, one value carried from the
+    preprocessing (decode_s, preprocess_s, vision_s) to the prefill (prefill_s) and the answer.
+
+    decode_s: video decoding (pipelined: opening plus the time waited for frames); preprocess_s: the
+    processor (resize, normalise, patchify, tokenize); vision_s: the vision tower; prefill_s: the
+    language-model prefill of the video prefix."""
+
+    decode_s: float = 0.0
+    preprocess_s: float = 0.0
+    vision_s: float = 0.0
+    prefill_s: float = 0.0
+
+    @property
+    def video_s(self) -> float:
+        """The video's share of the wait once decoded and preprocessed: vision tower + prefix prefill."""
+        return self.vision_s + self.prefill_s
+
+    def first_token(self, question_seconds: float, reused: bool) -> dict[str, float]:
+        """`ask --json`'s `timing`: the stages of this answer's wait and first_token_s, their sum (model
+        loading excluded). A question that reuses the video prefill pays only its own prefill."""
+        if reused:
+            stages = {"decode_s": 0.0, "preprocess_s": 0.0, "vision_s": 0.0, "prefill_s": question_seconds}
+        else:
+            stages = {"decode_s": self.decode_s, "preprocess_s": self.preprocess_s, "vision_s": self.vision_s,
+                      "prefill_s": self.prefill_s + question_seconds}
+        return {**stages, "first_token_s": sum(stages.values())}
+
+
+@dataclass
 class AnswerResult:
     """One answer and where its time went; `to_json` is the `ask --json` object."""
 
@@ -98,21 +128,5 @@ def layer_rows(stats: PrefillStats) -> list[dict[str, Any]]:
 
 
 def answer_timing(prefix: VideoPrefix, question_seconds: float, reused: bool) -> dict[str, float]:
-    """Where the wait for the first answer token went, in seconds (model loading excluded).
-
-    decode_s: video decoding; preprocess_s: the processor; vision_s: the vision tower; prefill_s: the
-    language-model prefill (video prefix and question); first_token_s: their sum. A question that
-    reuses the video prefill pays only its own prefill; the other stages are 0.
-    """
-    prompt = prefix.prompt
-    if reused:
-        stages = {"decode_s": 0.0, "preprocess_s": 0.0, "vision_s": 0.0, "prefill_s": question_seconds}
-    else:
-        stages = {
-            "decode_s": prompt.decode_seconds,
-            "preprocess_s": prompt.preprocess_seconds,
-            "vision_s": prefix.vision_seconds,
-            "prefill_s": prefix.seconds - prefix.vision_seconds + question_seconds,
-        }
-    return {**stages, "first_token_s": sum(stages.values())}
-
+    """Where the wait for the first answer token went, in seconds (`StageTimes.first_token`)."""
+    return prefix.timing.first_token(question_seconds, reused)

@@ -9,6 +9,7 @@ rolled back to the prefix, which is never copied or changed.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ from .preprocess import (  # noqa: F401  (re-exported: the names callers import 
     check_max_pixels,
     sync_device,
 )
-from .result import AnswerResult, answer_timing, layer_rows  # noqa: F401  (layer_rows: re-exported)
+from .result import AnswerResult, StageTimes, answer_timing, layer_rows  # noqa: F401  (layer_rows: re-exported)
 
 
 @dataclass
@@ -42,11 +43,19 @@ class VideoPrefix:
     prompt: VideoPrompt
     cache: SharedCache
     stats: PrefillStats
-    seconds: float  # vision tower + language-model prefill of the prefix
-    vision_seconds: float = 0.0
+    timing: StageTimes  # the prompt's, with the vision tower and the prefix prefill filled in
     uses: int = 0
     answering: bool = False  # an answer is being decoded into `cache`
     static_step: StaticDecodeStep | None = None  # the fixed-shape (on CUDA: graphed) decode step, kept across answers
+
+    @property
+    def seconds(self) -> float:
+        """Vision tower + language-model prefill of the prefix."""
+        return self.timing.video_s
+
+    @property
+    def vision_seconds(self) -> float:
+        return self.timing.vision_s
 
 
 def question_positions(prompt: VideoPrompt, n: int) -> torch.Tensor:
@@ -173,10 +182,10 @@ class VideoQA(VideoPreprocessing):
             for hook in hooks:
                 hook.remove()
         sync_device(self.device)
-        # a streamed prompt ran the vision tower before: count it here, so timing stays decode + vision + prefill
-        vision_seconds = sum(vision) + prompt.vision_seconds
-        seconds = time.perf_counter() - start + prompt.vision_seconds
-        return VideoPrefix(prompt=prompt, cache=cache, stats=stats, seconds=seconds, vision_seconds=vision_seconds)
+        # the tower ran inside the forward (one-shot prompt) or before it (streamed prompt: already in timing)
+        elapsed = time.perf_counter() - start
+        timing = dataclasses.replace(prompt.timing, vision_s=prompt.timing.vision_s + sum(vision), prefill_s=elapsed - sum(vision))
+        return VideoPrefix(prompt=prompt, cache=cache, stats=stats, timing=timing)
 
     def _layer_progress(self, progress: Callable[[int, int], None]) -> list[Any]:
         """Forward hooks reporting each finished language-model layer to `progress(done, total)`."""
