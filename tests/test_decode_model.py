@@ -257,3 +257,20 @@ def test_the_fixed_shape_decode_step_gives_the_same_answers_and_rollback(session
     assert prefix.cache.length == prompt.length
     for (k0, v0), layer in zip(before, prefix.cache.layers, strict=True):
         assert torch.equal(layer.keys, k0) and torch.equal(layer.values, v0)
+
+
+def test_answers_never_copy_the_cache_and_the_tail_fits_the_questions(session, monkeypatch):
+    qa, prompt = session
+    longest = max(len(qa.question_ids(q)) for q in QUESTIONS)
+    tail = qa.tail_tokens_for(QUESTIONS, 2000)
+    assert tail == longest + 2000
+    prefix = qa.prefill_video(prompt, tail_tokens=tail)
+    buffer = prefix.cache.layers[0]._keys.data_ptr()
+
+    def no_copy(*_args, **_kwargs):
+        raise AssertionError("an answer copied something")
+
+    monkeypatch.setattr(copy, "deepcopy", no_copy)
+    for question in QUESTIONS:
+        assert session_answer(qa, prefix, question, max_new_tokens=4)[2].generated_tokens > 0
+    assert prefix.cache.layers[0]._keys.data_ptr() == buffer and prefix.cache.capacity == prompt.length + tail

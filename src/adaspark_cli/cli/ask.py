@@ -100,7 +100,8 @@ def ask(
              f"{prompt.video_tokens} video tokens in {prompt.layout.num_cubes} cubes; {mode}; prefilling...")
     with ProgressBar(enabled=not quiet) as bar:
         bar.stage("prefilling the video")
-        prefix = qa.prefill_video(prompt, progress=lambda done, total: bar.update("prefill: layer", done, total))
+        prefix = qa.prefill_video(prompt, progress=lambda done, total: bar.update("prefill: layer", done, total),
+                                  tail_tokens=qa.tail_tokens_for(questions, max_new_tokens))
     for question in _questions(questions, interactive):
         stream = qa.answer(prefix, question, max_new_tokens=max_new_tokens, sampling=sampling)
         if json_out:

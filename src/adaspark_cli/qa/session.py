@@ -103,6 +103,12 @@ class VideoQA(VideoPreprocessing):
         return ids
 
 
+    def tail_tokens_for(self, questions: list[str], max_new_tokens: int) -> int:
+        """Room after the prefix that `questions` and their answers need (at least the default): given to
+        `prefill_video`, no answer grows (and so copies) the cache."""
+        longest = max((int(self.question_ids(q).numel()) for q in questions), default=0)
+        return max(DEFAULT_TAIL_TOKENS, longest + max_new_tokens)
+
     def new_cache(self, tail_tokens: int = DEFAULT_TAIL_TOKENS) -> SharedCache:
         """An empty cache for this model: filled by `prefill_video`, with `tail_tokens` of room after the prefix."""
         return SharedCache(self.dims.layers, tail_tokens)
