@@ -10,9 +10,14 @@ and the tests) it computes what the dynamic step does, the masked keys contribut
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .cache import SharedCache
+
+if TYPE_CHECKING:
+    from .session import VideoQA
 
 WARMUP_RUNS = 2  # eager runs on a side stream before capture (CUDA graph rules: lazy inits, allocator warm-up)
 
@@ -21,8 +26,8 @@ class StaticDecodeStep:
     """step(token) -> next logits (V,) for one answer token after `cache`, with the shapes of `cache`'s
     buffer. graphed: capture on the first call, replay afterwards (CUDA only)."""
 
-    def __init__(self, qa: object, cache: SharedCache, *, graphed: bool) -> None:
-        device = qa.device  # type: ignore[attr-defined]
+    def __init__(self, qa: VideoQA, cache: SharedCache, *, graphed: bool) -> None:
+        device = qa.device
         self.qa, self.cache, self.graphed = qa, cache, graphed
         self.capacity = cache.capacity
         self.token = torch.zeros((1, 1), dtype=torch.long, device=device)
@@ -47,14 +52,14 @@ class StaticDecodeStep:
 
     def _forward(self) -> torch.Tensor:
         qa = self.qa
-        with self.cache.static_writes(self.index), qa.state.forward_context(layout=None, offset=0, stats=None):  # type: ignore[attr-defined]
-            out = qa.model(  # type: ignore[attr-defined]
+        with self.cache.static_writes(self.index), qa.state.forward_context(layout=None, offset=0, stats=None):
+            out = qa.model(
                 input_ids=self.token,
                 position_ids=self.position,
                 attention_mask={"full_attention": self.mask},  # prepared masks: used as given, no host-side sizes
                 use_cache=True,
                 logits_to_keep=1,
-                **{qa._cache_kw: self.cache},  # type: ignore[attr-defined]
+                **{qa._cache_kw: self.cache},
             )
         return out.logits[0, -1]
 
