@@ -35,18 +35,10 @@ def run(qa: VideoQA, video: DecodedVideo) -> tuple[torch.Tensor, dict, float]:
     qa.prefill_video(prompt)  # warm-up (compiles flex for this length)
     prefix = qa.prefill_video(prompt)
     seen = {}
-    step = qa._step
-
-    def spy(*a, **k):
-        out = step(*a, **k)
-        seen.setdefault("logits", out.float().clone())
-        return out
-
-    qa._step = spy
-    stream = qa.answer(prefix, "what color was the star?", max_new_tokens=2)
+    stream = qa.answer(prefix, "what color was the star?", max_new_tokens=2,
+                       on_step=lambda i, logits: seen.setdefault(i, logits.float().clone()))
     list(stream)
-    del qa._step
-    return seen["logits"], stream.result.to_json(), prefix.seconds
+    return seen[0], stream.result.to_json(), prefix.seconds
 
 
 def check(name: str, hidden: int, layers: int, frames: int, *, profile: bool = False) -> bool:

@@ -32,21 +32,10 @@ def loaded(tiny_checkpoint):
 def first_token_logits(qa: VideoQA, video: DecodedVideo, question: str = QUESTION) -> torch.Tensor:
     prompt = qa.prepare_video(video, max_pixels=168 * 112)
     prefix = qa.prefill_video(prompt)
-    stream = qa.answer(prefix, question, max_new_tokens=1)
     captured = {}
-    original = qa._step
-
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        captured.setdefault("logits", out.clone())
-        return out
-
-    qa._step = spy
-    try:
-        list(stream)
-    finally:
-        del qa._step
-    return captured["logits"]
+    stream = qa.answer(prefix, question, max_new_tokens=1, on_step=lambda i, logits: captured.setdefault(i, logits.clone()))
+    list(stream)
+    return captured[0]
 
 
 def full_forward_logits(model, qa: VideoQA, video: DecodedVideo, question: str = QUESTION) -> torch.Tensor:

@@ -18,6 +18,11 @@ CONFIG_KEY = "adaspark"
 # A cube side of 64 tokens spans 128 frames in time or 1792 px in space, more than a frame has at any
 # usual --max-pixels: a larger side only makes the cubes the whole video, i.e. attention dense.
 MAX_CUBE_SIDE = 64
+# keys older builds wrote that this one accepts and ignores (a checkpoint stays loadable): the reason each went
+RETIRED_KEYS = {
+    "decode_top_p": "sparse decode steps were removed (slower than dense decoding on every GPU measured); "
+    "answers are decoded densely",
+}
 
 
 @dataclass(frozen=True)
@@ -31,9 +36,8 @@ class AdaSparkConfig:
     layer_top_p: per-layer (layer, attn_top_p, ffn_top_p) overrides of the two global values, sorted by
         layer, each layer sparse and listed once; None (the default) uses the global values everywhere.
         Written by `convert --target-reduction ... --per-layer`; in JSON {"layer": [attn, ffn], ...}.
-    decode_top_p: nucleus mass of the cube relevance distribution each answer token attends in a decode
-        step (on the sparse layers; text keys are always attended), or None (the default) for dense
-        decoding. 1.0 is exactly dense. Ours, not the paper's (method.md section 2).
+    A block that still carries "decode_top_p" (sparse decode steps, removed 2026-12-01: slower than dense
+    on every GPU measured) loads, the key ignored: answers are decoded densely (RETIRED_KEYS).
     """
 
     cube: tuple[int, int, int] = (2, 8, 8)
@@ -42,7 +46,6 @@ class AdaSparkConfig:
     sparse_layers: tuple[int, ...] | None = None
     version: int = FORMAT_VERSION
     layer_top_p: tuple[tuple[int, float, float], ...] | None = None
-    decode_top_p: float | None = None
 
     def __post_init__(self) -> None:
         validate_cube(self.cube)
@@ -56,8 +59,6 @@ class AdaSparkConfig:
                 )
         if self.layer_top_p is not None:
             validate_layer_top_p(self.layer_top_p, self.sparse_layers)
-        if self.decode_top_p is not None:
-            validate_top_p("decode_top_p", self.decode_top_p)
         if self.version != FORMAT_VERSION:
             raise ConfigError(
                 f"adaspark block has format version {self.version}, this adaspark reads version "
@@ -98,7 +99,6 @@ class AdaSparkConfig:
             "sparse_layers": None if self.sparse_layers is None else list(self.sparse_layers),
             # only when set, so that checkpoints without it stay readable by builds that predate the key
             **({} if self.layer_top_p is None else {"layer_top_p": {str(i): [a, f] for i, a, f in self.layer_top_p}}),
-            **({} if self.decode_top_p is None else {"decode_top_p": self.decode_top_p}),
         }
 
     @classmethod
@@ -107,7 +107,7 @@ class AdaSparkConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"adaspark block must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known - {"calibration"})
+        unknown = sorted(set(data) - known - {"calibration"} - set(RETIRED_KEYS))
         if unknown:
             raise ConfigError(f"adaspark block has unknown keys {unknown}; known keys are {sorted(known)}")
         kwargs: dict[str, Any] = {}
@@ -128,8 +128,6 @@ class AdaSparkConfig:
             kwargs["sparse_layers"] = tuple(_expect_int("sparse_layers", v) for v in layers)
         if "layer_top_p" in data and data["layer_top_p"] is not None:
             kwargs["layer_top_p"] = _parse_layer_top_p(data["layer_top_p"])
-        if "decode_top_p" in data and data["decode_top_p"] is not None:
-            kwargs["decode_top_p"] = _expect_float("decode_top_p", data["decode_top_p"])
         return cls(**kwargs)
 
 

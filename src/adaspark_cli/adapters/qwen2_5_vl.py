@@ -5,8 +5,7 @@
   language model only; the vision tower keeps its own implementation.
 - FFN: each language-model MLP instance gets a `forward` bound on the instance, so parameter names
   (and so `save_pretrained` / `from_pretrained`) are unchanged; deleting it restores the class's.
-- Per-request data (cube layout, position offset, statistics, the decode step's cube mean keys) lives
-  on one `SparseState` that every layer holds as a plain attribute, because `generate` rejects unknown
+- Per-request data (cube layout, position offset, statistics) lives on one `SparseState` that every layer holds as a plain attribute, because `generate` rejects unknown
   forward kwargs.
 """
 
@@ -22,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attention.decode import DecodeContext, decode_attention_gathered, decode_attention_reference
 from ..attention.kernels import IMPLEMENTATIONS, check_kernel, per_token, resolve_kernel, runs_dense
 from ..config import AdaSparkConfig
 from ..cubes import CubeLayout
@@ -61,7 +59,6 @@ class SparseState:
         self.layout: CubeLayout | None = None
         self.offset = 0  # absolute position of the first token of the current forward
         self.stats: PrefillStats | None = None
-        self.decode: DecodeContext | None = None  # set for a decode step whose answer token attends top-p cubes
 
     @property
     def config(self) -> AdaSparkConfig:
@@ -88,7 +85,7 @@ class SparseState:
         return resolve_kernel(self.settings.kernel, device)
 
     def fast_path(self, device: torch.device) -> bool:
-        """Whether the prefill takes the block FFN and a sparse decode step the gathered attention."""
+        """Whether the prefill takes the block FFN (any kernel but the reference)."""
         return self.kernel_for(device) != "reference"
 
     def layer_is_sparse(self, layer_idx: int) -> bool:
@@ -101,14 +98,13 @@ class SparseState:
         layout: CubeLayout | None,
         offset: int,
         stats: PrefillStats | None,
-        decode: DecodeContext | None = None,
     ) -> Iterator[None]:
         """Set what the next forward call covers; always cleared afterwards."""
-        self.layout, self.offset, self.stats, self.decode = layout, offset, stats, decode
+        self.layout, self.offset, self.stats = layout, offset, stats
         try:
             yield
         finally:
-            self.layout, self.offset, self.stats, self.decode = None, 0, None, None
+            self.layout, self.offset, self.stats = None, 0, None
 
 
 def language_layers(model: nn.Module) -> nn.ModuleList:
@@ -202,13 +198,11 @@ def adaspark_attention(
 
     Sparse where the call's queries include video tokens of the current layout (the video prefill):
     one selection step, then the implementation the settings pick, both given the same block plan;
-    the statistics count the selection afterwards. A decode step given a DecodeContext attends its
-    top-p cubes; question tokens, and decode steps without one, attend densely through SDPA.
+    the statistics count the selection afterwards. Question tokens and decode steps attend densely
+    through SDPA.
     Returns (B, Lq, Hq, D).
     """
     state: SparseState | None = getattr(module, STATE_ATTR, None)
-    if state is not None and state.decode is not None and query.shape[2] == 1 and state.layer_is_sparse(module.layer_idx):
-        return sparse_decode_attention(module, state, state.decode, query, key, value, attention_mask, scaling, dropout, **kwargs)
     layout = state.layout if state is not None else None
     lq, lk = query.shape[2], key.shape[2]
     record = state.stats.layer(module.layer_idx) if state is not None and state.stats is not None else None
@@ -250,40 +244,6 @@ def adaspark_attention(
         return dense()
     out = IMPLEMENTATIONS[kernel](q, k, v, plan, selection, scaling)
     return out[None], None
-
-
-def sparse_decode_attention(
-    module: nn.Module,
-    state: SparseState,
-    decode: DecodeContext,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None,
-    dropout: float,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """One answer token attends its top-p cubes of the video plus every text key (attention/decode.py)."""
-    if query.shape[0] != 1:
-        raise AdasparkError("sparse decoding runs one sequence at a time; got a batch of several")
-    layout = decode.video.layout
-    mean_keys = decode.video.mean_keys.get(module.layer_idx)
-    if mean_keys is None:
-        raise AdasparkError(f"no cube mean keys for layer {module.layer_idx}; compute them after the video prefill")
-    if decode.top_p >= 1.0:  # every cube: exactly the dense computation
-        if decode.stats is not None:
-            decode.stats.add_dense(kv_heads=key.shape[1], num_cubes=layout.num_cubes, num_keys=key.shape[2])
-        return _sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    scaling = module.scaling if scaling is None else scaling
-    attend = decode_attention_gathered if state.fast_path(query.device) else decode_attention_reference
-    out = attend(query[0], key[0], value[0], layout, mean_keys, top_p=decode.top_p, scaling=scaling, stats=decode.stats)
-    return out[None], None
-
-
-def cached_layer_keys(cache: Any, layers: list[int]) -> dict[int, torch.Tensor]:
-    """Each listed layer's cached keys (1, Hkv, Lk, D) from a transformers DynamicCache."""
-    return {i: cache.layers[i].keys for i in layers}
 
 
 def sparse_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -25,13 +25,14 @@ def ask(
     top_p: float = opt.TOP_P,
     attn_top_p: float = opt.ATTN_TOP_P,
     ffn_top_p: float = opt.FFN_TOP_P,
-    decode_top_p: float = opt.DECODE_TOP_P,
     layers: str = opt.LAYERS,
     fps: float = opt.FPS,
     max_frames: int = opt.MAX_FRAMES,
     max_pixels: int = opt.MAX_PIXELS,
     decoder: str = opt.ASK_DECODER,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Stop an answer after this many tokens."),
+    temperature: float = opt.TEMPERATURE,
+    seed: int = opt.SEED,
     device: str = opt.DEVICE,
     kernel: str = opt.KERNEL,
     interactive: bool = typer.Option(False, "--interactive", "-i", help="After the given questions, read more "
@@ -41,7 +42,8 @@ def ask(
 ) -> None:
     """Answer QUESTIONS about VIDEO with AdaSpark sparsity in the language model.
 
-    The video is decoded and prefilled once; every question reuses its KV cache. By default decoding
+    The video is decoded and prefilled once; every question reuses its KV cache. Answers are greedy
+    unless --temperature is given (--seed makes sampled answers repeatable). By default decoding
     runs in background threads while the vision tower works on the frames already decoded (--decoder).
     Answers stream to stdout; a per-layer table of kept cubes and tokens and the FLOPs saved goes to
     stderr.
@@ -53,6 +55,8 @@ def ask(
         adaspark ask clip.mp4 "Who enters?" "What color is the car?" --model Qwen/Qwen2.5-VL-7B-Instruct
 
         adaspark ask clip.mp4 "Summarize." --dense --json
+
+        adaspark ask clip.mp4 "Describe the scene." --temperature 0.7 --seed 1
     """
     opt.check_video_path(video)
     questions = opt.check_questions(list(questions or []), "ask")
@@ -60,13 +64,14 @@ def ask(
         raise UsageError("no question given; add one after the video, e.g. adaspark ask clip.mp4 \"What happens?\", "
                          "or use --interactive")
     opt.check_at_least("--max-new-tokens", max_new_tokens, 1)
+    opt.check_answer_sampling(temperature, seed)
     opt.check_sampling(fps, max_frames)
     opt.check_choices(decoder=decoder, kernel=kernel, device=device)
     opt.check_max_pixels(max_pixels)
-    overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers, decode_top_p)
+    overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
 
     with loading():  # torch and transformers: only once the flags are good
-        from ..qa import is_bundled_demo, load_video_qa
+        from ..qa import Sampling, is_bundled_demo, load_video_qa
         from ..video.stream import VideoStream, open_video
 
         source = open_video(video, fps=fps, max_frames=max_frames, decoder=decoder)  # decoded in prepare_video
@@ -77,6 +82,7 @@ def ask(
         if loaded.bundled and not is_bundled_demo(video):
             note(BUNDLED_MODEL_NOTE)
     qa = loaded.qa
+    sampling = Sampling(temperature=temperature, seed=seed)
     with ProgressBar(enabled=not quiet) as bar:  # on a terminal only: decoding and the vision tower take a while
         bar.stage(f"{source.path.name}: decoding and the vision tower")
         prompt = qa.prepare_video(source, max_pixels=max_pixels)
@@ -88,16 +94,16 @@ def ask(
             f"adaspark cube {'x'.join(map(str, cfg.cube))}, "
             + ("per-layer top-p" if cfg.layer_top_p else f"attn top-p {cfg.attn_top_p}, ffn top-p {cfg.ffn_top_p}")
             + f", {qa.state.kernel_for(loaded.device)} kernel"
-            + ("" if cfg.decode_top_p is None else f", decode top-p {cfg.decode_top_p}")
-        )
+        ) + ("" if temperature == 0 else f"; sampled at temperature {temperature:g}" + ("" if seed is None else f", seed {seed}"))
         reader = f"{source.backend}, pipelined" if isinstance(source, VideoStream) else source.backend
         note(f"{source.path.name}: {prompt.frames} frames ({reader}, {source.duration:.1f} s video), "
              f"{prompt.video_tokens} video tokens in {prompt.layout.num_cubes} cubes; {mode}; prefilling...")
     with ProgressBar(enabled=not quiet) as bar:
         bar.stage("prefilling the video")
-        prefix = qa.prefill_video(prompt, progress=lambda done, total: bar.update("prefill: layer", done, total))
+        prefix = qa.prefill_video(prompt, progress=lambda done, total: bar.update("prefill: layer", done, total),
+                                  tail_tokens=qa.tail_tokens_for(questions, max_new_tokens))
     for question in _questions(questions, interactive):
-        stream = qa.answer(prefix, question, max_new_tokens=max_new_tokens)
+        stream = qa.answer(prefix, question, max_new_tokens=max_new_tokens, sampling=sampling)
         if json_out:
             for _ in stream:
                 pass

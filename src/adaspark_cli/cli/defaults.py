@@ -17,3 +17,4 @@ TASKS = ("retrieval", "ordering", "counting", "motion")  # synth.scene.TASKS
 MIN_FRAMES, MAX_FRAMES = 16, 4096  # synth.scene.MIN_FRAMES, MAX_FRAMES
 DEFAULT_LENGTHS = (16, 64, 256, 1024)  # synth.suite.DEFAULT_LENGTHS
 DEFAULT_DEPTHS = (0.1, 0.5, 0.9)  # synth.suite.DEFAULT_DEPTHS
+MAX_SEED = 2**63 - 1  # qa.decode.MAX_SEED

@@ -27,7 +27,7 @@ One JSON object per question, one per line, on stdout. Keys (stable):
 | `timing` | the wait for the first answer token: `decode_s` (video decoding), `preprocess_s` (processor), `vision_s` (vision tower), `prefill_s` (language-model prefill), `first_token_s` (their sum; model loading excluded). A question that reuses the video prefill has only `prefill_s` |
 | `layers[]` | per layer: `layer`, `sparse`, `kernel` (the attention that ran: `fa4`, `flex`, `gathered`, `reference`, or `sdpa` for dense), `dense_fallback` (a sparse layer whose selection kept so much that it ran dense), `cubes_total` (cubes available per video query, mean), `cubes_attended_mean`, `cubes_attended_min`, `cubes_attended_max`, `attn_density` (attended keys / causal keys over video queries), `ffn_kept`, `ffn_total` (video tokens through the FFN / all video tokens) |
 | `flops` | `dense` and `sparse` (each `attention`, `ffn`, `rest`, `scoring`, `total`) analytic prefill FLOPs of the whole prompt, and `reduction` (1 - sparse / dense) |
-| `decode` | answer decoding: `sparse` (whether answer tokens attend top-p cubes, `--decode-top-p`), `top_p` (or null), `steps` (decode forward calls), `cubes_total` (cubes of the video), `cubes_attended_mean` (per answer token, sparse layer and KV head), `attn_density` (attended keys / all keys over those); dense decoding reports every cube and density 1 |
+| `decode` | answer decoding: `steps` (forward calls after the question, one per answer token that needed one), `temperature` (0: greedy, the default; `--temperature`), `seed` (`--seed`, or null: greedy, or a random seed), `cuda_graph` (whether the decode steps were replayed from a CUDA graph: on CUDA; `note` says why not where the capture failed) |
 """
 
 

@@ -10,11 +10,11 @@ from typing import Any
 import typer
 
 from ..config import MAX_CUBE_SIDE, parse_cube, parse_layers, validate_top_p
-from .defaults import DECODERS, DEFAULT_MAX_PIXELS, KERNELS, MIN_PIXELS
+from .defaults import DECODERS, DEFAULT_MAX_PIXELS, KERNELS, MAX_SEED, MIN_PIXELS
 from .errors import UsageError, usage
 
-# A question is prefilled densely after the video, its KV cache copied per question: 100,000 characters
-# took 1:41 and 6.4 GB with the bundled model on a 2-core CPU. 10,000 characters is roughly 2,500 tokens.
+# A question is prefilled densely after the video (before issue 13 its KV cache was copied per question):
+# 100,000 characters took 1:41 and 6.4 GB with the bundled model on a 2-core CPU. 10,000 characters is roughly 2,500 tokens.
 MAX_QUESTION_CHARS = 10_000
 VIDEO_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .flv .wmv .3gp .ogv .gif".split()
@@ -36,9 +36,10 @@ ATTN_TOP_P = typer.Option(None, "--attn-top-p", help="Mass of cube relevance eac
                           "the checkpoint's, else 0.9.", show_default=False)
 FFN_TOP_P = typer.Option(None, "--ffn-top-p", help="Mass of token norms per cube that goes through the FFN. "
                          "Default: the checkpoint's, else 0.7.", show_default=False)
-DECODE_TOP_P = typer.Option(None, "--decode-top-p", help="Answer tokens attend only this mass of cube relevance "
-                            "of the video (plus all text); 1 = dense. Default: the checkpoint's, else dense decoding.",
-                            show_default=False)
+TEMPERATURE = typer.Option(0.0, "--temperature", help="Sample each answer token from the softmax of logits / T; "
+                           "0 (the default) picks the most likely token (greedy). Sparsity is unchanged.")
+SEED = typer.Option(None, "--seed", help="Seed of the sampling with --temperature: the same seed gives the same "
+                    "answers. Default: a fresh random seed.", show_default=False)
 LAYERS = typer.Option(None, "--layers", help="Sparse layers: 'all' or e.g. '4-27' or '0,2,5'. Default: the "
                       "checkpoint's, else all.", show_default=False)
 FPS = typer.Option(2.0, "--fps", help="Frames sampled per second of video.")
@@ -68,11 +69,10 @@ def sparsity_overrides(
     attn_top_p: float | None,
     ffn_top_p: float | None,
     layers: str | None,
-    decode_top_p: float | None = None,
 ) -> dict[str, Any]:
     """The given flags as AdaSparkConfig field overrides; raises UsageError on bad values."""
     with usage():
-        return _overrides(cube, top_p, attn_top_p, ffn_top_p, layers, decode_top_p)
+        return _overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
 
 
 def _overrides(
@@ -81,7 +81,6 @@ def _overrides(
     attn_top_p: float | None,
     ffn_top_p: float | None,
     layers: str | None,
-    decode_top_p: float | None,
 ) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for flag, value, fields in (
@@ -93,9 +92,6 @@ def _overrides(
             validate_top_p(flag, value)
             overrides.update(dict.fromkeys(fields, value))
             overrides["layer_top_p"] = None  # a top-p flag sets every layer, also in a per-layer checkpoint
-    if decode_top_p is not None:
-        validate_top_p("--decode-top-p", decode_top_p)
-        overrides["decode_top_p"] = decode_top_p
     if cube is not None:
         overrides["cube"] = parse_cube(cube, name="--cube")
     if layers is not None:
@@ -114,6 +110,17 @@ def check_sampling(fps: float, max_frames: int) -> None:
         raise UsageError(f"--fps must be a number > 0, got {fps:g}; e.g. --fps 2")
     if max_frames < 1:
         raise UsageError(f"--max-frames must be at least 1, got {max_frames}; e.g. --max-frames 256")
+
+
+def check_answer_sampling(temperature: float, seed: int | None) -> None:
+    """--temperature and --seed (the library's limits, as flags)."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise UsageError(f"--temperature must be a number >= 0 (0 = greedy), got {temperature:g}; e.g. --temperature 0.7")
+    if seed is not None:
+        if temperature == 0:
+            raise UsageError("--seed only applies to sampled answers; add --temperature, e.g. --temperature 0.7")
+        if not 0 <= seed <= MAX_SEED:
+            raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {seed}; e.g. --seed 0")
 
 
 def check_choices(decoder: str | None = None, kernel: str | None = None, device: str | None = None) -> None:

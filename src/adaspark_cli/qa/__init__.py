@@ -1,5 +1,6 @@
 """Video question answering on top of the sparsified model: prefill once, answer many questions."""
 
+from .cache import SharedCache
 from .calibrate import (
     DEFAULT_GRID,
     Calibration,
@@ -10,6 +11,7 @@ from .calibrate import (
     calibrate_per_layer,
     parse_grid,
 )
+from .decode import DecodeOutcome, Sampling, StepHook, decode_tokens
 from .load import (
     BUNDLED_MODEL_NAME,
     LoadedModel,
@@ -20,6 +22,7 @@ from .load import (
     pick_device,
 )
 from .profile import DEFAULT_QUESTION, CubeSelection, Fidelity, ProfileResult, logit_fidelity, profile_prefill
+from .result import StageTimes
 from .session import DEFAULT_MAX_PIXELS, AnswerResult, AnswerStream, VideoPrefix, VideoPrompt, VideoQA, layer_rows
 
 __all__ = [
@@ -32,17 +35,23 @@ __all__ = [
     "Calibration",
     "CalibrationPoint",
     "CubeSelection",
+    "DecodeOutcome",
     "Fidelity",
     "LayerCalibration",
     "LayerChoice",
     "LoadedModel",
     "ProfileResult",
+    "Sampling",
+    "SharedCache",
+    "StageTimes",
+    "StepHook",
     "VideoPrefix",
     "VideoPrompt",
     "VideoQA",
     "bundled_model_dir",
     "calibrate",
     "calibrate_per_layer",
+    "decode_tokens",
     "default_model",
     "is_bundled_demo",
     "layer_rows",
