@@ -1,7 +1,7 @@
 """AdaS-Attn implementations: one signature, (query, key, value, plan, selection, scaling) -> output.
 
 `reference` is the obviously correct one; `gathered` (CPU), `flex` and `fa4` (CUDA) are its fast
-forms; `kernels` picks one and decides when a layer runs dense instead; `decode` is the decode step.
+forms; `kernels` picks one and decides when a layer runs dense instead. Decode steps attend densely.
 """
 
 from .kernels import IMPLEMENTATIONS, KERNELS, check_kernel, resolve_kernel
