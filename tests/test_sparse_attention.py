@@ -398,3 +398,27 @@ def test_triton_selection_kernel_in_interpreter():
         pytest.skip("this Triton has no interpreter for these ops")
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().endswith("ok")
+
+
+# ----------------------------------------------------------------------------------------------
+# dense attention for a few queries over a long cache (decode steps, question prefills on CUDA)
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 2), (3, 3), (4, 1)], ids=["gqa", "mha", "mqa"])
+@pytest.mark.parametrize("n", [1, 5])
+@pytest.mark.parametrize("masked", [False, True])
+def test_small_query_attention_matches_sdpa(hq, hkv, n, masked):
+    from adaspark_cli.attention.small_query import attention_small_query
+
+    torch.manual_seed(11)
+    length, d = 40, 8
+    q, k, v = torch.randn(hq, n, d), torch.randn(hkv, length, d), torch.randn(hkv, length, d)
+    causal = torch.arange(length)[None, :] <= torch.arange(length - n, length)[:, None]
+    mask = causal & (torch.rand(n, length) > 0.3) if masked else None
+    if mask is not None:
+        mask[:, -1] = True  # every query keeps at least a key
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q[None], k.repeat_interleave(hq // hkv, 0)[None], v.repeat_interleave(hq // hkv, 0)[None],
+        attn_mask=(causal if mask is None else mask)[None, None], scale=0.3,
+    )[0].transpose(0, 1)
+    torch.testing.assert_close(attention_small_query(q, k, v, mask, 0.3), want, rtol=1e-5, atol=1e-5)

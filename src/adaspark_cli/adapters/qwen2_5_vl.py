@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..attention.kernels import IMPLEMENTATIONS, check_kernel, per_token, resolve_kernel, runs_dense
+from ..attention.small_query import MAX_QUERIES, attention_small_query
 from ..config import AdaSparkConfig
 from ..cubes import CubeLayout
 from ..cubes.plan import BlockPlan, build_plan
@@ -211,6 +212,13 @@ def adaspark_attention(
     def dense() -> tuple[torch.Tensor, None]:
         return _sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
+    if not has_video and query.device.type == "cuda" and lq <= MAX_QUERIES and query.shape[0] == 1:
+        if record is not None:
+            record.queries += lq
+            record.text_query_keys += lq * (2 * lk - lq + 1) // 2
+        mask = _query_mask(attention_mask, lq, lk)
+        scale = module.scaling if scaling is None else scaling
+        return attention_small_query(query[0], key[0], value[0], mask, scale)[None], None
     if not has_video:
         if record is not None:
             record.queries += lq
@@ -244,6 +252,15 @@ def adaspark_attention(
         return dense()
     out = IMPLEMENTATIONS[kernel](q, k, v, plan, selection, scaling)
     return out[None], None
+
+
+def _query_mask(attention_mask: Any, lq: int, lk: int) -> torch.Tensor | None:
+    """transformers' boolean mask (B, 1, lq, lk) as (lq, lk), or None (causal)."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dtype != torch.bool:  # an additive float mask: 0 where attended
+        attention_mask = attention_mask == 0
+    return attention_mask[0, 0].expand(lq, lk)
 
 
 def sparse_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,36 @@
+"""Dense attention for a few queries over a long cache: decode steps and question prefills (CUDA).
+
+transformers' SDPA path, given a mask, repeats every KV head for its query heads first (7 copies of
+the whole cache at Qwen2.5-VL-7B's 28 / 4 heads) and then runs a kernel that takes the mask; a decode
+step at 128K tokens then moved 7.5 GB x 8 per token and ran slower in a CUDA graph (81 ms) than
+eagerly (56 ms, H200, 2026-12-01). Here the group's query heads share their KV head through the
+batch of one matrix product: each cached key and value is read once, the scores (few queries x keys)
+are small, and shapes stay fixed, so the step is also safe to capture in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_QUERIES = 64  # beyond this the scores (Hq x queries x keys) outgrow what a flash kernel keeps on chip
+
+
+def attention_small_query(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    """query: (Hq, n, D) for the last n positions; key, value: (Hkv, L, D); mask: (n, L) bool (True:
+    attend) or None for causal. Returns (n, Hq, D) in query's dtype; scores and softmax in float32."""
+    hq, n, d = query.shape
+    hkv, length, _ = key.shape
+    group = hq // hkv
+    if mask is None:
+        mask = torch.arange(length, device=query.device)[None, :] <= torch.arange(length - n, length, device=query.device)[:, None]
+    q = query.reshape(hkv, group * n, d)  # rows (head in group, query)
+    if query.device.type == "cuda":
+        scores = torch.bmm(q, key.transpose(1, 2), out_dtype=torch.float32)
+    else:
+        scores = torch.bmm(q.float(), key.float().transpose(1, 2))
+    scores = (scores * scaling).masked_fill_(~mask.repeat(group, 1)[None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.bmm(probs.to(value.dtype), value)  # (Hkv, G*n, D)
+    return out.reshape(hq, n, d).transpose(0, 1)
