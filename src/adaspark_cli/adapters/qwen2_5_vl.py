@@ -212,7 +212,8 @@ def adaspark_attention(
     def dense() -> tuple[torch.Tensor, None]:
         return _sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
-    if not has_video and query.device.type == "cuda" and lq <= MAX_QUERIES and query.shape[0] == 1:
+    # a question's tokens (not a single decode step: there SDPA without a mask is faster, measured)
+    if not has_video and query.device.type == "cuda" and 1 < lq <= MAX_QUERIES and query.shape[0] == 1:
         if record is not None:
             record.queries += lq
             record.text_query_keys += lq * (2 * lk - lq + 1) // 2
