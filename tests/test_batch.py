@@ -356,3 +356,23 @@ def test_bad_manifest_loads_no_torch(tmp_path):
     res, loaded = probe(["batch", str(path), "--out", str(tmp_path / "answers.jsonl")], env)
     assert res.returncode == 2 and "line 1" in res.stderr
     assert loaded == [], f"a bad manifest loaded {loaded}"
+
+
+def test_retry_failed_redoes_only_the_failed_videos(runner, videos, tiny_checkpoint, tmp_path):
+    flaky = tmp_path / "flaky.mp4"
+    write_garbage(flaky)  # e.g. a download still in progress on the first run
+    rows = [{"id": "good", "video": str(videos / "clip0.mp4"), "questions": ["what color?"]},
+            {"id": "flaky", "video": str(flaky), "questions": ["what color?"]}]
+    path, out = manifest(tmp_path, rows), tmp_path / "answers.jsonl"
+    assert batch(runner, path, "--out", out, "--model", tiny_checkpoint, *FAST).exit_code == 1
+    good_line = out.read_bytes().splitlines(keepends=True)[0]
+    flaky.write_bytes((videos / "clip1.mp4").read_bytes())  # the file is complete now
+    plain = batch(runner, path, "--out", out, "--model", tiny_checkpoint, *FAST)
+    assert plain.exit_code == 0 and "1 of them failed (--retry-failed redoes those)" in plain.stderr
+    retried = batch(runner, path, "--out", out, "--model", tiny_checkpoint, "--retry-failed", *FAST)
+    assert retried.exit_code == 0, retried.output
+    assert "1 answered" in retried.stderr and "1 skipped" in retried.stderr
+    got = records(out)
+    assert out.read_bytes().startswith(good_line)  # the answered video is neither redone nor rewritten
+    assert [r["id"] for r in got] == ["good", "flaky"] and all(r["error"] is None for r in got)
+    assert not (tmp_path / "answers.jsonl.tmp").exists()

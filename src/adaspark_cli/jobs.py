@@ -181,20 +181,29 @@ class AnswersFile:
     resume drops (that video is redone).
     """
 
-    def __init__(self, path: Path, *, force: bool) -> None:
+    def __init__(self, path: Path, *, force: bool, retry_failed: bool = False) -> None:
         self.path, self.force = path, force
         self.existed = path.exists()
         self.done: dict[str, dict[str, Any]] = {}
+        self.retried: set[str] = set()  # ids whose failed record is dropped and the video redone
         self.dropped_torn = False
         self._good_bytes = 0
         if self.existed and not force:
             self.done, self._good_bytes, self.dropped_torn = _read_records(path)
+        if retry_failed:
+            self.retried = {key for key, record in self.done.items() if record.get("error") is not None}
+            self.done = {key: record for key, record in self.done.items() if key not in self.retried}
         self._handle: Any = None
 
     @classmethod
-    def open(cls, path: Path, *, force: bool) -> AnswersFile:
-        """Read `path` for a resume (unless `force`); it is opened for writing at the first record."""
-        return cls(path, force=force)
+    def open(cls, path: Path, *, force: bool, retry_failed: bool = False) -> AnswersFile:
+        """Read `path` for a resume (unless `force`); it is opened for writing at the first record.
+        `retry_failed`: the records with an error do not count as done (they are dropped at the first write)."""
+        return cls(path, force=force, retry_failed=retry_failed)
+
+    def failed_before(self) -> int:
+        """Records already there that carry an error (skipped unless retry_failed)."""
+        return sum(record.get("error") is not None for record in self.done.values())
 
     def write(self, record: dict[str, Any]) -> None:
         if self._handle is None:
@@ -210,10 +219,29 @@ class AnswersFile:
     def _open_for_writing(self) -> Any:
         if self.force or not self.existed:
             return _open(self.path, "wb")
+        if self.retried:
+            self._drop_failed()
         handle = _open(self.path, "r+b")
         handle.truncate(self._good_bytes)  # drops a torn last line, so the next record starts a line
         handle.seek(self._good_bytes)
         return handle
+
+    def _drop_failed(self) -> None:
+        """Rewrite the file without the failed records being retried: a new file renamed over the old one,
+        so a crash leaves either the old file or the new, never a mix."""
+        lines = self.path.read_bytes()[: self._good_bytes].splitlines(keepends=True)
+        keep = [line for line in lines if (_parse_record(line) or {}).get("id") not in self.retried]
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(b"".join(keep))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            raise AnswersFileError(f"cannot rewrite {self.path} without its failed records: "
+                                   f"{exc.strerror or exc}; free some space or drop --retry-failed") from None
+        self._good_bytes = sum(map(len, keep))
 
     def close(self) -> None:
         if self._handle is not None:

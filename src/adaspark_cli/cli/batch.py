@@ -28,6 +28,8 @@ def batch(
                             "finishes. Rerunning the same command skips the videos already there. '-' writes to "
                             "stdout (no resume).", show_default=False),
     force: bool = typer.Option(False, "--force", help="Replace --out instead of resuming it."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="On resume, redo the videos whose record in "
+                                      "--out carries an error (their old records are removed)."),
     model: str = opt.MODEL,
     dense: bool = opt.DENSE,
     cube: str = opt.CUBE,
@@ -77,7 +79,7 @@ def batch(
         adaspark batch 'archive/**/*.mp4' -q "Summarize." --out answers.jsonl --gpus 4
     """
     jobs, out_path = _check_flags(input, questions or [], out, force, fps, max_frames, max_pixels, max_new_tokens,
-                                  decoder, kernel, device, gpus, cpu_workers)
+                                  decoder, kernel, device, gpus, cpu_workers, retry_failed)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers, decode_top_p)
 
     with loading():
@@ -88,7 +90,7 @@ def batch(
     devices = None if ray is not None else _devices(gpus, cpu_workers, visible)  # None: Ray places the replicas
     from ..jobs import AnswersFile
 
-    answers = None if out_path is None else AnswersFile.open(out_path, force=force)  # a bad file: exit 1
+    answers = None if out_path is None else AnswersFile.open(out_path, force=force, retry_failed=retry_failed)
     done = answers.done if answers is not None else {}
     pending = [job for job in jobs if job.id not in done]
     skipped = len(jobs) - len(pending)
@@ -111,7 +113,7 @@ def batch(
 
 def _check_flags(input: str, questions: list[str], out: str, force: bool, fps: float, max_frames: int,
                  max_pixels: int, max_new_tokens: int, decoder: str, kernel: str, device: str,
-                 gpus: int | None, cpu_workers: int | None) -> tuple[list[Any], Path | None]:
+                 gpus: int | None, cpu_workers: int | None, retry_failed: bool) -> tuple[list[Any], Path | None]:
     """Every flag, and the jobs read from INPUT, before anything heavy loads (usage errors, exit 2)."""
     opt.check_at_least("--max-new-tokens", max_new_tokens, 1)
     opt.check_sampling(fps, max_frames)
@@ -125,8 +127,11 @@ def _check_flags(input: str, questions: list[str], out: str, force: bool, fps: f
         raise UsageError(f"--gpus {gpus} places one replica on each of cuda:0 .. cuda:{gpus - 1}, but --device is "
                          f"{device}; drop --gpus or --device")
     out_path = None if out == "-" else Path(out)
-    if out_path is None and force:
-        raise UsageError("--force replaces the --out file, but --out is '-' (stdout); drop --force")
+    if out_path is None and (force or retry_failed):
+        flag = "--force" if force else "--retry-failed"
+        raise UsageError(f"{flag} works on the --out file, but --out is '-' (stdout, no resume); drop {flag}")
+    if force and retry_failed:
+        raise UsageError("--force redoes every video, --retry-failed only the failed ones; give one of them")
     questions = opt.check_questions(questions, "batch")
     from ..jobs import Sampling, find_videos, read_manifest  # no torch: usage errors stay light
 
@@ -165,8 +170,12 @@ def _opening_notes(answers: Any, force: bool, skipped: int, total: int) -> None:
         note(f"--force: {answers.path} is replaced (its old records go when the first new one is written)")
     if answers.dropped_torn:
         note(f"{answers.path}: its last line was cut short (a crash while writing); it is dropped and that video redone")
+    if answers.retried:
+        note(f"--retry-failed: {len(answers.retried)} failed video(s) in {answers.path} are redone")
     if skipped:
-        note(f"resuming {answers.path}: {skipped} of {total} videos already there are skipped (--force starts over)")
+        failed = answers.failed_before()
+        note(f"resuming {answers.path}: {skipped} of {total} videos already there are skipped (--force starts over)"
+             + (f"; {failed} of them failed (--retry-failed redoes those)" if failed else ""))
 
 
 def _run(settings: Any, pending: list[Any], answers: Any, summary: _Summary, *, devices: list[str] | None,
