@@ -376,3 +376,68 @@ def test_retry_failed_redoes_only_the_failed_videos(runner, videos, tiny_checkpo
     assert out.read_bytes().startswith(good_line)  # the answered video is neither redone nor rewritten
     assert [r["id"] for r in got] == ["good", "flaky"] and all(r["error"] is None for r in got)
     assert not (tmp_path / "answers.jsonl.tmp").exists()
+
+
+def test_ctrl_c_keeps_the_finished_videos_and_says_how_to_resume(videos, tiny_checkpoint, tmp_path):
+    rows = [{"id": f"v{i}", "video": str(videos / f"clip{i % 3}.mp4"), "questions": ["what color?"]} for i in range(8)]
+    out = tmp_path / "answers.jsonl"
+    args = [sys.executable, "-m", "adaspark_cli.cli.app", "batch", str(manifest(tmp_path, rows)), "--out", str(out),
+            "--model", str(tiny_checkpoint), "--max-frames", "4", "--max-new-tokens", "24", "--cpu-workers", "2"]
+    proc = subprocess.Popen(args, env=dict(os.environ, PYTHONPATH=str(SRC)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # to the parent only; its workers are stopped by it
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    written = len(records(out))
+    assert 1 <= written < len(rows), "the Ctrl-C came too late to interrupt the run"
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"interrupted; the {written} video(s) finished in this run are in "
+                                               f"{out}: rerun the same command to resume")
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The batch process's worker processes (multiprocessing's spawn children)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == parent and b"spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_a_killed_worker_fails_only_its_videos(videos, tiny_checkpoint, tmp_path):
+    rows = [{"id": f"v{i}", "video": str(videos / f"clip{i % 3}.mp4"), "questions": ["what color?"]} for i in range(8)]
+    out = tmp_path / "answers.jsonl"
+    args = [sys.executable, "-m", "adaspark_cli.cli.app", "batch", str(manifest(tmp_path, rows)), "--out", str(out),
+            "--model", str(tiny_checkpoint), "--max-frames", "4", "--max-new-tokens", "24", "--cpu-workers", "2"]
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.02)
+    victims = worker_pids(proc.pid)
+    assert len(victims) == 2, victims
+    os.kill(victims[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 1, stderr  # some videos failed, the run finished
+    got = records(out)
+    assert sorted(r["id"] for r in got) == sorted(r["id"] for r in rows)  # each video once, answered or failed
+    failed = [r for r in got if r["error"] is not None]
+    assert 1 <= len(failed) <= 2  # what the killed worker held: the video it answered, the one it opened
+    assert all("exited (code -9) while answering this video" in r["error"] for r in failed)
+    again = subprocess.run(args + ["--retry-failed"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    got = records(out)
+    assert sorted(r["id"] for r in got) == sorted(r["id"] for r in rows) and all(r["error"] is None for r in got)

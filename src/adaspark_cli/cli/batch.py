@@ -10,7 +10,7 @@ import typer
 
 from . import options as opt
 from .defaults import MIN_PIXELS
-from .errors import UsageError, handle_errors, loading, print_error, usage
+from .errors import UsageError, handle_errors, interrupted, loading, print_error, usage
 from .render import BUNDLED_MODEL_NOTE, BatchProgress, err_console, note, write_json
 
 EXIT_SOME_FAILED = 1
@@ -101,8 +101,14 @@ def batch(
     summary = _Summary(total=len(jobs), skipped=skipped)
     try:
         if pending:
-            _run(settings, pending, answers, summary, devices=devices, ray=ray, replicas=cpu_workers or gpus,
-                 cpu_actors=cpu_workers is not None, quiet=quiet)
+            try:
+                _run(settings, pending, answers, summary, devices=devices, ray=ray, replicas=cpu_workers or gpus,
+                     cpu_actors=cpu_workers is not None, quiet=quiet)
+            except KeyboardInterrupt:
+                if answers is None:
+                    raise
+                interrupted(f"interrupted; the {summary.answered + summary.failed} video(s) finished in this run are "
+                            f"in {out}: rerun the same command to resume")
     finally:
         if answers is not None:
             answers.close()

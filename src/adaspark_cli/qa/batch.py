@@ -164,85 +164,124 @@ def run_local(settings: ModelSettings, jobs: list[VideoJob], on_loaded: Callable
 # ------------------------------------------------------------------------------- worker processes
 
 
-def _worker_main(index: int, settings: ModelSettings, tasks: Any, results: Any) -> None:
-    """A worker process: load a replica, then answer jobs from `tasks` until a None, sending each
-    ("taken", index, id) and ("done", index, record dict, seconds) back; ("failed", index, message) if
-    the model cannot load."""
+def _worker_main(settings: ModelSettings, conn: Any) -> None:
+    """A worker process: load a replica, then answer the jobs received on `conn` until a None, sending
+    ("ready",), then ("done", record dict, seconds) per job; ("failed", message) if the model cannot load."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle: it stops the workers
     try:
         replica = Replica(settings)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which stops the run
-        results.put(("failed", index, one_line(exc)))
+        conn.send(("failed", one_line(exc)))
         return
-    results.put(("ready", index, None))
+    conn.send(("ready",))
+    for outcome in answer_videos(replica, iter(conn.recv, None)):
+        conn.send(("done", outcome.record(), outcome.seconds))
 
-    def taken() -> Iterator[VideoJob]:
-        for job in iter(tasks.get, None):
-            results.put(("taken", index, job.id))
-            yield job
 
-    for outcome in answer_videos(replica, taken()):
-        results.put(("done", index, outcome.record(), outcome.seconds))
+@dataclass
+class _Worker:
+    device: str
+    process: Any
+    conn: Any
+    held: list[VideoJob] = field(default_factory=list)  # sent, not yet answered, oldest first
 
 
 def run_workers(settings: ModelSettings, jobs: list[VideoJob], devices: list[str],
                 on_loaded: Callable[[int], None] | None = None) -> Iterator[VideoOutcome]:
-    """One replica per device, each in its own spawned process; jobs from one shared queue; every outcome
-    comes back here (the parent alone writes the answers file). A worker that dies fails the videos it
+    """One replica per device, each in its own spawned process, fed from one queue of jobs here; every
+    outcome comes back here (the parent alone writes the answers file). Each worker holds at most
+    PREFETCH + 1 jobs (the one it answers, the one it opens), over its own pipe: no lock is shared, so
+    a worker killed at any moment cannot block the others. A worker that dies fails the videos it
     held; the others go on. A model that cannot load stops the run with its error."""
     import multiprocessing
+    from collections import deque
+    from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
-    tasks, results = ctx.Queue(), ctx.Queue()
-    by_id = {job.id: job for job in jobs}
-    for job in jobs:
-        tasks.put(job)
     threads = max(1, (os.cpu_count() or 1) // len(devices))
-    procs = []
-    for index, device in enumerate(devices):
+    workers: list[_Worker] = []
+    for device in devices:
+        parent_end, child_end = ctx.Pipe()
         worker_settings = ModelSettings(**{**settings.__dict__, "device": device, "threads": threads})
-        proc = ctx.Process(target=_worker_main, args=(index, worker_settings, tasks, results), daemon=True)
-        proc.start()
-        procs.append(proc)
-        tasks.put(None)  # one stop marker per worker, after every job
-    held: dict[int, set[str]] = {i: set() for i in range(len(procs))}
-    alive = set(range(len(procs)))
-    remaining, ready = len(jobs), 0
+        process = ctx.Process(target=_worker_main, args=(worker_settings, child_end), daemon=True)
+        process.start()
+        child_end.close()
+        workers.append(_Worker(device, process, parent_end))
+    queue_ = deque(jobs)
+    alive = list(workers)
+    ready = 0
     try:
-        while remaining and alive:
-            try:
-                message = results.get(timeout=0.5)
-            except queue.Empty:
-                for index in [i for i in alive if not procs[i].is_alive()]:
-                    alive.discard(index)
-                    for job_id in sorted(held.pop(index)):
-                        remaining -= 1
-                        yield VideoOutcome(by_id[job_id], error=f"worker {index} ({devices[index]}) exited with "
-                                           f"code {procs[index].exitcode} while answering this video")
-                continue
-            kind, index = message[0], message[1]
-            if kind == "failed":
-                raise AdasparkError(message[2])
-            if kind == "ready":
-                ready += 1
-                if on_loaded is not None:
-                    on_loaded(ready)
-            elif kind == "taken":
-                held[index].add(message[2])
-            elif kind == "done":
-                record, seconds = message[2], message[3]
-                held[index].discard(record["id"])
-                remaining -= 1
-                yield VideoOutcome(by_id[record["id"]], answers=record["answers"], error=record["error"],
-                                   seconds=seconds)
-        if remaining:
-            raise AdasparkError(f"every worker exited with {remaining} video(s) left; rerun the same command to "
+        while alive and (queue_ or any(w.held for w in alive)):
+            by_handle = {w.conn: w for w in alive} | {w.process.sentinel: w for w in alive}
+            for handle in wait(list(by_handle)):
+                worker = by_handle[handle]
+                if worker not in alive:
+                    continue
+                message = _receive(worker)
+                if message is None:  # the process ended (or its pipe broke): its videos fail
+                    alive.remove(worker)
+                    worker.process.join(timeout=5)
+                    for job in worker.held:
+                        yield VideoOutcome(job, error=f"the worker on {worker.device} exited (code "
+                                           f"{worker.process.exitcode}) while answering this video; rerun with "
+                                           "--retry-failed")
+                    worker.held.clear()
+                    continue
+                if message[0] == "failed":
+                    raise AdasparkError(message[1])
+                if message[0] == "ready":
+                    ready += 1
+                    if on_loaded is not None:
+                        on_loaded(ready)
+                else:
+                    record, seconds = message[1], message[2]
+                    job = next(j for j in worker.held if j.id == record["id"])
+                    worker.held.remove(job)
+                    yield VideoOutcome(job, answers=record["answers"], error=record["error"], seconds=seconds)
+                _feed(worker, queue_)
+        if queue_:
+            raise AdasparkError(f"every worker exited with {len(queue_)} video(s) left; rerun the same command to "
                                 "resume")
     finally:
-        for proc in procs:
-            proc.join(timeout=5 if not remaining else 0.1)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
+        _stop(workers)
+
+
+def _receive(worker: _Worker) -> Any:
+    """The worker's next message, or None once its process has ended and nothing is left to read."""
+    try:
+        if worker.conn.poll():
+            return worker.conn.recv()
+    except (EOFError, OSError):
+        return None
+    return None if not worker.process.is_alive() else ("idle",)
+
+
+def _feed(worker: _Worker, jobs: Any) -> None:
+    """Top the worker up to PREFETCH + 1 jobs: one to answer, the next to open meanwhile."""
+    while jobs and len(worker.held) < PREFETCH + 1:
+        job = jobs.popleft()
+        try:
+            worker.conn.send(job)
+        except OSError:  # it died just now: the next wait() sees its sentinel
+            jobs.appendleft(job)
+            return
+        worker.held.append(job)
+
+
+def _stop(workers: list[_Worker]) -> None:
+    for worker in workers:
+        try:
+            worker.conn.send(None)
+        except OSError:
+            pass
+    for worker in workers:
+        worker.process.join(timeout=5)
+        if worker.process.is_alive():
+            worker.process.terminate()
+            worker.process.join()
+        worker.conn.close()
 
 
 # ----------------------------------------------------------------------------------------------- Ray
