@@ -441,3 +441,39 @@ def test_a_killed_worker_fails_only_its_videos(videos, tiny_checkpoint, tmp_path
     assert again.returncode == 0, again.stderr
     got = records(out)
     assert sorted(r["id"] for r in got) == sorted(r["id"] for r in rows) and all(r["error"] is None for r in got)
+
+
+def ray_actor_pids() -> list[int]:
+    """Processes of batch's Ray actors (Ray names them after the actor class)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry / "cmdline").read_bytes().startswith(b"ray::_RayReplica"):
+                pids.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_ray_restarts_a_killed_actor_and_retries_its_video(videos, tiny_checkpoint, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'adaspark-cli[ray]')")
+    rows = [{"id": f"v{i}", "video": str(videos / f"clip{i % 3}.mp4"), "questions": ["what color?"]} for i in range(8)]
+    out = tmp_path / "answers.jsonl"
+    args = [sys.executable, "-m", "adaspark_cli.cli.app", "batch", str(manifest(tmp_path, rows)), "--out", str(out),
+            "--model", str(tiny_checkpoint), "--max-frames", "4", "--max-new-tokens", "24", "--cpu-workers", "2",
+            "--ray", "local"]
+    env = dict(os.environ, PYTHONPATH=str(SRC), RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.02)
+    victims = ray_actor_pids()
+    assert victims, "no Ray actor process found"
+    os.kill(victims[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr  # the video the dead actor held was retried on its restarted replica
+    got = records(out)
+    assert sorted(r["id"] for r in got) == sorted(r["id"] for r in rows) and all(r["error"] is None for r in got)
