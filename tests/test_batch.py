@@ -416,10 +416,10 @@ def worker_pids(parent: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
 def test_a_killed_worker_fails_only_its_videos(videos, tiny_checkpoint, tmp_path):
-    rows = [{"id": f"v{i}", "video": str(videos / f"clip{i % 3}.mp4"), "questions": ["what color?"]} for i in range(8)]
+    rows = [{"id": f"v{i}", "video": str(videos / f"clip{i % 3}.mp4"), "questions": ["what color?"]} for i in range(16)]
     out = tmp_path / "answers.jsonl"
     args = [sys.executable, "-m", "adaspark_cli.cli.app", "batch", str(manifest(tmp_path, rows)), "--out", str(out),
-            "--model", str(tiny_checkpoint), "--max-frames", "4", "--max-new-tokens", "24", "--cpu-workers", "2"]
+            "--model", str(tiny_checkpoint), "--max-frames", "4", "--max-new-tokens", "64", "--cpu-workers", "2"]
     env = dict(os.environ, PYTHONPATH=str(SRC))
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -431,12 +431,14 @@ def test_a_killed_worker_fails_only_its_videos(videos, tiny_checkpoint, tmp_path
     assert len(victims) == 2, victims
     os.kill(victims[0], signal.SIGKILL)
     _, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 1, stderr  # some videos failed, the run finished
+    assert "internal error" not in stderr and "Traceback" not in stderr
     got = records(out)
-    assert sorted(r["id"] for r in got) == sorted(r["id"] for r in rows)  # each video once, answered or failed
+    assert sorted(r["id"] for r in got) == sorted(r["id"] for r in rows), stderr  # each once, answered or failed
     failed = [r for r in got if r["error"] is not None]
-    assert 1 <= len(failed) <= 2  # what the killed worker held: the video it answered, the one it opened
-    assert all("exited (code -9) while answering this video" in r["error"] for r in failed)
+    # what the killed worker held: the video it answered and the one it opened; none when it was still loading
+    # its model (the first record came from the other worker), which leaves the run to the survivor
+    assert len(failed) <= 2 and proc.returncode == (1 if failed else 0), stderr
+    assert all("exited (code -9) while answering this video; rerun with --retry-failed" in r["error"] for r in failed)
     again = subprocess.run(args + ["--retry-failed"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     got = records(out)

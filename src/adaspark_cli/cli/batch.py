@@ -22,7 +22,7 @@ def batch(
                                 "relative to the manifest's folder), \"questions\" (a list), optional \"id\", \"fps\", "
                                 "\"max_frames\", \"max_pixels\"), or a folder of videos or a quoted glob such as "
                                 "'clips/**/*.mp4' with -q.", show_default=False),
-    questions: list[str] = typer.Option(None, "--question", "-q", help="A question for every video of a folder or "
+    questions: list[str] = typer.Option(None, "--question", "-q", metavar="QUESTION", help="A question for every video of a folder or "
                                         "glob INPUT (repeat for more).", show_default=False),
     out: str = typer.Option(..., "--out", "-o", help="The answers JSONL: one object per video, written as each "
                             "finishes. Rerunning the same command skips the videos already there. '-' writes to "
@@ -57,8 +57,8 @@ def batch(
                                     "(worker processes, or Ray actors with --ray) instead of one per GPU."),
     json_out: bool = typer.Option(False, "--json", help="End with the summary as one JSON object on stderr "
                                   "(instead of the text summary); stdout stays clean."),
-    quiet: bool = typer.Option(False, "--quiet", help="No notes or progress on stderr (the summary and errors "
-                               "stay)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No notes, progress or per-video errors on "
+                               "stderr (the records keep them; the summary and fatal errors stay)."),
 ) -> None:
     """Answer questions about many videos: the model loads once and each video's answers are appended to
     --out as it finishes.
@@ -201,7 +201,7 @@ def _run(settings: Any, pending: list[Any], answers: Any, summary: _Summary, *, 
         elif devices:
             outcomes = run_workers(settings, pending, devices, on_loaded=loaded)
         else:
-            outcomes = run_local(settings, pending, on_loaded=lambda replica: _local_notes(replica, quiet))
+            outcomes = run_local(settings, pending, on_loaded=lambda replica: _local_notes(replica, pending, quiet))
         summary.start()
         for outcome in outcomes:
             if answers is None:
@@ -227,12 +227,14 @@ def _devices(gpus: int | None, cpu_workers: int | None, visible: int) -> list[st
     return [f"cuda:{i}" for i in range(count)] if count > 1 else None
 
 
-def _local_notes(replica: Any, quiet: bool) -> None:
+def _local_notes(replica: Any, jobs: list[Any], quiet: bool) -> None:
     if quiet:
         return
+    from ..qa import is_bundled_demo
+
     if replica.loaded.device.type == "cpu":
         note("running on the CPU (no CUDA GPU visible); long videos will be slow")
-    if replica.loaded.bundled:
+    if replica.loaded.bundled and not all(is_bundled_demo(job.path) for job in jobs):
         note(BUNDLED_MODEL_NOTE)
 
 

@@ -235,7 +235,7 @@ def run_workers(settings: ModelSettings, jobs: list[VideoJob], devices: list[str
                     ready += 1
                     if on_loaded is not None:
                         on_loaded(ready)
-                else:
+                elif message[0] == "done":
                     record, seconds = message[1], message[2]
                     job = next(j for j in worker.held if j.id == record["id"])
                     worker.held.remove(job)
@@ -254,6 +254,9 @@ def _receive(worker: _Worker) -> Any:
         if worker.conn.poll():
             return worker.conn.recv()
     except (EOFError, OSError):
+        return None
+    except Exception:  # noqa: BLE001 - a message cut short (killed mid-send, unpickling fails): the worker is lost
+        worker.process.kill()
         return None
     return None if not worker.process.is_alive() else ("idle",)
 
