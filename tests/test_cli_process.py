@@ -78,6 +78,8 @@ def probe(args, env) -> tuple[subprocess.CompletedProcess, list[str]]:
         pytest.param(["ask", "clip.mp4", "  "], 2, "QUESTION is empty", id="empty-question"),
         pytest.param(["ask", "clip.mp4", "q?", "--cube", "1000x1000x1000"], 2, "at most 64", id="huge-cube"),
         pytest.param(["profile", "clip.mp4", "--repeats", "0"], 2, "--repeats", id="profile-repeats"),
+        pytest.param(["batch", "-h"], 0, "--out", id="batch-h"),
+        pytest.param(["batch", "clips/", "--out", "answers.jsonl"], 2, "no question for the videos", id="batch-no-q"),
     ],
 )
 def test_help_version_and_usage_errors_load_no_torch(env, args, code, fragment):

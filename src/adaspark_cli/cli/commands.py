@@ -10,6 +10,7 @@ import typer
 
 from .. import __version__
 from .ask import ask
+from .batch import batch
 from .convert import convert
 from .eval import eval_command
 from .profile import profile
@@ -40,6 +41,7 @@ def root(
 
 
 app.command("ask")(ask)
+app.command("batch")(batch)
 app.command("profile")(profile)
 app.command("convert")(convert)
 app.command("eval")(eval_command)

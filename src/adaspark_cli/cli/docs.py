@@ -28,21 +28,43 @@ One JSON object per question, one per line, on stdout. Keys (stable):
 | `layers[]` | per layer: `layer`, `sparse`, `kernel` (the attention that ran: `fa4`, `flex`, `gathered`, `reference`, or `sdpa` for dense), `dense_fallback` (a sparse layer whose selection kept so much that it ran dense), `cubes_total` (cubes available per video query, mean), `cubes_attended_mean`, `cubes_attended_min`, `cubes_attended_max`, `attn_density` (attended keys / causal keys over video queries), `ffn_kept`, `ffn_total` (video tokens through the FFN / all video tokens) |
 | `flops` | `dense` and `sparse` (each `attention`, `ffn`, `rest`, `scoring`, `total`) analytic prefill FLOPs of the whole prompt, and `reduction` (1 - sparse / dense) |
 | `decode` | answer decoding: `steps` (forward calls after the question, one per answer token that needed one), `temperature` (0: greedy, the default; `--temperature`), `seed` (`--seed`, or null: greedy, or a random seed), `cuda_graph` (whether the decode steps were replayed from a CUDA graph: on CUDA; `note` says why not where the capture failed) |
+
+## `batch --out` records
+
+One JSON object per video, one per line, in the `--out` file (or on stdout with `--out -`), appended as
+each video finishes: in INPUT's order with one replica, in the order videos finish with several
+(`--gpus`, `--ray`). Keys (stable):
+
+| key | meaning |
+|---|---|
+| `id` | the manifest's `id`, else the `video` path as written (the folder / glob input: the path as found); a resume skips the ids already in the file |
+| `video` | the video path as written in the manifest, or as found |
+| `answers[]` | the `ask --json` object (keys above) of each question, in the manifest's order; empty when `error` is set |
+| `error` | null, or the one-line reason the video could not be read or answered (the run went on) |
+
+## `batch --json` summary
+
+With `--json`, `batch` ends with one JSON object on stderr (its last line) instead of the text summary;
+stdout stays clean. Keys: `out` (the `--out` value), `total` (videos in INPUT), `answered` and `failed`
+(in this run), `skipped` (already in `--out`), `seconds` (this run, model loading included),
+`videos_per_minute` (answered and failed in this run, per minute of `seconds`, or null), `mean_first_token_s`
+(mean over the videos answered of the first question's `timing.first_token_s`, or null),
+`mean_flops_reduction` (mean of every answer's `flops.reduction`, or null).
 """
 
 
 EXIT_CODES = """\
 ## Exit codes and streams
 
-stdout carries answers, JSON (`--json`), `convert`'s OUT path, and the tables of `profile` and `eval`
+stdout carries answers, JSON (`--json`), `batch --out -`'s records, `convert`'s OUT path, and the tables of `profile` and `eval`
 when they are the output (without `--json`). Notes, progress bars, `ask`'s per-layer tables and every
 error go to stderr; `-q` hides the notes, progress and the tables on stderr. Every error is one line.
 
 | code | meaning |
 |---|---|
 | 0 | done; for `convert`: OUT is complete (also after a Ctrl-C that came too late to stop it, with a note) |
-| 1 | an error of the input or the machine: the video, the model, the disk, stdout that cannot be written (e.g. `> /dev/full`, or closed with `>&-`) |
-| 2 | a usage error: a bad flag value or combination, a missing argument, an empty or too long question (at most {max_chars:,} characters), a second video given as a question, a URL as VIDEO |
+| 1 | an error of the input or the machine: the video, the model, the disk, stdout that cannot be written (e.g. `> /dev/full`, or closed with `>&-`); for `batch`: at least one video failed (its record carries the error; the others were answered) |
+| 2 | a usage error: a bad flag value or combination, a bad `batch` manifest (the message names the line), a missing argument, an empty or too long question (at most {max_chars:,} characters), a second video given as a question, a URL as VIDEO |
 | 130 | interrupted (Ctrl-C at any moment, start-up included); for `convert`: OUT was not written |
 | 141 | stdout's reader went away (`\\| head -c1`): no message, as for a program killed by SIGPIPE |
 

@@ -272,6 +272,44 @@ class ProgressBar:
         self._progress.update(self._task, description=escape(text), completed=done, total=total)
 
 
+class BatchProgress:
+    """`batch`'s bar on stderr, on a terminal only: videos done of total, rate, elapsed and ETA."""
+
+    def __init__(self, total: int, done: int, enabled: bool = True) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=err_console, transient=True, disable=not enabled or not err_console.is_terminal,
+        )
+        self._task = self._progress.add_task("starting", total=total, completed=done, rate="")
+        self._first = done  # videos skipped as already done do not count for the rate
+        self._start = 0.0
+
+    def __enter__(self) -> BatchProgress:
+        import time
+
+        self._start = time.perf_counter()
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def stage(self, text: str) -> None:
+        self._progress.update(self._task, description=escape(text))
+
+    def advance(self, video: str) -> None:
+        import time
+
+        task = self._progress.tasks[0]
+        done = task.completed + 1 - self._first
+        minutes = (time.perf_counter() - self._start) / 60
+        self._progress.update(self._task, advance=1, description=escape(f"last: {video}"),
+                              rate=f"{done / minutes:.1f}/min" if minutes > 0 else "")
+
+
 def _per_layer_table(record: dict[str, Any]) -> Table:
     table = Table(title=f"per-layer calibration: target {record['target_reduction']:.0%} fewer prefill FLOPs on "
                   f"{len(record['videos'])} video(s)", title_justify="left")
