@@ -36,7 +36,6 @@ def batch(
     top_p: float = opt.TOP_P,
     attn_top_p: float = opt.ATTN_TOP_P,
     ffn_top_p: float = opt.FFN_TOP_P,
-    decode_top_p: float = opt.DECODE_TOP_P,
     layers: str = opt.LAYERS,
     fps: float = opt.FPS,
     max_frames: int = opt.MAX_FRAMES,
@@ -80,7 +79,7 @@ def batch(
     """
     jobs, out_path = _check_flags(input, questions or [], out, force, fps, max_frames, max_pixels, max_new_tokens,
                                   decoder, kernel, device, gpus, cpu_workers, retry_failed)
-    overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers, decode_top_p)
+    overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
 
     with loading():
         import torch
