@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -483,3 +484,11 @@ def test_numpy_numbers_are_accepted(make_video) -> None:
     path = make_video(codec="h264", fps=24.0, n_frames=48, width=96, height=64)
     video = decode_video(path, fps=np.float32(2.0), max_frames=np.int64(3), backend="pyav")
     assert video.indices.tolist() == [8, 24, 40]
+
+
+def test_missing_pyav_is_one_line_naming_the_install(make_video, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_video(codec="h264", fps=24.0, n_frames=12, width=128, height=64)
+    monkeypatch.setitem(sys.modules, "av", None)  # import av raises ImportError
+    with pytest.raises(VideoError) as exc:
+        decode_video(path)
+    assert _single_line(exc) == "PyAV (the av package, adaspark's video reader) is not installed; pip install av"

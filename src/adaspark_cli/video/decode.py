@@ -286,8 +286,10 @@ class _Probe:
 
 
 def _open_av(path: Path) -> Any:
-    import av
-
+    try:
+        import av
+    except ImportError as exc:  # a broken install, not the user's video
+        raise _error("PyAV (the av package, adaspark's video reader) is not installed; pip install av") from exc
     try:
         return av.open(str(path), mode="r")
     except PermissionError as exc:
