@@ -216,6 +216,14 @@ class AnswersFile:
             raise AnswersFileError(f"cannot write {self.path}: {exc.strerror or exc}; free some space or choose "
                                    "another --out, then rerun the same command to resume") from None
 
+    def written_this_run(self) -> int:
+        """Records this run appended, read back from the file: exact even where an interrupt landed
+        between a write and the caller's own count."""
+        if self._handle is None:
+            return 0
+        records, _, _ = _read_records(self.path)
+        return sum(key not in self.done for key in records)
+
     def _open_for_writing(self) -> Any:
         if self.force or not self.existed:
             return _open(self.path, "wb")

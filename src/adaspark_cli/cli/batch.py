@@ -106,7 +106,7 @@ def batch(
             except KeyboardInterrupt:
                 if answers is None:
                     raise
-                interrupted(f"interrupted; the {summary.answered + summary.failed} video(s) finished in this run are "
+                interrupted(f"interrupted; the {answers.written_this_run()} video(s) finished in this run are "
                             f"in {out}: rerun the same command to resume")
     finally:
         if answers is not None:
