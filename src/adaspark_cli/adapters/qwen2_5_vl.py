@@ -212,18 +212,15 @@ def adaspark_attention(
     def dense() -> tuple[torch.Tensor, None]:
         return _sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
-    # a question's tokens (not a single decode step: there SDPA without a mask is faster, measured)
-    if not has_video and query.device.type == "cuda" and 1 < lq <= MAX_QUERIES and query.shape[0] == 1:
-        if record is not None:
-            record.queries += lq
-            record.text_query_keys += lq * (2 * lk - lq + 1) // 2
-        mask = _query_mask(attention_mask, lq, lk)
-        scale = module.scaling if scaling is None else scaling
-        return attention_small_query(query[0], key[0], value[0], mask, scale)[None], None
     if not has_video:
         if record is not None:
             record.queries += lq
             record.text_query_keys += lq * (2 * lk - lq + 1) // 2  # sum of causal keys of positions lk-lq .. lk-1
+        # a question's tokens (not a single decode step: there SDPA without a mask is faster, measured)
+        if query.device.type == "cuda" and 1 < lq <= MAX_QUERIES and query.shape[0] == 1:
+            scale = module.scaling if scaling is None else scaling
+            out = attention_small_query(query[0], key[0], value[0], _query_mask(attention_mask, lq, lk), scale)
+            return out[None], None
         return dense()
     plan = build_plan(layout, lq, lk, device=query.device)  # type: ignore[arg-type]
     if not state.layer_is_sparse(module.layer_idx):  # type: ignore[union-attr]
