@@ -52,6 +52,7 @@ sys.path.insert(0, HERE)
 from bench_prefill import GRID_HW, build_model  # noqa: E402
 
 from adaspark_cli.adapters import sparsify  # noqa: E402
+from adaspark_cli.adapters.qwen2_5_vl import ATTN_NAME  # noqa: E402
 from adaspark_cli.config import AdaSparkConfig  # noqa: E402
 from adaspark_cli.qa import VideoQA, bundled_model_dir  # noqa: E402
 from adaspark_cli.qa.preprocess import sync_device  # noqa: E402
@@ -170,11 +171,61 @@ def bench_size(qa: VideoQA, video_tokens: int, args: argparse.Namespace) -> dict
         log(f"  {kind}: {r['step_ms_median']:.2f} ms/step (p10 {r['step_ms_p10']:.2f}, p90 {r['step_ms_p90']:.2f}); "
             f"ask {r['ask_ms_per_token']:.2f} ms/token; {row['weight_gb']:.2f} GB weights + {row['kv_gb']:.2f} GB KV "
             f"-> {r['effective_gbs']:.0f} GB/s" + (f"; {r['note']}" if r["note"] else ""))
+    if qa.device.type == "cuda":
+        ref = reference_step_ms(qa, prefix, length)
+        row["reference_graph_step_ms"] = ref
+        for kind, r in row["steps"].items():
+            r["over_reference"] = r["step_ms_median"] / ref
+        log(f"  reference (exact-length cache, transformers' SDPA, graphed at one position): {ref:.2f} ms/step; "
+            + ", ".join(f"{k} {r['over_reference']:.2f}x" for k, r in row["steps"].items()))
     row["same_answers"] = len(set(answers.values())) == 1  # greedy: the step kinds must agree token for token
     if not row["same_answers"]:
         log(f"  the step kinds gave different answers: {answers}")
     del prefix
     return row
+
+
+def reference_step_ms(qa: VideoQA, prefix: VideoPrefix, context: int, replays: int = 40) -> float:
+    """The best dense step at batch 1 in this run, as a yardstick (issue 13's "graphed dense step"): one
+    step at a fixed context of `context` tokens over a cache of exactly that length (no mask), through
+    transformers' SDPA, captured in a CUDA graph and replayed at the same position. The cached values
+    past the prefix are zeros: timing only."""
+    cache, model = prefix.cache, qa.model
+    base = cache.length
+    cache.reserve(context + 8)
+    cache.advance(context - 1 - base)
+    token = torch.zeros((1, 1), dtype=torch.long, device=qa.device)
+    position = torch.full((3, 1, 1), context, dtype=torch.long, device=qa.device)
+
+    def step() -> torch.Tensor:
+        out = model(input_ids=token, position_ids=position, use_cache=True, logits_to_keep=1, **{qa._cache_kw: cache})
+        cache.truncate(context - 1)  # outside the graph this undoes the append; the replays write the same slot
+        return out.logits
+
+    model.set_attn_implementation({"text_config": "sdpa"})
+    try:
+        with torch.no_grad():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    step()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            graph.replay()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(replays):
+                graph.replay()
+            torch.cuda.synchronize()
+            ms = 1e3 * (time.perf_counter() - t0) / replays
+        del graph
+    finally:
+        model.set_attn_implementation({"text_config": ATTN_NAME})
+        cache.truncate(base)
+    return ms
 
 
 def peak_bytes(device: torch.device) -> int:

@@ -422,3 +422,61 @@ def test_small_query_attention_matches_sdpa(hq, hkv, n, masked):
         attn_mask=(causal if mask is None else mask)[None, None], scale=0.3,
     )[0].transpose(0, 1)
     torch.testing.assert_close(attention_small_query(q, k, v, mask, 0.3), want, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# one decode step over a long (preallocated, masked) cache
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 2), (3, 3), (4, 1)], ids=["gqa", "mha", "mqa"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_decode_reference_matches_sdpa(hq, hkv, masked):
+    from adaspark_cli.attention.decode import decode_attention_reference
+
+    torch.manual_seed(5)
+    length, d = 50, 8
+    q, k, v = torch.randn(hq, 1, d), torch.randn(hkv, length, d), torch.randn(hkv, length, d)
+    mask = torch.arange(length) < 37 if masked else None
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q[None], k.repeat_interleave(hq // hkv, 0)[None], v.repeat_interleave(hq // hkv, 0)[None],
+        attn_mask=None if mask is None else mask[None, None, None], scale=0.3,
+    )[0].transpose(0, 1)
+    torch.testing.assert_close(decode_attention_reference(q, k, v, mask, 0.3), want, rtol=1e-5, atol=1e-5)
+
+
+DECODE_CHECK = textwrap.dedent(
+    """
+    import torch
+    from adaspark_cli.attention import decode as dec
+    torch.manual_seed(0)
+    # (Hq, Hkv, keys, head dim): GQA, MHA, MQA, a head dim that is not a power of two, lengths that are
+    # not multiples of the kernel's block, and enough keys for several chunks
+    for hq, hkv, length, d in [(4, 2, 40, 8), (3, 3, 130, 16), (4, 1, 257, 32), (6, 2, 700, 20)]:
+        q, k, v = torch.randn(hq, 1, d), torch.randn(hkv, length, d), torch.randn(hkv, length, d)
+        prefix = torch.arange(length) < length // 5  # a filled prefix: later chunks are wholly masked
+        for mask in (None, prefix, torch.rand(length) > 0.5):
+            got = dec.decode_attention(q, k, v, mask, 0.3)
+            want = dec.decode_attention_reference(q, k, v, mask, 0.3)
+            assert got.shape == want.shape == (1, hq, d), got.shape
+            err = (got - want).abs().max().item()
+            assert err < 1e-4, (hq, hkv, length, d, err)
+    # a non-contiguous cache view (the filled part of a bigger buffer) is read through its strides
+    buf = torch.randn(2, 300, 8)
+    q = torch.randn(4, 1, 8)
+    got = dec.decode_attention(q, buf[:, :90], buf[:, :90] * 2, None, 0.5)
+    assert (got - dec.decode_attention_reference(q, buf[:, :90], buf[:, :90] * 2, None, 0.5)).abs().max() < 1e-4
+    print("ok")
+    """
+)
+
+
+def test_decode_kernel_in_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run([sys.executable, "-c", DECODE_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    if run.returncode != 0 and "interpret" in run.stderr.lower() and "not supported" in run.stderr.lower():
+        pytest.skip("this Triton has no interpreter for these ops")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith("ok")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..attention.kernels import IMPLEMENTATIONS, check_kernel, per_token, resolve_kernel, runs_dense
+from ..attention.decode import decode_attention, decode_kernel_available
 from ..attention.small_query import MAX_QUERIES, attention_small_query
 from ..config import AdaSparkConfig
 from ..cubes import CubeLayout
@@ -199,8 +200,9 @@ def adaspark_attention(
 
     Sparse where the call's queries include video tokens of the current layout (the video prefill):
     one selection step, then the implementation the settings pick, both given the same block plan;
-    the statistics count the selection afterwards. Question tokens and decode steps attend densely
-    through SDPA.
+    the statistics count the selection afterwards. Question tokens and decode steps attend densely: on
+    CUDA through kernels that read each cached key once (attention/decode.py, attention/small_query.py),
+    elsewhere through SDPA.
     Returns (B, Lq, Hq, D).
     """
     state: SparseState | None = getattr(module, STATE_ATTR, None)
@@ -216,9 +218,13 @@ def adaspark_attention(
         if record is not None:
             record.queries += lq
             record.text_query_keys += lq * (2 * lk - lq + 1) // 2  # sum of causal keys of positions lk-lq .. lk-1
-        # a question's tokens (not a single decode step: there SDPA without a mask is faster, measured)
-        if query.device.type == "cuda" and 1 < lq <= MAX_QUERIES and query.shape[0] == 1:
-            scale = module.scaling if scaling is None else scaling
+        # a decode step or a question's tokens over a long cache: each cached key read once (CUDA)
+        scale = module.scaling if scaling is None else scaling
+        if query.shape[0] == 1 and lq == 1 and decode_kernel_available(query.device):
+            mask = _query_mask(attention_mask, lq, lk)
+            out = decode_attention(query[0], key[0], value[0], None if mask is None else mask[0].contiguous(), scale)
+            return out[None], None
+        if query.shape[0] == 1 and 1 < lq <= MAX_QUERIES and query.device.type == "cuda":
             out = attention_small_query(query[0], key[0], value[0], _query_mask(attention_mask, lq, lk), scale)
             return out[None], None
         return dense()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..adapters.qwen2_5_vl import SparseState
+from ..attention.decode import decode_kernel_available
 from ..errors import AdasparkError
 from ..stats import ModelDims, PrefillStats
 from .cache import DEFAULT_TAIL_TOKENS, SharedCache
@@ -69,7 +70,7 @@ def _cache_kwarg(model: torch.nn.Module) -> str:
 
 
 DECODE_STEPS = ("auto", "dynamic", "static", "graph")
-GRAPH_MAX_TOKENS = 98_304  # "auto" graphs the decode step up to this cache size (measured crossover: 64K-128K)
+GRAPH_MAX_TOKENS = 98_304  # without the decode kernel, "auto" graphs the step up to this cache size (measured crossover)
 
 
 class VideoQA(VideoPreprocessing):
@@ -77,8 +78,8 @@ class VideoQA(VideoPreprocessing):
 
     decode_step: how each answer token runs. "dynamic": eager, attention over the filled cache;
     "static": the fixed-shape step (qa/graph.py), eager; "graph": that step captured once per video in
-    a CUDA graph and replayed (CUDA only); "auto" (the default): "graph" on CUDA for a cache of up to
-    GRAPH_MAX_TOKENS tokens, else "dynamic"."""
+    a CUDA graph and replayed (CUDA only); "auto" (the default): "graph" on CUDA (without Triton's decode
+    kernel only for a cache of up to GRAPH_MAX_TOKENS tokens), else "dynamic"."""
 
     decode_step = "auto"
 
@@ -293,11 +294,14 @@ class AnswerStream:
         if kind not in DECODE_STEPS:
             raise AdasparkError(f"VideoQA.decode_step {kind!r} is not one of {', '.join(DECODE_STEPS)}")
         if kind == "auto":
-            # the graphed step attends its whole buffer under a mask, which costs more than it saves on a
-            # long cache (H200, 7B shapes: 17 / 44 / 81 ms graphed against 62 / 56 / 56 ms eager at
-            # 16K / 64K / 128K), so it is used up to GRAPH_MAX_TOKENS only
-            cuda = self.qa.device.type == "cuda"
-            return "graph" if cuda and self.prefix.cache.capacity <= GRAPH_MAX_TOKENS else "dynamic"
+            # the graphed step attends its whole buffer under a mask: with the decode kernel that skips the
+            # unfilled part (attention/decode.py) it wins at every length; through SDPA (which repeats
+            # the KV heads) it lost to eager decoding past GRAPH_MAX_TOKENS (H200, 7B shapes: 17 / 44 /
+            # 81 ms graphed against 62 / 56 / 56 ms eager at 16K / 64K / 128K)
+            device = self.qa.device
+            if device.type != "cuda":
+                return "dynamic"
+            return "graph" if decode_kernel_available(device) or self.prefix.cache.capacity <= GRAPH_MAX_TOKENS else "dynamic"
         if kind == "graph" and self.qa.device.type != "cuda":
             raise AdasparkError(f"CUDA-graph decoding needs a CUDA device, the model is on {self.qa.device.type}")
         return kind

@@ -1,0 +1,100 @@
+"""Where the selection step's time goes: CUDA time per kernel of `select_per_block` (torch.profiler).
+
+One layer's selection at 7B shapes (28 query / 4 KV heads, head dim 128, bf16 random Q/K in
+transformers' token-major memory, the benchmark's cube 2x8x8 and 16x16-token frame pairs), at each
+size of --sizes: the wall time of the whole step (CUDA events, median of 5), then one profiled call
+with its kernels' CUDA time grouped by name. Random inputs select almost every cube, the worst case for
+the union. Also checks the fused selection against the exact one on the same inputs.
+
+Usage (GPU machine):  PYTHONPATH=src python3 benchmarks/profile_selection.py --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "src"))
+sys.path.insert(0, HERE)
+
+from bench_prefill import CUBE, GRID_HW, TEXT_AFTER, TEXT_BEFORE, environment  # noqa: E402
+
+from adaspark_cli.cubes import VideoSpan, cube_layout  # noqa: E402
+from adaspark_cli.cubes.plan import build_plan  # noqa: E402
+from adaspark_cli.selection import select_per_block  # noqa: E402
+
+
+def inputs(video_tokens: int, device: torch.device):
+    layout = cube_layout([VideoSpan(TEXT_BEFORE, (video_tokens // 256, *GRID_HW))], TEXT_BEFORE + video_tokens + TEXT_AFTER, CUBE)
+    n = layout.seq_len
+    g = torch.Generator(device=device).manual_seed(3)
+    q = torch.randn(n, 28, 128, generator=g, device=device).to(torch.bfloat16).transpose(0, 1)
+    k = torch.randn(n, 4, 128, generator=g, device=device).to(torch.bfloat16).transpose(0, 1)
+    return q, k, build_plan(layout, n, n, device=device)
+
+
+def cuda_ms(fn, reps: int = 5) -> float:
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return statistics.median(times)
+
+
+def kernel_breakdown(fn) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    per: dict[str, float] = defaultdict(float)
+    for ev in prof.events():
+        if ev.device_type.name == "CUDA":
+            per[ev.name[:90]] += ev.device_time / 1e3  # us -> ms
+    return dict(sorted(per.items(), key=lambda kv: -kv[1]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="32,64,128", help="video tokens in thousands (1024s)")
+    ap.add_argument("--top-p", type=float, default=0.5)
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    args = ap.parse_args()
+    device = torch.device("cuda")
+    res = {"env": environment(args), "top_p": args.top_p, "sizes": {}}
+    print(json.dumps(res["env"]), file=sys.stderr)
+    scale = 128**-0.5
+    for size in (int(s) * 1024 for s in args.sizes.split(",")):
+        q, k, plan = inputs(size, device)
+        fn = lambda: select_per_block(q, k, plan, args.top_p, scale)  # noqa: E731
+        row = {"select_ms": cuda_ms(fn), "kernels_ms": kernel_breakdown(fn)}
+        exact = select_per_block(q, k, plan, args.top_p, scale, method="exact").cubes
+        fused = fn().cubes
+        row["fused_vs_exact"] = {"missing": int((exact & ~fused).sum()), "extra": int((fused & ~exact).sum()), "exact_total": int(exact.sum())}
+        res["sizes"][str(size)] = row
+        top = ", ".join(f"{name} {ms:.2f}" for name, ms in list(row["kernels_ms"].items())[:6])
+        print(f"{size} video tokens: selection {row['select_ms']:.2f} ms; kernels (ms): {top}; fused vs exact {row['fused_vs_exact']}", file=sys.stderr)
+        del q, k, plan
+        torch.cuda.empty_cache()
+    if args.out:
+        Path(args.out, "profile_selection.json").write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
