@@ -317,6 +317,11 @@ def kernel_table(device: torch.device, video_tokens: int, kernels: list[str], re
         a = stats.layers[0].attention
         kept = a.attended_keys / a.causal_keys  # video queries; text queries attend densely (a few)
         row: dict[str, Any] = {"kept_fraction": kept}
+        # tiles the kernel computes against a dense causal kernel's (the diagonal one of each query
+        # block counted whole in both): partial tiles cost a whole tile but count part of one in `kept`
+        nqb = sel.full.shape[1]
+        row["tile_fraction"] = float((sel.full | sel.partial).sum()) / (hkv * nqb * (nqb + 1) / 2)
+        row["partial_tiles_share"] = float(sel.partial.sum()) / float((sel.full | sel.partial).sum())
         row["select_ms"] = bench(lambda: select_per_block(q, k, plan, density, d**-0.5)) if density < 1 else None
         for name in kernels:
             fn = IMPLEMENTATIONS[name]
@@ -326,6 +331,7 @@ def kernel_table(device: torch.device, video_tokens: int, kernels: list[str], re
         if "fa4" in kernels:  # the kernel alone: inputs already in tile order, block lists already built
             row["fa4_call_ms"] = bench(fa4_call_only(q, k, v, plan, sel, d**-0.5))
             row["fa4_call_frac_ideal"] = best * kept / row["fa4_call_ms"]
+            row["fa4_call_frac_tile_ideal"] = best * row["tile_fraction"] / row["fa4_call_ms"]
         res["sparse"][str(density)] = row
         log(f"kernel {L} tokens density {density}: " + ", ".join(f"{kk} {vv:.3f}" for kk, vv in row.items() if isinstance(vv, float)))
     return res
@@ -363,7 +369,7 @@ def main() -> int:
     model = build_model(args.smoke, device, torch.float32 if args.smoke else torch.bfloat16)
     state = sparsify(model, AdaSparkConfig(cube=CUBE), kernel=sparse_kernel)
     timer = None if args.smoke else BlockTimer(model)
-    sizes = [int(s) * 1024 for s in args.sizes.split(",")]
+    sizes = [int(s) * 1024 for s in ("1" if args.smoke else args.sizes).split(",")]  # smoke: one small size
     # p = 1 reproduces dense (fallback off, so the sparse kernels themselves run)
     inp = Inputs(model, sizes[0], device)
     with state.override(enabled=False):
