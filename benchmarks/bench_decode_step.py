@@ -151,6 +151,9 @@ def bench_size(qa: VideoQA, video_tokens: int, args: argparse.Namespace) -> dict
     length = prompt.length + len(qa.question_ids(QUESTIONS[0])) + args.tokens // 2  # the middle step's context
     row: dict[str, Any] = {"video_tokens": prompt.video_tokens, "context_tokens": length, "weight_gb": weight_bytes(qa) / 1e9,
                            "kv_gb": kv_bytes(prefix, length) / 1e9, "cache_buffer_gb": prefix.cache.nbytes() / 1e9, "steps": {}}
+    if qa.device.type == "cuda":
+        row["decode_kernel_max_abs_err"] = decode_kernel_error(qa, prefix)
+        log(f"  decode kernel against its reference (layer 0's cache, bf16): max abs err {row['decode_kernel_max_abs_err']:.2e}")
     kinds = ["dynamic", "graph" if qa.device.type == "cuda" else "static"]
     answers = {}
     for kind in kinds:
@@ -183,6 +186,20 @@ def bench_size(qa: VideoQA, video_tokens: int, args: argparse.Namespace) -> dict
         log(f"  the step kinds gave different answers: {answers}")
     del prefix
     return row
+
+
+def decode_kernel_error(qa: VideoQA, prefix: VideoPrefix) -> float:
+    """attention/decode.py's kernel against its float32 reference on layer 0's real cache buffer, with the
+    buffer's unfilled tail masked as the graphed step masks it."""
+    from adaspark_cli.attention.decode import decode_attention, decode_attention_reference
+
+    layer = prefix.cache.layers[0]
+    keys, values = layer._keys[0], layer._values[0]
+    hq = qa.model.config.text_config.num_attention_heads
+    q = torch.randn(hq, 1, keys.shape[-1], device=qa.device, dtype=keys.dtype)
+    mask = torch.arange(keys.shape[1], device=qa.device) < prefix.cache.length
+    scale = keys.shape[-1] ** -0.5
+    return float((decode_attention(q, keys, values, mask, scale).float() - decode_attention_reference(q, keys, values, mask, scale).float()).abs().max())
 
 
 def reference_step_ms(qa: VideoQA, prefix: VideoPrefix, context: int, replays: int = 40) -> float:

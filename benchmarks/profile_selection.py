@@ -69,6 +69,56 @@ def kernel_breakdown(fn) -> dict[str, float]:
     return dict(sorted(per.items(), key=lambda kv: -kv[1]))
 
 
+SWEEP = [dict()] + [
+    dict(rows_scale=r, num_warps=w, min_programs=m)
+    for r in (0.5, 1, 2, 4) for w in (4, 8) for m in (1, 4096, 16384)
+] + [dict(iters=12), dict(iters=10)]
+
+
+def sweep(fn, exact: torch.Tensor) -> list[dict]:
+    """The union kernel's launch choices (triton_union.launch_union's keywords), each timed on the same
+    selection; the first row is the default. rows_scale multiplies the default rows per step."""
+    from adaspark_cli.selection import select as select_module
+    from adaspark_cli.selection import triton_union
+
+    original = select_module.launch_union
+    rows = []
+    try:
+        for choice in SWEEP:
+            kw = dict(choice)
+            scale = kw.pop("rows_scale", None)
+
+            def launch(logits, *a, _kw=kw, _scale=scale, **k):
+                if _scale is not None:
+                    cpad = 1 << max(4, (logits.shape[2] - 1).bit_length())
+                    _kw = dict(_kw, rows_per_step=max(1, int(_scale * 2048 // cpad)))
+                return triton_union.launch_union(logits, *a, **k, **_kw)
+
+            select_module.launch_union = launch
+            ms = cuda_ms(fn)
+            got = fn().cubes
+            rows.append(dict(choice, ms=ms, missing=int((exact & ~got).sum()), extra=int((got & ~exact).sum())))
+    finally:
+        select_module.launch_union = original
+    return rows
+
+
+def one_size(size: int, top_p: float, device: torch.device) -> dict:
+    q, k, plan = inputs(size, device)
+    scale = 128**-0.5
+    fn = lambda: select_per_block(q, k, plan, top_p, scale)  # noqa: E731
+    row = {"select_ms": cuda_ms(fn), "kernels_ms": kernel_breakdown(fn)}
+    exact = select_per_block(q, k, plan, top_p, scale, method="exact").cubes
+    fused = fn().cubes
+    row["fused_vs_exact"] = {"missing": int((exact & ~fused).sum()), "extra": int((fused & ~exact).sum()), "exact_total": int(exact.sum())}
+    top = ", ".join(f"{name} {ms:.2f}" for name, ms in list(row["kernels_ms"].items())[:6])
+    print(f"{size} video tokens: selection {row['select_ms']:.2f} ms; kernels (ms): {top}; fused vs exact {row['fused_vs_exact']}", file=sys.stderr)
+    row["sweep"] = sweep(fn, exact)
+    best = min(row["sweep"], key=lambda r: r["ms"])
+    print(f"  launch sweep: best {best}; default {row['sweep'][0]}", file=sys.stderr)
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="32,64,128", help="video tokens in thousands (1024s)")
@@ -78,21 +128,11 @@ def main() -> int:
     device = torch.device("cuda")
     res = {"env": environment(args), "top_p": args.top_p, "sizes": {}}
     print(json.dumps(res["env"]), file=sys.stderr)
-    scale = 128**-0.5
     for size in (int(s) * 1024 for s in args.sizes.split(",")):
-        q, k, plan = inputs(size, device)
-        fn = lambda: select_per_block(q, k, plan, args.top_p, scale)  # noqa: E731
-        row = {"select_ms": cuda_ms(fn), "kernels_ms": kernel_breakdown(fn)}
-        exact = select_per_block(q, k, plan, args.top_p, scale, method="exact").cubes
-        fused = fn().cubes
-        row["fused_vs_exact"] = {"missing": int((exact & ~fused).sum()), "extra": int((fused & ~exact).sum()), "exact_total": int(exact.sum())}
-        res["sizes"][str(size)] = row
-        top = ", ".join(f"{name} {ms:.2f}" for name, ms in list(row["kernels_ms"].items())[:6])
-        print(f"{size} video tokens: selection {row['select_ms']:.2f} ms; kernels (ms): {top}; fused vs exact {row['fused_vs_exact']}", file=sys.stderr)
-        del q, k, plan
+        res["sizes"][str(size)] = one_size(size, args.top_p, device)
         torch.cuda.empty_cache()
-    if args.out:
-        Path(args.out, "profile_selection.json").write_text(json.dumps(res, indent=1))
+        if args.out:
+            Path(args.out, "profile_selection.json").write_text(json.dumps(res, indent=1))
     return 0
 
 

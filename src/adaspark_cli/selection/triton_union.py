@@ -79,20 +79,26 @@ def _get_kernel():
     return nucleus_union_kernel
 
 
-def launch_union(logits, cand, valid, out, top_p: float, group: int, block: int) -> None:
+def launch_union(
+    logits, cand, valid, out, top_p: float, group: int, block: int, *,
+    rows_per_step: int | None = None, num_warps: int = 4, iters: int = 16, min_programs: int = MIN_PROGRAMS,
+) -> None:
     """logits: (Hq, n, ccp) float16 scaled, n = nb*block; cand: (nb,) int32; valid: (n,) int8;
-    out: (Hkv, nb, >= ccp) int32 view, zeros, OR-ed into."""
+    out: (Hkv, nb, >= ccp) int32 view, zeros, OR-ed into. The keywords are launch choices (benchmarks
+    sweep them: benchmarks/profile_selection.py); the defaults are the measured best."""
     import triton
 
     kernel = _get_kernel()
     hq, n, ccp = logits.shape
     hkv, nb = out.shape[0], out.shape[1]
     cpad = triton.next_power_of_2(max(ccp, 16))
-    block_t = max(1, min(16, 2048 // cpad, block & -block))  # a power of two that divides block
+    if rows_per_step is None:
+        rows_per_step = 2048 // cpad
+    block_t = max(1, min(16, rows_per_step, block & -block))  # a power of two that divides block
     parts = 1  # programs per block: enough of them to fill the card, each with as many rows as it can
-    while parts * 2 * block_t <= block and nb * hkv * parts < MIN_PROGRAMS:
+    while parts * 2 * block_t <= block and nb * hkv * parts < min_programs:
         parts *= 2
     kernel[(nb, hkv, parts)](
         logits, cand, valid, out, min(1.0, float(top_p) + TOP_P_SLACK), n, ccp, out.stride(0), out.stride(1),
-        G=group, BLOCK=block, ROWS=block // parts, BLOCK_T=block_t, CPAD=cpad, ITERS=16, num_warps=4,
+        G=group, BLOCK=block, ROWS=block // parts, BLOCK_T=block_t, CPAD=cpad, ITERS=iters, num_warps=num_warps,
     )
