@@ -221,7 +221,7 @@ def reference_step_ms(qa: VideoQA, prefix: VideoPrefix, context: int, replays: i
 
     model.set_attn_implementation({"text_config": "sdpa"})
     try:
-        with torch.no_grad():
+        with torch.inference_mode():  # as the session runs (its cache tensors are inference tensors)
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
