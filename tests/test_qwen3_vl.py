@@ -28,6 +28,7 @@ from adaspark_cli.errors import AdasparkError
 from adaspark_cli.qa import VideoQA
 from adaspark_cli.qa.result import layer_rows
 from adaspark_cli.selection import select_per_token
+from adaspark_cli.stats import ModelDims
 from test_model import QUESTION, synthetic_video
 from test_sparse_attention import brute_force
 from video_factory import write_video
@@ -225,6 +226,7 @@ def test_moe_p_one_equals_dense_and_sparsity_runs(tmp_path):
 
     model, processor = load_model(str(build_tiny_qwen3_checkpoint(tmp_path / "moe", moe=True, text_layers=2, deepstack=(0,))))
     assert type(model).__name__ == "Qwen3VLMoeForConditionalGeneration"
+    assert ModelDims.from_text_config(model.config.text_config).intermediate == 2 * 64  # 2 experts of 64 per row
     state = sparsify(model, AdaSparkConfig(cube=(2, 2, 2), attn_top_p=1.0, ffn_top_p=1.0))
     try:
         qa = VideoQA(model, processor, state)

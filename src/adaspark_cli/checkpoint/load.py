@@ -316,7 +316,7 @@ def _weight_files(path: Path) -> list[Path]:
 
 
 def verify_checkpoint(path: Path) -> list[Path]:
-    """Check a checkpoint directory without loading it: a Qwen2.5-VL config.json and whole safetensors files.
+    """Check a checkpoint directory without loading it: a supported config.json and whole safetensors files.
 
     Returns the weight files (the shards the index lists, or model.safetensors); CheckpointError otherwise.
     """
