@@ -468,13 +468,14 @@ def main() -> int:
         for a, f in FORCED:
             hook = (lambda plan, layer, kv, a=a: random_selection(plan, kv, a, seed=layer))
             runs.append((f"forced {a}/{f}", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=f), "selection_hook": hook, "dense_fallback": False}))
-        for a, f in TOP_P:
-            runs.append((f"top-p {a}/{f}", {"config": AdaSparkConfig(cube=CUBE, attn_top_p=a, ffn_top_p=f)}))
         if qwen3:  # the DeepStack decision's cost: the same forced run with those layers' FFN sparse too
+            # (before the top-p runs, which the deadline may skip at 64K)
             a, f = FORCED[1]
             hook = (lambda plan, layer, kv, a=a: random_selection(plan, kv, a, seed=layer))
             runs.append((f"forced {a}/{f} deepstack-ffn-sparse", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=f), "selection_hook": hook,
                                                                   "dense_fallback": False, "dense_ffn_layers": frozenset()}))
+        for a, f in TOP_P:
+            runs.append((f"top-p {a}/{f}", {"config": AdaSparkConfig(cube=CUBE, attn_top_p=a, ffn_top_p=f)}))
         if not args.smoke and "flex" in kernels and sparse_kernel != "flex":
             hook = (lambda plan, layer, kv: random_selection(plan, kv, 0.3, seed=layer))
             runs.append(("forced 0.3/0.3 flex", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=0.3), "selection_hook": hook,
