@@ -52,7 +52,7 @@ sys.path.insert(0, HERE)
 from bench_prefill import GRID_HW, build_model  # noqa: E402
 
 from adaspark_cli.adapters import sparsify  # noqa: E402
-from adaspark_cli.adapters.qwen2_5_vl import ATTN_NAME  # noqa: E402
+from adaspark_cli.adapters.sparse import ATTN_NAME  # noqa: E402
 from adaspark_cli.config import AdaSparkConfig  # noqa: E402
 from adaspark_cli.qa import VideoQA, bundled_model_dir  # noqa: E402
 from adaspark_cli.qa.preprocess import sync_device  # noqa: E402

@@ -18,9 +18,17 @@ Before timing: the fast kernels against the reference on the same Selection (max
 p = 1 against dense logits. Kernel table: one layer's attention alone at forced densities, dense SDPA,
 FA4 dense, FA4 and FlexAttention sparse, with "fraction of ideal" = best dense x kept fraction / time.
 
+--arch qwen3_vl (issue 14, part 4): the 36-layer Qwen3-VL-8B language model instead (hidden 4096, 32 query /
+8 KV heads, head dim 128, FFN 12288, interleaved M-RoPE), its prompt laid out as Qwen3VLProcessor does
+(per frame pair a timestamp text, <|vision_start|>, 16x16 video tokens, <|vision_end|>), positions from
+the model's own get_rope_index, random DeepStack features added after layers 0-2 (whose FFN stays dense,
+docs/method.md), plus one run with those FFNs sparse too. Defaults then: --sizes 32,64, 2 repeats, no
+kernel table, deadline 200 s (the whole script about 3-4 minutes on an H200).
+
 Usage (GPU machine; FA4 optional, found by import):
     PYTHONPATH=src python3 benchmarks/bench_prefill.py --out $OUT --sizes 16,32,64,128
-CPU smoke run (tiny shapes, no timing claims): python benchmarks/bench_prefill.py --smoke
+    PYTHONPATH=src python3 benchmarks/bench_prefill.py --arch qwen3_vl --out $OUT
+CPU smoke run (tiny shapes, no timing claims): python benchmarks/bench_prefill.py --smoke [--arch qwen3_vl]
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from adaspark_cli.adapters.positions import mrope_position_ids  # noqa: E402
 from adaspark_cli.attention import IMPLEMENTATIONS  # noqa: E402
 from adaspark_cli.attention.fa4 import fa4_available  # noqa: E402
 from adaspark_cli.config import AdaSparkConfig  # noqa: E402
-from adaspark_cli.cubes import VideoSpan, cube_layout  # noqa: E402
+from adaspark_cli.cubes import VideoSpan, cube_layout, frame_pair_spans  # noqa: E402
 from adaspark_cli.cubes.plan import build_plan  # noqa: E402
 from adaspark_cli.selection import random_selection, select_per_block  # noqa: E402
 from adaspark_cli.stats import ModelDims, PrefillStats, prefill_flops, reduction  # noqa: E402
@@ -62,6 +70,19 @@ TEXT_SMOKE = dict(TEXT_7B, vocab_size=512, hidden_size=64, intermediate_size=128
 VISION_TINY = dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64, in_channels=3, patch_size=14,
                    spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[0],
                    tokens_per_second=2)
+TEXT_8B = dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+               num_attention_heads=32, num_key_value_heads=8, head_dim=128, hidden_act="silu",
+               max_position_embeddings=262144, rms_norm_eps=1e-6, tie_word_embeddings=False,
+               rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
+                                "mrope_interleaved": True})
+TEXT_8B_SMOKE = dict(TEXT_8B, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                     rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2],
+                                      "mrope_interleaved": True})
+VISION_TINY_QWEN3 = dict(depth=3, hidden_size=32, num_heads=2, intermediate_size=64, in_channels=3, patch_size=16,
+                         spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                         deepstack_visual_indexes=[0, 1, 2])  # 8B: [8, 16, 24] of 27 blocks: LM layers 0-2
+TIMESTAMP_TOKENS = 6  # "<12.3 seconds>" in Qwen's BPE: "<", "1", "2", ".", "3", " seconds>" (about)
 TEXT_BEFORE, TEXT_AFTER = 64, 64
 GRID_HW = (16, 16)
 CUBE = (2, 8, 8)
@@ -97,7 +118,9 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     return env
 
 
-def build_model(smoke: bool, device: torch.device, dtype: torch.dtype) -> Any:
+def build_model(arch: str, smoke: bool, device: torch.device, dtype: torch.dtype) -> Any:
+    if arch == "qwen3_vl":
+        return build_qwen3(smoke, device, dtype)
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     text = TEXT_SMOKE if smoke else TEXT_7B
@@ -111,8 +134,24 @@ def build_model(smoke: bool, device: torch.device, dtype: torch.dtype) -> Any:
     return model.eval()
 
 
+def build_qwen3(smoke: bool, device: torch.device, dtype: torch.dtype) -> Any:
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    text = TEXT_8B_SMOKE if smoke else TEXT_8B
+    v = text["vocab_size"]
+    config = Qwen3VLConfig(text_config=text, vision_config={**VISION_TINY_QWEN3, "out_hidden_size": text["hidden_size"]},
+                           image_token_id=v - 4, video_token_id=v - 3, vision_start_token_id=v - 2, vision_end_token_id=v - 1)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen3VLForConditionalGeneration._from_config(
+            config, dtype=dtype, attn_implementation={"text_config": "sdpa", "vision_config": "sdpa"})
+    return model.eval()
+
+
 class Inputs:
     """One prompt of `video_tokens` video tokens: embeddings, M-RoPE positions, the cube layout."""
+
+    deepstack: dict[str, Any] = {}  # Qwen3-VL: the language model's DeepStack inputs
 
     def __init__(self, model: Any, video_tokens: int, device: torch.device) -> None:
         t = max(1, video_tokens // (GRID_HW[0] * GRID_HW[1]))
@@ -130,11 +169,45 @@ class Inputs:
         self.embeds = (torch.randn(1, self.seq, hidden, generator=g, device=device) * 0.5).to(next(model.parameters()).dtype)
 
 
+class Qwen3Inputs(Inputs):
+    """The same, laid out as Qwen3VLProcessor does: per frame pair TIMESTAMP_TOKENS of text, <|vision_start|>,
+    16x16 video tokens, <|vision_end|>; positions from the model's get_rope_index; random DeepStack features."""
+
+    def __init__(self, model: Any, video_tokens: int, device: torch.device) -> None:
+        t = max(1, video_tokens // (GRID_HW[0] * GRID_HW[1]))
+        per_frame = GRID_HW[0] * GRID_HW[1]
+        segment = TIMESTAMP_TOKENS + 1 + per_frame + 1
+        self.seq = TEXT_BEFORE + t * segment + TEXT_AFTER
+        types = torch.zeros(self.seq, dtype=torch.long)
+        for i in range(t):
+            start = TEXT_BEFORE + i * segment + TIMESTAMP_TOKENS + 1
+            types[start : start + per_frame] = 2
+        grid = torch.tensor([[t, GRID_HW[0] * 2, GRID_HW[1] * 2]])
+        self.layout = cube_layout(frame_pair_spans(types, grid, 2), self.seq, CUBE)
+        self.video_tokens = self.layout.num_video_tokens
+        positions, _ = model.model.get_rope_index(torch.zeros(1, self.seq, dtype=torch.long), types[None], video_grid_thw=grid)
+        self.positions = positions.to(device)  # (3, 1, L)
+        g = torch.Generator(device=device).manual_seed(video_tokens)
+        hidden = model.config.text_config.hidden_size
+        dtype = next(model.parameters()).dtype
+        self.embeds = (torch.randn(1, self.seq, hidden, generator=g, device=device) * 0.5).to(dtype)
+        levels = len(model.config.vision_config.deepstack_visual_indexes)
+        self.deepstack = {
+            "visual_pos_masks": (types == 2)[None].to(device),
+            "deepstack_visual_embeds": [(torch.randn(self.video_tokens, hidden, generator=g, device=device) * 0.5).to(dtype)
+                                        for _ in range(levels)],
+        }
+
+
+def make_inputs(arch: str, model: Any, video_tokens: int, device: torch.device) -> Inputs:
+    return Qwen3Inputs(model, video_tokens, device) if arch == "qwen3_vl" else Inputs(model, video_tokens, device)
+
+
 def prefill(model: Any, state: Any, inp: Inputs, stats: PrefillStats | None = None) -> torch.Tensor:
     """The language model over the prompt and the last position's logits (what a first token needs)."""
     lm = model.model.language_model
     with torch.no_grad(), state.forward_context(layout=inp.layout, offset=0, stats=stats):
-        out = lm(inputs_embeds=inp.embeds, position_ids=inp.positions, use_cache=False)
+        out = lm(inputs_embeds=inp.embeds, position_ids=inp.positions, use_cache=False, **inp.deepstack)
         return model.lm_head(out.last_hidden_state[:, -1:])[0, -1].float()
 
 
@@ -342,16 +415,23 @@ def kernel_table(device: torch.device, video_tokens: int, kernels: list[str], re
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="16,32,64,128", help="video tokens in thousands (1024s)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--deadline", type=float, default=540.0, help="seconds; later runs are skipped past it")
+    ap.add_argument("--arch", choices=("qwen2_5_vl", "qwen3_vl"), default="qwen2_5_vl",
+                    help="language-model shapes: Qwen2.5-VL-7B or Qwen3-VL-8B")
+    ap.add_argument("--sizes", default=None, help="video tokens in thousands (1024s); default 16,32,64,128 (qwen3_vl: 32,64)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls per run; default 3 (qwen3_vl: 2)")
+    ap.add_argument("--deadline", type=float, default=None, help="seconds; later runs are skipped past it; default 540 (qwen3_vl: 200)")
     ap.add_argument("--out", default=None, help="folder for bench_prefill.json")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: exercise the code paths only")
     ap.add_argument("--no-kernel-table", action="store_true")
     args = ap.parse_args()
+    qwen3 = args.arch == "qwen3_vl"
+    args.sizes = args.sizes or ("32,64" if qwen3 else "16,32,64,128")
+    args.repeats = args.repeats or (2 if qwen3 else 3)
+    args.deadline = args.deadline or (200.0 if qwen3 else 540.0)
+    args.no_kernel_table = args.no_kernel_table or qwen3  # the kernel table is the 7B's (28 / 4 heads)
     device = torch.device("cpu" if args.smoke else "cuda")
-    results: dict[str, Any] = {"env": environment(args), "sizes": {}, "kernel_table": {}, "errors": []}
-    out_path = Path(args.out) / "bench_prefill.json" if args.out else None
+    results: dict[str, Any] = {"env": environment(args), "arch": args.arch, "sizes": {}, "kernel_table": {}, "errors": []}
+    out_path = Path(args.out) / ("bench_prefill_qwen3_vl.json" if qwen3 else "bench_prefill.json") if args.out else None
 
     def save() -> None:
         if out_path:
@@ -366,12 +446,16 @@ def main() -> int:
             return 1
     sparse_kernel = kernels[0]
     results["env"]["sparse_kernel"] = sparse_kernel
-    model = build_model(args.smoke, device, torch.float32 if args.smoke else torch.bfloat16)
+    t = time.perf_counter()
+    model = build_model(args.arch, args.smoke, device, torch.float32 if args.smoke else torch.bfloat16)
+    log(f"{args.arch} model built in {time.perf_counter() - t:.1f} s, "
+        f"{sum(p.numel() for p in model.model.language_model.parameters()) / 1e9:.2f} B language-model parameters")
     state = sparsify(model, AdaSparkConfig(cube=CUBE), kernel=sparse_kernel)
+    results["env"]["dense_ffn_layers"] = sorted(state.settings.dense_ffn_layers)
     timer = None if args.smoke else BlockTimer(model)
     sizes = [int(s) * 1024 for s in ("1" if args.smoke else args.sizes).split(",")]  # smoke: one small size
     # p = 1 reproduces dense (fallback off, so the sparse kernels themselves run)
-    inp = Inputs(model, sizes[0], device)
+    inp = make_inputs(args.arch, model, sizes[0], device)
     with state.override(enabled=False):
         dense_logits = prefill(model, state, inp)
     with state.override(config=AdaSparkConfig(cube=CUBE, attn_top_p=1.0, ffn_top_p=1.0), dense_fallback=False):
@@ -384,12 +468,18 @@ def main() -> int:
     }
     log(f"p = 1 against dense (sparse kernels, fallback off), {inp.seq} tokens: {results['p1_vs_dense']}")
     for size in sizes:
-        inp = Inputs(model, size, device)
+        inp = make_inputs(args.arch, model, size, device)
         per = results["sizes"][str(size)] = {"seq": inp.seq, "video_tokens": inp.video_tokens, "runs": {}}
         runs: list[tuple[str, dict[str, Any]]] = [("dense", {"enabled": False})]
         for a, f in FORCED:
             hook = (lambda plan, layer, kv, a=a: random_selection(plan, kv, a, seed=layer))
             runs.append((f"forced {a}/{f}", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=f), "selection_hook": hook, "dense_fallback": False}))
+        if qwen3:  # the DeepStack decision's cost: the same forced run with those layers' FFN sparse too
+            # (before the top-p runs, which the deadline may skip at 64K)
+            a, f = FORCED[1]
+            hook = (lambda plan, layer, kv, a=a: random_selection(plan, kv, a, seed=layer))
+            runs.append((f"forced {a}/{f} deepstack-ffn-sparse", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=f), "selection_hook": hook,
+                                                                  "dense_fallback": False, "dense_ffn_layers": frozenset()}))
         for a, f in TOP_P:
             runs.append((f"top-p {a}/{f}", {"config": AdaSparkConfig(cube=CUBE, attn_top_p=a, ffn_top_p=f)}))
         if not args.smoke and "flex" in kernels and sparse_kernel != "flex":

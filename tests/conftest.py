@@ -54,6 +54,14 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen3-VL checkpoint laid out like the hub's (seed 0), built once per session; read-only."""
+    from adaspark_cli.checkpoint.tiny_qwen3 import build_tiny_qwen3_checkpoint
+
+    return build_tiny_qwen3_checkpoint(tmp_path_factory.mktemp("tiny_qwen3_vl"))
+
+
+@pytest.fixture(scope="session")
 def runner():
     from typer.testing import CliRunner
 

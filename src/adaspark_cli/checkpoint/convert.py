@@ -1,4 +1,4 @@
-"""`adaspark convert`: a dense Qwen2.5-VL checkpoint plus an "adaspark" block in config.json.
+"""`adaspark convert`: a dense Qwen2.5-VL or Qwen3-VL checkpoint plus an "adaspark" block in config.json.
 
 The weights are never modified: the safetensors files (sharded like the source) are hard-linked when
 OUT is on the same filesystem as SRC, else copied. Processor, tokenizer and other side files are copied.
@@ -234,7 +234,7 @@ def convert_checkpoint(
 
     SRC: a checkpoint directory or a hub id (resolved through the HF cache; HF_HUB_OFFLINE honoured).
     OUT must not exist unless `force`; it must not overlap SRC. CheckpointError for a missing or
-    non-Qwen2.5-VL SRC, a missing or corrupt shard, too little disk space, or a failed write; on any
+    SRC of an unsupported architecture, a missing or corrupt shard, too little disk space, or a failed write; on any
     error or KeyboardInterrupt nothing is left behind.
     """
     path, out, weights = check_convert_paths(src, out, force=force)

@@ -1,4 +1,4 @@
-"""Find and load a Qwen2.5-VL checkpoint (local directory or Hugging Face hub id) for the CLI.
+"""Find and load a Qwen2.5-VL or Qwen3-VL checkpoint (local directory or Hugging Face hub id) for the CLI.
 
 Every failure the user can fix (wrong path, not downloaded, wrong architecture, missing or damaged weights)
 raises :class:`~adaspark_cli.errors.CheckpointError` with a one-line message naming the problem and a fix;
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..adapters.arch import ARCHITECTURES, MODEL_CLASSES, supported_text
 from ..errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ __all__ = [
     "verify_checkpoint",
 ]
 
-SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
+SUPPORTED_MODEL_TYPES = tuple(MODEL_CLASSES)  # "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"
 
 CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -43,7 +44,7 @@ SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
 _EXAMPLE_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
-_SUPPORTED = "adaspark supports Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration) checkpoints"
+_SUPPORTED = f"adaspark supports {supported_text()} checkpoints"
 _MAX_DETAIL = 300
 
 
@@ -238,10 +239,16 @@ def read_config_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _check_model_type(path: Path, config: dict[str, Any]) -> None:
+def _family(model_type: str) -> str:
+    """'Qwen2.5-VL' for 'qwen2_5_vl', for messages."""
+    return next(arch.name for arch in ARCHITECTURES if model_type in arch.model_types)
+
+
+def _check_model_type(path: Path, config: dict[str, Any]) -> str:
+    """The transformers class of the checkpoint's model_type, or a CheckpointError naming what is supported."""
     model_type = config.get("model_type")
     if model_type in SUPPORTED_MODEL_TYPES:
-        return
+        return MODEL_CLASSES[model_type]
     if model_type is None:
         raise CheckpointError(
             f"{path / CONFIG_NAME} has no model_type; {_SUPPORTED}, e.g. {_EXAMPLE_ID}"
@@ -309,7 +316,7 @@ def _weight_files(path: Path) -> list[Path]:
 
 
 def verify_checkpoint(path: Path) -> list[Path]:
-    """Check a checkpoint directory without loading it: a Qwen2.5-VL config.json and whole safetensors files.
+    """Check a checkpoint directory without loading it: a supported config.json and whole safetensors files.
 
     Returns the weight files (the shards the index lists, or model.safetensors); CheckpointError otherwise.
     """
@@ -335,16 +342,19 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Load a Qwen2.5-VL checkpoint (local dir or hub id) and its processor; the model is on ``device`` in eval mode.
+    """Load a supported checkpoint (local dir or hub id) and its processor; the model is on ``device`` in eval mode.
 
     dtype defaults to bfloat16 on CUDA and float32 on CPU; attention is SDPA in both the language model and
     the vision tower. Raises CheckpointError for a missing/unsupported/incomplete/corrupt checkpoint.
     """
+    import transformers
     from safetensors import SafetensorError
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoProcessor
 
     path = resolve_model_path(model)
-    _check_model_type(path, read_config_json(path))
+    config_json = read_config_json(path)
+    model_class = getattr(transformers, _check_model_type(path, config_json))
+    family = _family(config_json["model_type"])
     for file in _weight_files(path):
         _check_safetensors_file(file)
     if dtype is None:
@@ -353,7 +363,7 @@ def load_model(
     load_errors = (OSError, ValueError, KeyError, RuntimeError, SafetensorError)
     with quiet_hf_output():
         try:
-            net, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            net, info = model_class.from_pretrained(
                 path,
                 dtype=dtype,
                 attn_implementation={"text_config": "sdpa", "vision_config": "sdpa"},
@@ -376,7 +386,7 @@ def load_model(
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         raise CheckpointError(
-            f"{path} lacks {len(missing)} weight tensor(s) of Qwen2.5-VL ({_first(missing)}); re-download the "
+            f"{path} lacks {len(missing)} weight tensor(s) of {family} ({_first(missing)}); re-download the "
             "checkpoint"
         )
     mismatched = sorted(info.get("mismatched_keys") or (), key=str)
@@ -388,7 +398,7 @@ def load_model(
         )
     if not hasattr(processor, "video_processor") or not hasattr(processor, "tokenizer"):
         raise CheckpointError(
-            f"{path} has no Qwen2.5-VL video processor (got {type(processor).__name__}); re-download the "
+            f"{path} has no {family} video processor (got {type(processor).__name__}); re-download the "
             "checkpoint with its preprocessor/processor config files"
         )
     _check_tokenizer_matches(path, net.config, processor)

@@ -18,7 +18,7 @@ from .profile import profile
 app = typer.Typer(
     name="adaspark",
     help="Video question answering with AdaSpark: adaptive cube-sparse attention and token-sparse FFN "
-    "for Qwen2.5-VL (arXiv 2604.08077).",
+    "for Qwen2.5-VL and Qwen3-VL (arXiv 2604.08077).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # a crash must never dump tensors

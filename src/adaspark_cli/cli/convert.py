@@ -14,7 +14,7 @@ from .render import ProgressBar, calibration_table, err_console, note, write_jso
 
 @handle_errors
 def convert(
-    src: str = typer.Argument(..., metavar="SRC", help="Dense Qwen2.5-VL checkpoint: a local directory or a hub id (HF cache; "
+    src: str = typer.Argument(..., metavar="SRC", help="Dense Qwen2.5-VL or Qwen3-VL checkpoint: a local directory or a hub id (HF cache; "
                               "HF_HUB_OFFLINE honoured).", show_default=False),
     out: Path = typer.Argument(..., metavar="OUT", help="New checkpoint directory to write.", show_default=False),
     cube: str = opt.CUBE,
@@ -42,7 +42,7 @@ def convert(
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
     quiet: bool = opt.QUIET,
 ) -> None:
-    """Convert the dense Qwen2.5-VL checkpoint SRC into an AdaSpark checkpoint at OUT.
+    """Convert the dense Qwen2.5-VL or Qwen3-VL checkpoint SRC into an AdaSpark checkpoint at OUT.
 
     The weights are hard-linked (or copied across filesystems), never modified; processor and tokenizer
     files are copied; config.json gains an "adaspark" block that ask and profile read. Options set the

@@ -24,7 +24,7 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _URL = re.compile(r"[a-z][a-z0-9+.-]+:/", re.IGNORECASE)
 
 MODEL = typer.Option(
-    None, "--model", "-m", help="Qwen2.5-VL checkpoint: a local directory or a Hugging Face hub id (cache and "
+    None, "--model", "-m", help="Qwen2.5-VL or Qwen3-VL checkpoint: a local directory or a Hugging Face hub id (cache and "
     "HF_HUB_OFFLINE honoured). Default: $ADASPARK_MODEL, else the bundled model.", show_default=False
 )
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")

@@ -107,7 +107,7 @@ def discard_stdout() -> None:
 
 BUNDLED_MODEL_NOTE = (
     "the bundled model knows only adaspark's synthetic scenes (colored shapes on a drifting texture, 112x112 px, "
-    "2 fps): on other videos its answers mean nothing. For real videos pass --model with a Qwen2.5-VL checkpoint, "
+    "2 fps): on other videos its answers mean nothing. For real videos pass --model with a Qwen2.5-VL or Qwen3-VL checkpoint, "
     "a local directory or a hub id such as Qwen/Qwen2.5-VL-7B-Instruct"
 )
 

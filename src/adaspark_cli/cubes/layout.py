@@ -2,7 +2,10 @@
 
 Qwen2.5-VL places each video as one contiguous run of tokens in (t, h, w) raster order over the
 merged grid (T', H', W') = (grid_t, grid_h / 2, grid_w / 2): token (t, h, w) sits at
-``start + t*H'*W' + h*W' + w``. A cube is a block of (ct, ch, cw) tokens; edge cubes may be partial.
+``start + t*H'*W' + h*W' + w``. Qwen3-VL gives each frame pair (each t) a run of its own, between a
+timestamp text and <|vision_start|> / <|vision_end|>: token (t, h, w) sits at
+``frame_starts[t] + h*W' + w`` (`frame_pair_spans`). Either way a cube is a block of (ct, ch, cw)
+tokens of the grid, wherever they sit in the sequence; edge cubes may be partial.
 A *slab* is the set of cubes that share the same frames (same video, same t-block); slab ids grow with
 sequence order, so "slab < s" means "entirely before the frames of slab s".
 """
@@ -20,10 +23,21 @@ TEXT = -1  # cube / slab id of a text token
 
 @dataclass(frozen=True)
 class VideoSpan:
-    """One video's token run: first token index and merged grid (T', H', W')."""
+    """One video's tokens: first token index and merged grid (T', H', W').
+
+    frame_starts: None for one contiguous run (Qwen2.5-VL); else the first token index of each of the
+    T' frame-pair runs (Qwen3-VL), each H'*W' tokens long, frame_starts[0] == start."""
 
     start: int
     grid: tuple[int, int, int]
+    frame_starts: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        starts = self.frame_starts
+        if starts is not None:
+            t, h, w = self.grid
+            if len(starts) != t or starts[0] != self.start or any(b - a < h * w for a, b in zip(starts, starts[1:])):
+                raise AdasparkError(f"frame runs at {list(starts)} do not fit a video grid {self.grid} starting at {self.start}")
 
     @property
     def num_tokens(self) -> int:
@@ -31,7 +45,17 @@ class VideoSpan:
 
     @property
     def end(self) -> int:
-        return self.start + self.num_tokens
+        """One past the last video token (text between frame runs included)."""
+        if self.frame_starts is None:
+            return self.start + self.num_tokens
+        return self.frame_starts[-1] + self.grid[1] * self.grid[2]
+
+    def positions(self) -> torch.Tensor:
+        """(num_tokens,) int64 sequence index of each video token, in (t, h, w) raster order."""
+        t, h, w = self.grid
+        if self.frame_starts is None:
+            return torch.arange(self.start, self.end)
+        return (torch.tensor(self.frame_starts)[:, None] + torch.arange(h * w)[None, :]).flatten()
 
 
 @dataclass(frozen=True)
@@ -81,14 +105,8 @@ class CubeLayout:
         return f"CubeLayout(cube={ct}x{ch}x{cw}, videos=[{grids}], cubes={self.num_cubes}, seq_len={self.seq_len})"
 
 
-def video_spans(
-    mm_token_type_ids: torch.Tensor, video_grid_thw: torch.Tensor, spatial_merge_size: int = 2
-) -> list[VideoSpan]:
-    """Find each video's contiguous token run and pair it with its grid.
-
-    mm_token_type_ids: (seq_len,) with 2 marking video tokens (transformers' convention).
-    video_grid_thw: (num_videos, 3) pre-merge patch grid as returned by the processor.
-    """
+def video_runs(mm_token_type_ids: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each maximal run of video tokens (type 2, transformers' convention)."""
     is_video = (mm_token_type_ids.flatten() == 2).tolist()
     runs: list[tuple[int, int]] = []
     i = 0
@@ -101,7 +119,23 @@ def video_spans(
             i = j
         else:
             i += 1
-    grids = [tuple(int(v) for v in g) for g in video_grid_thw.reshape(-1, 3).tolist()] if video_grid_thw is not None else []
+    return runs
+
+
+def _grids(video_grid_thw: torch.Tensor | None) -> list[tuple[int, ...]]:
+    return [tuple(int(v) for v in g) for g in video_grid_thw.reshape(-1, 3).tolist()] if video_grid_thw is not None else []
+
+
+def video_spans(
+    mm_token_type_ids: torch.Tensor, video_grid_thw: torch.Tensor, spatial_merge_size: int = 2
+) -> list[VideoSpan]:
+    """Find each video's contiguous token run and pair it with its grid (Qwen2.5-VL).
+
+    mm_token_type_ids: (seq_len,) with 2 marking video tokens (transformers' convention).
+    video_grid_thw: (num_videos, 3) pre-merge patch grid as returned by the processor.
+    """
+    runs = video_runs(mm_token_type_ids)
+    grids = _grids(video_grid_thw)
     if len(runs) != len(grids):
         raise AdasparkError(
             f"prompt has {len(runs)} video token runs but {len(grids)} video grids; "
@@ -117,6 +151,35 @@ def video_spans(
                 "the processor's merge size does not match the model's"
             )
         spans.append(span)
+    return spans
+
+
+def frame_pair_spans(
+    mm_token_type_ids: torch.Tensor, video_grid_thw: torch.Tensor, spatial_merge_size: int = 2
+) -> list[VideoSpan]:
+    """Qwen3-VL: each video is T' runs of H'*W' video tokens, one per frame pair (a timestamp and the
+    vision start/end tokens, all text, sit between them); the runs are taken in order, T' per video."""
+    runs = video_runs(mm_token_type_ids)
+    grids = _grids(video_grid_thw)
+    needed = sum(g[0] for g in grids)
+    if len(runs) != needed:
+        raise AdasparkError(
+            f"prompt has {len(runs)} video token runs but its {len(grids)} video grid(s) have {needed} frame pairs; "
+            "pass the processor's input_ids and video_grid_thw together"
+        )
+    spans = []
+    at = 0
+    for t, h, w in grids:
+        grid = (t, h // spatial_merge_size, w // spatial_merge_size)
+        frame_runs = runs[at : at + t]
+        at += t
+        for start, end in frame_runs:
+            if end - start != grid[1] * grid[2]:
+                raise AdasparkError(
+                    f"frame run at token {start} has {end - start} tokens but grid {grid} needs {grid[1] * grid[2]} "
+                    "per frame pair; the processor's merge size does not match the model's"
+                )
+        spans.append(VideoSpan(start=frame_runs[0][0], grid=grid, frame_starts=tuple(s for s, _ in frame_runs)))
     return spans
 
 
@@ -144,8 +207,9 @@ def cube_layout(spans: list[VideoSpan] | tuple[VideoSpan, ...], seq_len: int, cu
         coords = token_coordinates(span)
         bt, bh, bw = coords[:, 0] // ct, coords[:, 1] // ch, coords[:, 2] // cw
         local_cube = (bt * nh + bh) * nw + bw
-        cube_of_token[span.start : span.end] = local_cube + cube_offset
-        slab_of_token[span.start : span.end] = bt + slab_offset
+        where = span.positions()
+        cube_of_token[where] = local_cube + cube_offset
+        slab_of_token[where] = bt + slab_offset
         slab_of_cube.append(torch.arange(nt).repeat_interleave(nh * nw) + slab_offset)
         cube_sizes.append(torch.bincount(local_cube, minlength=nt * nh * nw))
         cube_offset += nt * nh * nw

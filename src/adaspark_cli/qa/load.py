@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from ..adapters.qwen2_5_vl import sparsify
+from ..adapters.arch import architecture_of
+from ..adapters.sparse import sparsify
 from ..attention.kernels import check_kernel
-from ..adapters.vision import fast_vision
 from ..checkpoint import load_model, read_config_json, resolve_model_path
 from ..config import AdaSparkConfig, config_from_checkpoint
 from ..errors import AdasparkError, CheckpointError, ConfigError
@@ -116,7 +116,7 @@ def load_video_qa(
     state = sparsify(net, config, enabled=not dense, kernel=kernel)
     state.kernel_for(dev)  # --kernel fa4 / flex without what they need: say so now, not at the first prefill
     if dev.type == "cuda":
-        fast_vision(net)  # one varlen attention call per vision block: 4.1x at 32K tokens on an H100
+        architecture_of(net).enable_fast_vision(net)  # Qwen2.5-VL: the varlen tower (4.1x at 32K tokens, H100)
     return LoadedModel(
         qa=VideoQA(net, processor, state),
         path=path,

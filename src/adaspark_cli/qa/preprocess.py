@@ -14,16 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..adapters.arch import Architecture
+from ..adapters.arch.qwen2_5_vl import MIN_PIXELS  # the smallest --max-pixels of any supported model
 from ..adapters.patches import patch_spec, video_patches
-from ..adapters.positions import mrope_position_ids
-from ..cubes import CubeLayout, cube_layout, video_spans
+from ..cubes import CubeLayout, cube_layout
 from ..errors import AdasparkError
 from ..video import DecodedVideo
-from ..video.stream import DEFAULT_CHUNK_FRAMES, DEFAULT_WORKERS, VideoStream
+from ..video.stream import DEFAULT_CHUNK_FRAMES, DEFAULT_WORKERS, VideoStream, resize_frames
 from .result import StageTimes
 
-DEFAULT_MAX_PIXELS = 448 * 448  # per frame: a 16 x 16 token grid per frame pair
-MIN_PIXELS = 4 * 28 * 28  # never upscale small frames beyond the 2 x 2 token minimum
+DEFAULT_MAX_PIXELS = 448 * 448  # per frame: a 16 x 16 token grid per frame pair (Qwen2.5-VL; 14 x 14 for Qwen3-VL)
 PLACEHOLDER_QUESTION = "?"
 
 
@@ -39,6 +39,7 @@ class VideoPrompt:
     next_position: int  # first text position after the prefix
     layout: CubeLayout
     video_embeds: torch.Tensor | None = None  # (video tokens, hidden) vision-tower output, on the model's device
+    deepstack_embeds: list[torch.Tensor] | None = None  # Qwen3-VL, with video_embeds: one (video tokens, hidden) per DeepStack level
     timing: StageTimes = field(default_factory=StageTimes)  # decode, processor, and (pipelined) vision tower
 
     @property
@@ -85,6 +86,8 @@ class VideoPreprocessing:
     processor: Any
     state: Any
     device: torch.device
+    arch: Architecture
+    placeholder_question = PLACEHOLDER_QUESTION
 
     def _chat_text(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
@@ -100,6 +103,7 @@ class VideoPreprocessing:
         from transformers.video_utils import VideoMetadata
 
         check_max_pixels(max_pixels)
+        self.arch.check_max_pixels(max_pixels)
         if isinstance(video, VideoStream):
             return self.prepare_video_stream(video, max_pixels=max_pixels)
         meta = VideoMetadata(
@@ -109,6 +113,8 @@ class VideoPreprocessing:
         )
         frames = np.ascontiguousarray(video.frames)
         start = time.perf_counter()
+        if self.arch.resizes_frames_first:  # --max-pixels per frame, as the pipelined path resizes
+            frames = resize_frames(frames, self.frame_size(frames.shape[1], frames.shape[2], len(frames), max_pixels=max_pixels))
         inputs = self.processor(
             text=[self._chat_text(PLACEHOLDER_QUESTION)],
             videos=[frames],
@@ -135,15 +141,8 @@ class VideoPreprocessing:
             raise AdasparkError("the chat template produced no <|vision_end|> token; the processor does not match the model")
         prefix_len = int(ends[-1]) + 1
         types = types[:prefix_len]
-        merge = self.model.config.vision_config.spatial_merge_size
-        positions, _ = mrope_position_ids(
-            types,
-            grid,
-            second_per_grid_ts,
-            spatial_merge_size=merge,
-            tokens_per_second=self.model.config.vision_config.tokens_per_second,
-        )
-        layout = cube_layout(video_spans(types, grid, merge), prefix_len, self.state.config.cube)
+        positions = self.arch.positions(self.model, ids[:prefix_len], types, grid, second_per_grid_ts)
+        layout = cube_layout(self.arch.video_spans(self.model, types, grid), prefix_len, self.state.config.cube)
         return VideoPrompt(
             frames=0,
             input_ids=ids[None, :prefix_len],
@@ -158,29 +157,18 @@ class VideoPreprocessing:
 
     def _processor_size_kwargs(self, max_pixels: int) -> dict[str, Any]:
         """The resize settings passed to the processor: --max-pixels, never the processor's image limit."""
-        # qwen-vl-utils (the reference preprocessing) also caps the video's total tokens; transformers
-        # 5.17-5.2x apply that only when asked, and warn when not told either way
-        cap = {"cap_pixels_per_frame": True} if hasattr(self.processor.video_processor, "cap_pixels_per_frame") else {}
-        return {"size": {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels}, **cap}
+        return self.arch.processor_kwargs(self.processor, max_pixels)
 
     def frame_size(self, height: int, width: int, frames: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-        """(height, width) the processor resizes `frames` frames of height x width to in `prepare_video`.
+        """(height, width) `frames` frames of height x width are resized to in `prepare_video`.
 
-        The same rule as transformers' Qwen2-VL video processor: smart_resize to multiples of
-        patch x merge px within [MIN_PIXELS, max_pixels], with max_pixels first lowered to the video's even
-        share of the total-token budget when the processor caps pixels per frame (qwen-vl-utils' rule).
-        A frame already at this size passes through the processor unchanged.
+        The architecture's rule (adapters/arch): for Qwen2.5-VL the one its processor applies (a frame
+        already at this size passes through the processor unchanged), for Qwen3-VL adaspark's per-frame
+        rule (the frames are resized to it before the processor, which does not resize them).
         """
-        from transformers.models.qwen2_vl.video_processing_qwen2_vl import smart_resize
-
         check_max_pixels(max_pixels)
-        vp = self.processor.video_processor
-        factor = vp.patch_size * vp.merge_size
-        limit = max_pixels
-        if self._processor_size_kwargs(max_pixels).get("cap_pixels_per_frame"):
-            total_pixels = int(vp.max_video_tokens * factor * factor * 0.9)
-            limit = max(min(limit, total_pixels * vp.temporal_patch_size // frames), int(MIN_PIXELS * 1.05))
-        return smart_resize(height, width, factor=factor, min_pixels=MIN_PIXELS, max_pixels=limit)
+        self.arch.check_max_pixels(max_pixels)
+        return self.arch.frame_size(self.processor, height, width, frames, max_pixels)
 
     @torch.inference_mode()
     def prepare_video_stream(
@@ -206,6 +194,7 @@ class VideoPreprocessing:
         size_kwargs = self._processor_size_kwargs(max_pixels)
         base = self.model.model  # get_video_features: the same vision call (and dtype cast) as the model's forward
         embeds: list[torch.Tensor] = []
+        deepstack: list[list[torch.Tensor]] = []  # per DeepStack level (Qwen3-VL), the chunks' features
         grid_t = 0
         grid_hw: tuple[int, int] | None = None
         preprocess = vision = 0.0
@@ -223,24 +212,27 @@ class VideoPreprocessing:
             start = time.perf_counter()
             out = base.get_video_features(pixels, chunk_grid.to(self.device), return_dict=True)
             embeds.append(torch.cat(list(out.pooler_output)))
+            for level, features in enumerate(getattr(out, "deepstack_features", None) or ()):
+                if level == len(deepstack):
+                    deepstack.append([])
+                deepstack[level].append(torch.cat(list(features)))
             sync_device(self.device)
             vision += time.perf_counter() - start
         assert grid_hw is not None  # a stream has at least one frame
         start = time.perf_counter()
         grid = torch.tensor([[grid_t, *grid_hw]])
-        merge = self.processor.video_processor.merge_size
-        n_tokens = grid_t * grid_hw[0] * grid_hw[1] // (merge * merge)
-        ids = self._prompt_ids(n_tokens)
-        types = (ids == self.processor.video_token_id).to(torch.int64) * 2  # 2 marks video tokens, as the processor
         meta = VideoMetadata(
             total_num_frames=int(stream.total_frames),
             fps=float(stream.source_fps),
             frames_indices=[int(i) for i in stream.indices],
         )
+        ids = self.arch.stream_prompt_ids(self, grid, meta)
+        types = (ids == self.processor.video_token_id).to(torch.int64) * 2  # 2 marks video tokens, as the processor
         seconds_per_grid = [self.processor.video_processor.temporal_patch_size / meta.sampled_fps]
         prompt = self._video_prompt(ids, types, grid, seconds_per_grid)
         prompt.frames = len(stream.indices)
         prompt.video_embeds = torch.cat(embeds)
+        prompt.deepstack_embeds = [torch.cat(chunks) for chunks in deepstack] or None
         prompt.timing = StageTimes(decode_s=stream.open_seconds + stream.wait_seconds,
                                    preprocess_s=preprocess + time.perf_counter() - start, vision_s=vision)
         return prompt

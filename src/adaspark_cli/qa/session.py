@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from ..adapters.qwen2_5_vl import SparseState
+from ..adapters.arch import architecture_of
+from ..adapters.sparse import SparseState
 from ..attention.decode import decode_kernel_available
 from ..errors import AdasparkError
 from ..stats import ModelDims, PrefillStats
@@ -74,7 +75,7 @@ GRAPH_MAX_TOKENS = 98_304  # without the decode kernel, "auto" graphs the step u
 
 
 class VideoQA(VideoPreprocessing):
-    """Answers questions about one video at a time with a (sparsified) Qwen2.5-VL model.
+    """Answers questions about one video at a time with a (sparsified) video LLM (adapters/arch).
 
     decode_step: how each answer token runs. "dynamic": eager, attention over the filled cache;
     "static": the fixed-shape step (qa/graph.py), eager; "graph": that step captured once per video in
@@ -87,6 +88,7 @@ class VideoQA(VideoPreprocessing):
         self.model = model
         self.processor = processor
         self.state = state
+        self.arch = architecture_of(model)
         self.device = next(model.parameters()).device
         self.dims = ModelDims.from_text_config(model.config.text_config)
         self._cache_kw = _cache_kwarg(model)
@@ -118,8 +120,10 @@ class VideoQA(VideoPreprocessing):
 
     def _forward_prefix(self, prompt: VideoPrompt, cache: Any, stats: PrefillStats | None) -> None:
         """System prompt + video into `cache`, with the cube layout active (the sparse part)."""
-        if prompt.video_embeds is not None:  # vision tower already run (prepare_video_stream)
-            inputs: dict[str, Any] = {"inputs_embeds": self._embed_with_video(prompt)}
+        if prompt.deepstack_embeds is not None:  # Qwen3-VL's tower already run: its outputs, DeepStack included
+            inputs: dict[str, Any] = {"input_ids": prompt.input_ids.to(self.device), "mm_encoder_outputs": self._encoder_outputs(prompt)}
+        elif prompt.video_embeds is not None:  # vision tower already run (prepare_video_stream)
+            inputs = {"inputs_embeds": self._embed_with_video(prompt)}
         else:
             assert prompt.pixel_values_videos is not None
             inputs = {
@@ -148,6 +152,16 @@ class VideoQA(VideoPreprocessing):
             raise AdasparkError(f"{video.shape[0]} video embeddings for {int(mask[0, :, 0].sum())} video tokens; this is a bug")
         return embeds.masked_scatter(mask, video.to(embeds.device, embeds.dtype))
 
+
+    def _encoder_outputs(self, prompt: VideoPrompt) -> dict[str, Any]:
+        """`mm_encoder_outputs` for a Qwen3-VL forward: the streamed tower outputs as `get_video_features`
+        returns them, so the model scatters the video embeddings and adds the DeepStack levels itself."""
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+        assert prompt.video_embeds is not None and prompt.deepstack_embeds is not None
+        return {"video": BaseModelOutputWithDeepstackFeatures(
+            pooler_output=(prompt.video_embeds,), deepstack_features=[(level,) for level in prompt.deepstack_embeds]
+        )}
 
     def _forward_text(
         self, ids: torch.Tensor, positions: torch.Tensor, cache: Any, offset: int, stats: PrefillStats | None, *, all_logits: bool = False
@@ -180,7 +194,7 @@ class VideoQA(VideoPreprocessing):
         stats = PrefillStats()
         cache = self.new_cache(tail_tokens)
         vision: list[float] = []
-        hooks = self._time_module(self.model.model.visual, vision)
+        hooks = self._time_module(self.arch.vision_tower(self.model), vision)
         if progress is not None:
             hooks += self._layer_progress(progress)
         sync_device(self.device)
@@ -198,7 +212,7 @@ class VideoQA(VideoPreprocessing):
 
     def _layer_progress(self, progress: Callable[[int, int], None]) -> list[Any]:
         """Forward hooks reporting each finished language-model layer to `progress(done, total)`."""
-        layers = self.model.model.language_model.layers
+        layers = self.arch.language_layers(self.model)
 
         def reporter(done: int) -> Callable[..., None]:
             return lambda *_: progress(done, len(layers))

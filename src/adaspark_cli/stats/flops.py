@@ -31,12 +31,15 @@ class ModelDims:
     @classmethod
     def from_text_config(cls, cfg: Any) -> ModelDims:
         heads = cfg.num_attention_heads
+        # an MoE layer (Qwen3-VL-MoE) runs num_experts_per_tok experts of moe_intermediate_size per row
+        # (the router's 2h x experts and mlp_only_layers are left out)
+        per_tok, moe_size = getattr(cfg, "num_experts_per_tok", None), getattr(cfg, "moe_intermediate_size", None)
         return cls(
             hidden=cfg.hidden_size,
             heads=heads,
             kv_heads=cfg.num_key_value_heads,
             head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
-            intermediate=cfg.intermediate_size,
+            intermediate=per_tok * moe_size if per_tok and moe_size else cfg.intermediate_size,
             vocab=cfg.vocab_size,
             layers=cfg.num_hidden_layers,
         )

@@ -495,7 +495,7 @@ class _null:
 def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, device: str | None = None,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run both phases; save checkpoints under out_dir (if given). Returns the log (losses per step)."""
-    from ..adapters.qwen2_5_vl import sparsify
+    from ..adapters.sparse import sparsify
 
     start = time.perf_counter()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -1,10 +1,12 @@
-"""Attach AdaSpark to a transformers Qwen2.5-VL model, reversibly, without changing checkpoint keys.
+"""Attach AdaSpark to a transformers video LLM (adapters/arch/), reversibly, without changing checkpoint keys.
 
 - Attention: a function registered with transformers' AttentionInterface under "adaspark" (with
   sdpa's mask function under the same name, or causality would be silently dropped), set for the
   language model only; the vision tower keeps its own implementation.
-- FFN: each language-model MLP instance gets a `forward` bound on the instance, so parameter names
-  (and so `save_pretrained` / `from_pretrained`) are unchanged; deleting it restores the class's.
+- FFN: each language-model MLP instance (a routed expert block in an MoE model, taken as a whole) gets
+  a `forward` bound on the instance, so parameter names (and so `save_pretrained` / `from_pretrained`)
+  are unchanged; deleting it restores the class's.
+- Where the layers are, and which FFNs stay dense, is the architecture's (`arch.architecture_of`).
 - Per-request data (cube layout, position offset, statistics) lives on one `SparseState` that every layer holds as a plain attribute, because `generate` rejects unknown
   forward kwargs.
 """
@@ -27,15 +29,16 @@ from ..attention.small_query import MAX_QUERIES, attention_small_query
 from ..config import AdaSparkConfig
 from ..cubes import CubeLayout
 from ..cubes.plan import BlockPlan, build_plan
-from ..errors import AdasparkError, CheckpointError
+from ..errors import AdasparkError
 from ..ffn.fast import adas_ffn_auto
 from ..ffn.reference import adas_ffn_gathered
 from ..selection import Selection, select_per_block, select_per_token, with_blocks
 from ..stats.collect import PrefillStats
+from .arch import SUPPORTED_CLASSES, architecture_of
 
 ATTN_NAME = "adaspark"
 STATE_ATTR = "adaspark_state"
-SUPPORTED_CLASSES = ("Qwen2_5_VLForConditionalGeneration",)
+__all__ = ["SUPPORTED_CLASSES", "Settings", "SparseState", "adaspark_attention", "sparse_state", "sparsify", "unsparsify"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class Settings:
     dense_fallback: bool = True  # a layer whose selection comes out near-dense runs dense SDPA
     # benchmarks only: replaces each sparse layer's top-p selection, (plan, layer index, KV heads) -> Selection
     selection_hook: Callable[[BlockPlan, int, int], Selection] | None = None
+    # layers whose FFN stays dense in a sparse layer (the architecture's: Qwen3-VL's DeepStack layers)
+    dense_ffn_layers: frozenset[int] = frozenset()
 
 
 class SparseState:
@@ -93,6 +98,9 @@ class SparseState:
     def layer_is_sparse(self, layer_idx: int) -> bool:
         return self.enabled and self.config.is_layer_sparse(layer_idx)
 
+    def ffn_is_sparse(self, layer_idx: int) -> bool:
+        return self.layer_is_sparse(layer_idx) and layer_idx not in self.settings.dense_ffn_layers
+
     @contextmanager
     def forward_context(
         self,
@@ -110,15 +118,11 @@ class SparseState:
 
 
 def language_layers(model: nn.Module) -> nn.ModuleList:
-    return model.model.language_model.layers  # type: ignore[no-any-return]
+    return architecture_of(model).language_layers(model)
 
 
 def check_supported(model: nn.Module) -> None:
-    name = type(model).__name__
-    if name not in SUPPORTED_CLASSES:
-        raise CheckpointError(
-            f"{name} is not supported; adaspark works with {', '.join(SUPPORTED_CLASSES)} (Qwen2.5-VL checkpoints)"
-        )
+    architecture_of(model)  # a one-line CheckpointError naming the supported classes
 
 
 def register_attention() -> None:
@@ -136,14 +140,14 @@ def sparsify(model: nn.Module, config: AdaSparkConfig, *, enabled: bool = True, 
     Calling it again replaces the settings. `enabled=False` (or `state.override(enabled=False)`) runs
     the unmodified model. kernel: one of attention.kernels.KERNELS.
     """
-    check_supported(model)
-    settings = Settings(config=config, enabled=enabled, kernel=kernel)
+    arch = architecture_of(model)
+    settings = Settings(config=config, enabled=enabled, kernel=kernel, dense_ffn_layers=arch.dense_ffn_layers(model))
     existing = sparse_state(model)
     if existing is not None:
         check_kernel(kernel)
         existing.settings = settings
         return existing
-    layers = language_layers(model)
+    layers = arch.language_layers(model)
     if config.sparse_layers is not None and any(i >= len(layers) for i in config.sparse_layers):
         raise AdasparkError(
             f"sparse layers {list(config.sparse_layers)} include an index past the model's {len(layers)} layers; "
@@ -269,7 +273,12 @@ def _query_mask(attention_mask: Any, lq: int, lk: int) -> torch.Tensor | None:
 
 def sparse_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Bound on each language-model MLP: AdaS-FFN over the video rows of the current layout."""
-    dense_forward = type(self).forward.__get__(self)
+    class_forward = type(self).forward.__get__(self)
+
+    def dense_forward(rows: torch.Tensor) -> torch.Tensor:
+        # the AdaS-FFN paths pass (rows, hidden); an MoE block takes (batch, seq, hidden) only
+        return class_forward(rows[None])[0] if rows.dim() == 2 else class_forward(rows)
+
     state: SparseState = getattr(self, STATE_ATTR)
     layout = state.layout
     layer_idx = getattr(self, "adaspark_layer_idx", None)
@@ -278,7 +287,7 @@ def sparse_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     start, end = state.offset, state.offset + length
     host_cube = layout.cube_of_token[start:end] if layout is not None and end <= layout.seq_len else None
     video_rows = int((host_cube >= 0).sum()) if host_cube is not None else 0  # the layout is on the host: no sync
-    if video_rows == 0 or layer_idx is None or not state.layer_is_sparse(layer_idx):
+    if video_rows == 0 or layer_idx is None or not state.ffn_is_sparse(layer_idx):
         if record is not None:
             record.add_ffn(rows=length * x.shape[0] - video_rows, video=video_rows, kept=video_rows)
         return dense_forward(x)
