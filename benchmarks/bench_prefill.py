@@ -118,7 +118,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     return env
 
 
-def build_model(arch: str, smoke: bool, device: torch.device, dtype: torch.dtype) -> Any:
+def build_model(smoke: bool, device: torch.device, dtype: torch.dtype, arch: str = "qwen2_5_vl") -> Any:
     if arch == "qwen3_vl":
         return build_qwen3(smoke, device, dtype)
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -447,7 +447,7 @@ def main() -> int:
     sparse_kernel = kernels[0]
     results["env"]["sparse_kernel"] = sparse_kernel
     t = time.perf_counter()
-    model = build_model(args.arch, args.smoke, device, torch.float32 if args.smoke else torch.bfloat16)
+    model = build_model(args.smoke, device, torch.float32 if args.smoke else torch.bfloat16, arch=args.arch)
     log(f"{args.arch} model built in {time.perf_counter() - t:.1f} s, "
         f"{sum(p.numel() for p in model.model.language_model.parameters()) / 1e9:.2f} B language-model parameters")
     state = sparsify(model, AdaSparkConfig(cube=CUBE), kernel=sparse_kernel)
