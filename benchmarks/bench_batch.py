@@ -33,8 +33,9 @@ Parts (--part, default batch):
 Usage (GPU machine, repository root; torch 2.11, transformers 5.24; accelerate for device-map, which the
 image has; writes ~16 GB to --workdir):
     PYTHONPATH=src python3 benchmarks/bench_batch.py --out $OUT                       # one H200: issue 15
-    PYTHONPATH=src python3 benchmarks/bench_batch.py --part gpus --out $OUT           # two GPUs: issue 18.1
-    PYTHONPATH=src python3 benchmarks/bench_batch.py --part device-map --out $OUT     # two GPUs: issue 18.2
+    PYTHONPATH=src python3 benchmarks/bench_batch.py --part gpus --workdir /tmp/ab --out $OUT        # 2 GPUs: 18.1
+    PYTHONPATH=src python3 benchmarks/bench_batch.py --part device-map --workdir /tmp/ab --out $OUT  # 2 GPUs: 18.2
+(--workdir keeps the checkpoint for the next call on the same machine.)
 CPU smoke run (tiny shapes, all three parts, CPU "replicas" and a CPU/disk device map; under a minute):
     PYTHONPATH=src python3 benchmarks/bench_batch.py --smoke
 """
@@ -479,7 +480,8 @@ def main() -> int:
     ap.add_argument("--strategy", default="auto", help="--device-map strategy of the device-map part")
     ap.add_argument("--repeats", type=int, default=3, help="timed prefills per mode in the device-map part")
     ap.add_argument("--gpus", type=int, default=2, help="replicas of the gpus part")
-    ap.add_argument("--workdir", default=None, help="where the random checkpoint is written (default: a temp dir)")
+    ap.add_argument("--workdir", default=None, help="where the random checkpoint is written and kept, and reused by a "
+                    "later run with the same --workdir and --vision (default: a temp dir, removed at the end)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, every part: checks the code path")
     args = ap.parse_args()
@@ -498,9 +500,13 @@ def main() -> int:
     cuda = torch.cuda.is_available() and not args.smoke
     visible = torch.cuda.device_count() if cuda else 0
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="adaspark_bench_"))
-    ckpt = workdir / "random-7b" if not args.smoke else workdir / "random-smoke"
+    ckpt = workdir / (f"random-7b-vision-{args.vision}" if not args.smoke else "random-smoke")
     try:
-        results["checkpoint"] = write_checkpoint(ckpt, args.smoke, args.vision)
+        if args.workdir and (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors")):
+            results["checkpoint"] = {"folder": str(ckpt), "reused": True}  # an earlier run's, same --workdir
+            log(f"checkpoint: reusing {ckpt}")
+        else:
+            results["checkpoint"] = write_checkpoint(ckpt, args.smoke, args.vision)
         parts = ["batch", "gpus", "device-map"] if args.part == "all" else [args.part]
         for part in parts:
             log(f"== {part} ==")
