@@ -25,6 +25,8 @@ from ..errors import CheckpointError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, ProcessorMixin
 
+    from ..placement import DeviceMapSpec
+
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "default_dtype",
@@ -70,15 +72,21 @@ def quiet_hf_output() -> Iterator[None]:
     Keeps "Loading weights" bars and the load report off the terminal; the problems the report shows
     (missing tensors) become CheckpointError instead.
     """
+    import logging
+
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity(max(verbosity, hf_logging.ERROR))
+    accelerate_log = logging.getLogger("accelerate")  # --device-map: its "offloaded to the disk" warning
+    accelerate_level = accelerate_log.level
+    accelerate_log.setLevel(logging.ERROR)
     try:
         yield
     finally:
+        accelerate_log.setLevel(accelerate_level)
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
@@ -341,11 +349,14 @@ def load_model(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    device_map: DeviceMapSpec | None = None,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Load a supported checkpoint (local dir or hub id) and its processor; the model is on ``device`` in eval mode.
 
     dtype defaults to bfloat16 on CUDA and float32 on CPU; attention is SDPA in both the language model and
-    the vision tower. Raises CheckpointError for a missing/unsupported/incomplete/corrupt checkpoint.
+    the vision tower. `device_map` (instead of `device`): the layers spread over the visible devices by
+    accelerate (placement.py); the map is the model's `hf_device_map`. Raises CheckpointError for a
+    missing/unsupported/incomplete/corrupt checkpoint.
     """
     import transformers
     from safetensors import SafetensorError
@@ -358,7 +369,8 @@ def load_model(
     for file in _weight_files(path):
         _check_safetensors_file(file)
     if dtype is None:
-        dtype = default_dtype(device)
+        dtype = default_dtype("cuda" if device_map is not None and torch.cuda.is_available() else device)
+    placement = {} if device_map is None else {"device_map": _plan(path, device_map, dtype)}
 
     load_errors = (OSError, ValueError, KeyError, RuntimeError, SafetensorError)
     with quiet_hf_output():
@@ -370,6 +382,7 @@ def load_model(
                 use_safetensors=True,
                 output_loading_info=True,
                 ignore_mismatched_sizes=True,  # reported below as a CheckpointError naming the tensors
+                **placement,
             )
         except load_errors as exc:
             raise CheckpointError(
@@ -402,7 +415,18 @@ def load_model(
             "checkpoint with its preprocessor/processor config files"
         )
     _check_tokenizer_matches(path, net.config, processor)
+    if placement:
+        net.hf_device_map = placement["device_map"]  # accelerate sets it only where it attached hooks
+        return net.eval(), processor
     return net.to(device).eval(), processor
+
+
+def _plan(path: Path, spec: DeviceMapSpec, dtype: torch.dtype) -> dict[str, int | str]:
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    from ..placement import plan_device_map
+
+    return plan_device_map(Qwen2_5_VLForConditionalGeneration, AutoConfig.from_pretrained(path), spec, dtype)
 
 
 def _check_tokenizer_matches(path: Path, config: Any, processor: Any) -> None:

@@ -10,7 +10,8 @@ import typer
 
 from . import options as opt
 from .errors import UsageError, handle_errors, loading, print_error
-from .render import BUNDLED_MODEL_NOTE, ProgressBar, err_console, layer_table, note, write_answer_piece, write_json
+from .render import (BUNDLED_MODEL_NOTE, ProgressBar, err_console, layer_table, note, placement_note,
+                     write_answer_piece, write_json)
 
 
 @handle_errors
@@ -34,6 +35,8 @@ def ask(
     temperature: float = opt.TEMPERATURE,
     seed: int = opt.SEED,
     device: str = opt.DEVICE,
+    device_map: str = opt.DEVICE_MAP,
+    max_memory: str = opt.MAX_MEMORY,
     kernel: str = opt.KERNEL,
     interactive: bool = typer.Option(False, "--interactive", "-i", help="After the given questions, read more "
                                      "from the terminal (an empty line or Ctrl-D ends)."),
@@ -69,14 +72,18 @@ def ask(
     opt.check_choices(decoder=decoder, kernel=kernel, device=device)
     opt.check_max_pixels(max_pixels)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
+    spread = opt.device_map_spec(device_map, max_memory, device)
 
     with loading():  # torch and transformers: only once the flags are good
         from ..qa import Sampling, is_bundled_demo, load_video_qa
         from ..video.stream import VideoStream, open_video
 
         source = open_video(video, fps=fps, max_frames=max_frames, decoder=decoder)  # decoded in prepare_video
-        loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense, kernel=kernel)
+        loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense, kernel=kernel,
+                               device_map=spread)
     if not quiet:
+        if loaded.placement is not None:
+            note(placement_note(loaded, device_map))
         if loaded.device.type == "cpu":
             note("running on the CPU (no CUDA GPU visible); long videos will be slow")
         if loaded.bundled and not is_bundled_demo(video):

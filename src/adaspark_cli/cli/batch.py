@@ -11,7 +11,7 @@ import typer
 from . import options as opt
 from .defaults import MIN_PIXELS
 from .errors import UsageError, handle_errors, interrupted, loading, print_error, usage
-from .render import BUNDLED_MODEL_NOTE, BatchProgress, err_console, note, write_json
+from .render import BUNDLED_MODEL_NOTE, BatchProgress, err_console, note, placement_note, write_json
 
 EXIT_SOME_FAILED = 1
 
@@ -43,6 +43,8 @@ def batch(
     decoder: str = opt.ASK_DECODER,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Stop an answer after this many tokens."),
     device: str = opt.DEVICE,
+    device_map: str = opt.DEVICE_MAP,
+    max_memory: str = opt.MAX_MEMORY,
     kernel: str = opt.KERNEL,
     gpus: int = typer.Option(None, "--gpus", help="Model replicas, one per CUDA GPU, each in its own process, "
                              "videos handed out from one queue. Default: every visible GPU; on the CPU one.",
@@ -80,13 +82,15 @@ def batch(
     jobs, out_path = _check_flags(input, questions or [], out, force, fps, max_frames, max_pixels, max_new_tokens,
                                   decoder, kernel, device, gpus, cpu_workers, retry_failed)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
+    spread = _device_map(device_map, max_memory, device, gpus, ray, cpu_workers)
 
     with loading():
         import torch
 
         from ..qa.batch import ModelSettings
     visible = torch.cuda.device_count() if device in ("auto", "cuda") else 0
-    devices = None if ray is not None else _devices(gpus, cpu_workers, visible)  # None: Ray places the replicas
+    # None: one replica here (also the one a device map spreads), or Ray places the replicas
+    devices = None if ray is not None or spread is not None else _devices(gpus, cpu_workers, visible)
     from ..jobs import AnswersFile
 
     answers = None if out_path is None else AnswersFile.open(out_path, force=force, retry_failed=retry_failed)
@@ -96,7 +100,7 @@ def batch(
     if not quiet:
         _opening_notes(answers, force, skipped, len(jobs))
     settings = ModelSettings(model=model, device=device, overrides=overrides, dense=dense, kernel=kernel,
-                             decoder=decoder, max_new_tokens=max_new_tokens)
+                             decoder=decoder, max_new_tokens=max_new_tokens, device_map=spread)
     summary = _Summary(total=len(jobs), skipped=skipped)
     try:
         if pending:
@@ -157,6 +161,21 @@ def _check_flags(input: str, questions: list[str], out: str, force: bool, fps: f
     if out_path is not None:
         _check_out(out_path, source)
     return jobs, out_path
+
+
+def _device_map(device_map: str | None, max_memory: str | None, device: str, gpus: int | None, ray: str | None,
+                cpu_workers: int | None) -> Any:
+    """--device-map spreads one replica over the GPUs: it excludes a replica per GPU (--gpus N, --ray)."""
+    if device_map is not None:
+        if gpus is not None and gpus > 1:
+            raise UsageError(f"--device-map spreads one replica over the visible GPUs, --gpus {gpus} runs one replica "
+                             "per GPU; give one of them (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+        if ray is not None:
+            raise UsageError("--device-map spreads one replica over this machine's GPUs; --ray places one replica "
+                             "per GPU on a cluster: give one of them")
+        if cpu_workers is not None:
+            raise UsageError("--cpu-workers (a test-only option) runs several replicas; it cannot go with --device-map")
+    return opt.device_map_spec(device_map, max_memory, device)
 
 
 def _check_out(out: Path, source: Path) -> None:
@@ -231,6 +250,8 @@ def _local_notes(replica: Any, jobs: list[Any], quiet: bool) -> None:
         return
     from ..qa import is_bundled_demo
 
+    if replica.loaded.placement is not None:
+        note(placement_note(replica.loaded, replica.settings.device_map.strategy))
     if replica.loaded.device.type == "cpu":
         note("running on the CPU (no CUDA GPU visible); long videos will be slow")
     if replica.loaded.bundled and not all(is_bundled_demo(job.path) for job in jobs):

@@ -28,6 +28,14 @@ MODEL = typer.Option(
     "HF_HUB_OFFLINE honoured). Default: $ADASPARK_MODEL, else the bundled model.", show_default=False
 )
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+DEVICE_MAP = typer.Option(None, "--device-map", metavar="STRATEGY", help="Spread the model's layers over the visible "
+                          "GPUs through accelerate, for a model too large for one: auto or balanced (even shares), "
+                          "balanced_low_0 (less on GPU 0) or sequential (fill GPU 0 first). What fits no GPU stays "
+                          "in CPU memory, then on disk, and is copied in for each forward (slow). Replaces --device; "
+                          "needs pip install accelerate.", show_default=False)
+MAX_MEMORY = typer.Option(None, "--max-memory", metavar="DEVICE=SIZE,...", help="With --device-map: the most "
+                          "weights each device takes, e.g. '0=40GiB,1=70GiB,cpu=200GiB' (GPU index or cpu; KB, MB, "
+                          "GB, KiB, MiB, GiB, TB). Default: what each device has free.", show_default=False)
 DENSE = typer.Option(False, "--dense", help="Run the unmodified dense model (same weights, no sparsity).")
 CUBE = typer.Option(None, "--cube", help="Cube size TxHxW in language-model tokens (1 token = 2 frames x 28x28 px). "
                     f"Each side at most {MAX_CUBE_SIDE}. Default: the checkpoint's, else 2x8x8.", show_default=False)
@@ -131,6 +139,24 @@ def check_choices(decoder: str | None = None, kernel: str | None = None, device:
         raise UsageError(f"--kernel {kernel!r} is not a kernel; use --kernel {', '.join(KERNELS)}")
     if device is not None and not _DEVICE.fullmatch(device):
         raise UsageError(f"--device {device!r} is not a device; use --device auto, cpu, cuda or cuda:N")
+
+
+def device_map_spec(device_map: str | None, max_memory: str | None, device: str) -> Any:
+    """--device-map and --max-memory as a placement.DeviceMapSpec (None without --device-map); usage errors
+    for bad values and combinations, a one-line library error when accelerate is missing."""
+    from ..placement import DeviceMapSpec, parse_device_map, parse_max_memory, require_accelerate
+
+    if device_map is None:
+        if max_memory is not None:
+            raise UsageError("--max-memory caps the devices of --device-map; add --device-map auto")
+        return None
+    with usage():
+        strategy = parse_device_map(device_map)
+        caps = parse_max_memory(max_memory) if max_memory is not None else ()
+    if device != "auto":
+        raise UsageError(f"--device-map places the model's layers itself; drop --device {device}")
+    require_accelerate()
+    return DeviceMapSpec(strategy=strategy, max_memory=caps)
 
 
 def check_max_pixels(max_pixels: int) -> None:

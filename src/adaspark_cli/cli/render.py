@@ -112,6 +112,11 @@ BUNDLED_MODEL_NOTE = (
 )
 
 
+def placement_note(loaded: Any, strategy: str | None) -> str:
+    """Where --device-map put the model: its language-model layers by device, and the vision tower."""
+    return f"--device-map {strategy}: {loaded.placement.describe(loaded.qa.dims.layers)}"
+
+
 def note(message: str) -> None:
     err_console.print(f"[dim]{escape(message)}[/]", markup=True, soft_wrap=True)
 

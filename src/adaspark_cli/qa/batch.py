@@ -40,6 +40,7 @@ class ModelSettings:
     decoder: str = "auto"
     max_new_tokens: int = 128
     threads: int | None = None  # torch CPU threads in this replica (workers share the cores)
+    device_map: Any = None  # a placement.DeviceMapSpec: this one replica spread over the visible devices
 
 
 class Replica:
@@ -54,7 +55,7 @@ class Replica:
             torch.set_num_threads(settings.threads)
         self.settings = settings
         self.loaded = load_video_qa(settings.model, device=settings.device, overrides=settings.overrides,
-                                    dense=settings.dense, kernel=settings.kernel)
+                                    dense=settings.dense, kernel=settings.kernel, device_map=settings.device_map)
 
     def open(self, job: VideoJob) -> Any:
         """The CPU part: probe and scan (pipelined reader) or decode (one-shot reader) the video."""
