@@ -4,7 +4,7 @@ A Qwen2.5-VL-7B-shaped language model (28 layers, hidden 3584, 28 query / 4 KV h
 FFN 18944, vocab 152064, bf16, random weights; bench_prefill.build_model) behind a `VideoQA` session
 with the bundled model's processor (its chat template and tokenizer; the model's special token ids
 are set to the tokenizer's). The video prompt is built as the pipelined `ask` path builds it
-(`_prompt_ids`, `_video_prompt`) with random vision-tower output (`video_embeds`), so everything after
+(`prompt_format.prompt_ids`, `video_prompt`) with random vision-tower output (`video_embeds`), so everything after
 the vision tower is `ask`'s own code: `prefill_video` into the shared cache, `answer` (question prefill,
 `qa.decode.decode_tokens`, the tokenizer's incremental decode, the rollback).
 
@@ -100,9 +100,9 @@ def video_prompt(qa: VideoQA, video_tokens: int) -> VideoPrompt:
     merge = qa.model.config.vision_config.spatial_merge_size
     grid = torch.tensor([[t, GRID_HW[0] * merge, GRID_HW[1] * merge]])
     n = t * GRID_HW[0] * GRID_HW[1]
-    ids = qa._prompt_ids(n)
+    ids = qa.prompt_format.prompt_ids(n)
     types = (ids == qa.processor.video_token_id).to(torch.int64) * 2
-    prompt = qa._video_prompt(ids, types, grid, [1.0])
+    prompt = qa.video_prompt(ids, types, grid, [1.0])
     g = torch.Generator(device=qa.device).manual_seed(n)
     hidden = qa.model.config.text_config.hidden_size
     prompt.video_embeds = (torch.randn(n, hidden, generator=g, device=qa.device) * 0.5).to(qa.model.dtype)
