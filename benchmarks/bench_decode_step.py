@@ -32,10 +32,7 @@ CPU smoke run (tiny shapes; checks the code path, numbers meaningless):
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -45,36 +42,16 @@ from typing import Any
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "src"))
-sys.path.insert(0, HERE)
+from _common import environment, log_stamped, out_file, sync, write_json  # this folder is on sys.path; puts src/ there too
+from bench_prefill import GRID_HW, build_model
 
-from bench_prefill import GRID_HW, build_model  # noqa: E402
-
-from adaspark_cli.adapters import sparsify  # noqa: E402
-from adaspark_cli.config import AdaSparkConfig  # noqa: E402
-from adaspark_cli.qa import VideoQA, bundled_model_dir  # noqa: E402
-from adaspark_cli.qa.preprocess import sync_device  # noqa: E402
-from adaspark_cli.qa.session import VideoPrefix, VideoPrompt  # noqa: E402
+from adaspark_cli.adapters import sparsify
+from adaspark_cli.config import AdaSparkConfig
+from adaspark_cli.qa import VideoQA, bundled_model_dir
+from adaspark_cli.qa.session import VideoPrefix, VideoPrompt
 
 QUESTIONS = ("What happens after the door opens?", "What color is the car?", "How many people enter the room?")
-T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
-
-
-def environment() -> dict[str, Any]:
-    import transformers
-
-    env: dict[str, Any] = {"date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                           "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-                           "python": platform.python_version(), "torch": torch.__version__,
-                           "transformers": transformers.__version__}
-    if torch.cuda.is_available():
-        env["gpu"], env["cuda"] = torch.cuda.get_device_name(0), torch.version.cuda
-    return env
+log = log_stamped
 
 
 def build_session(smoke: bool, device: torch.device) -> VideoQA:
@@ -115,7 +92,7 @@ def answer_steps(qa: VideoQA, prefix: VideoPrefix, question: str, tokens: int) -
     stamps: list[float] = []
 
     def on_step(index: int, logits: torch.Tensor) -> None:
-        sync_device(qa.device)
+        sync(qa.device)
         stamps.append(time.perf_counter())
 
     stream = qa.answer(prefix, question, max_new_tokens=tokens, on_step=on_step)
@@ -237,13 +214,11 @@ def main() -> int:
         args.sizes, args.tokens, args.warmup = "512,1024", 6, 2
         args.ask_size, args.ask_tokens = 512, 4
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
-    results: dict[str, Any] = {"env": environment(), "sizes": {}, "skipped": []}
+    results: dict[str, Any] = {"env": environment(device.type == "cuda"), "sizes": {}, "skipped": []}
     log(f"environment: {results['env']}")
 
     def save() -> None:
-        if args.out:
-            with open(os.path.join(args.out, "bench_decode_step.json"), "w") as f:
-                json.dump(results, f, indent=1)
+        write_json(results, out_file(args.out, "bench_decode_step.json"))
 
     qa = build_session(args.smoke, device)
     for n in [int(s) for s in args.sizes.split(",") if s]:
