@@ -18,13 +18,12 @@ from ..adapters.patches import patch_spec, video_patches
 from ..adapters.positions import mrope_position_ids
 from ..cubes import CubeLayout, cube_layout, video_spans
 from ..errors import AdasparkError
+from ..limits import DEFAULT_MAX_PIXELS, MIN_PIXELS, check_max_pixels
 from ..video import DecodedVideo
 from ..video.stream import DEFAULT_CHUNK_FRAMES, DEFAULT_WORKERS, VideoStream
 from .prompt import PLACEHOLDER_QUESTION, PromptFormat
 from .result import StageTimes
 
-DEFAULT_MAX_PIXELS = 448 * 448  # per frame: a 16 x 16 token grid per frame pair
-MIN_PIXELS = 4 * 28 * 28  # never upscale small frames beyond the 2 x 2 token minimum
 
 
 @dataclass
@@ -61,14 +60,6 @@ class VideoPrompt:
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[1])
-
-
-
-def check_max_pixels(max_pixels: int) -> None:
-    if max_pixels < MIN_PIXELS:
-        raise AdasparkError(
-            f"--max-pixels {max_pixels} is below the minimum {MIN_PIXELS} (2x2 tokens of 28x28 px); e.g. --max-pixels 200704"
-        )
 
 
 

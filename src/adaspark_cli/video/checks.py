@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 import re
 from pathlib import Path
-from typing import Any
 
 from ..errors import VideoError
-
-
-def is_real(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def check_fps(fps: Any) -> None:
-    if not is_real(fps) or not math.isfinite(fps) or fps <= 0:
-        raise video_error(f"--fps must be a finite number > 0, got {fps!r}; use e.g. --fps 2")
-
-
-def check_max_frames(max_frames: Any) -> None:
-    if not isinstance(max_frames, numbers.Integral) or isinstance(max_frames, bool) or max_frames < 1:
-        raise video_error(f"--max-frames must be an integer >= 1, got {max_frames!r}; use e.g. --max-frames 256")
 
 
 def video_error(message: str) -> VideoError:

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import VideoError
-from .checks import check_fps, check_max_frames, check_path, reason, video_error
+from ..limits import check_fps, check_max_frames
+from .checks import check_path, reason, video_error
 from .frames import MAX_REPLACED_FRACTION, Picker, check_replaced, damage_note, decoded_frames, to_rgb
 from .plan import Plan, Timeline, plan_frames, sample_indices, sample_times
 from .probe import Probe, check_frame_count, no_frames_error, open_container, probe_video, truncated_error, video_stream
@@ -94,8 +95,8 @@ def decode_video(
 
 
 def _decode(path: str | Path, *, fps: float, max_frames: int, backend: str) -> DecodedVideo:
-    check_fps(fps)
-    check_max_frames(max_frames)
+    check_fps(fps, VideoError)
+    check_max_frames(max_frames, VideoError)
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise video_error(f"unknown --decoder {backend!r}; use --decoder {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}")
     path = check_path(path)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_fps, check_max_frames, is_real, video_error
+from ..errors import VideoError
+from ..limits import check_fps, check_max_frames, is_real
+from .checks import video_error
 from .probe import Probe, Scan
 
 
@@ -25,8 +27,8 @@ def sample_indices(total_frames: int, source_fps: float, *, fps: float, max_fram
     ``index_k = floor((k + 0.5) * total_frames / n)``, computed in integers so it is exact.
     Example: 48 frames at 24 fps sampled at 2 fps -> n = 4 -> indices 6, 18, 30, 42 (0.25 s, 0.75 s, ...).
     """
-    check_fps(fps)
-    check_max_frames(max_frames)
+    check_fps(fps, VideoError)
+    check_max_frames(max_frames, VideoError)
     if not isinstance(total_frames, numbers.Integral) or isinstance(total_frames, bool) or total_frames < 1:
         raise video_error(f"total_frames must be an integer >= 1, got {total_frames!r}; a video needs at least one frame")
     if not is_real(source_fps) or not math.isfinite(source_fps) or source_fps <= 0:
@@ -47,8 +49,8 @@ def sample_times(times: np.ndarray, duration: float, *, fps: float, max_frames: 
     a player shows then (the last frame starting at or before it). On evenly spaced times this gives
     `sample_indices`' indices; where a frame lasts longer than an interval it is sampled twice.
     """
-    check_fps(fps)
-    check_max_frames(max_frames)
+    check_fps(fps, VideoError)
+    check_max_frames(max_frames, VideoError)
     times = np.asarray(times, dtype=np.float64)
     if times.ndim != 1 or times.size < 1 or not is_real(duration) or not duration > 0:
         raise video_error(f"sample_times needs at least one frame time and a duration > 0, got {times.size} and {duration!r}")

@@ -53,7 +53,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import VideoError
-from .checks import check_fps, check_max_frames, check_path, reason, video_error
+from ..limits import check_fps, check_max_frames
+from .checks import check_path, reason, video_error
 from .decode import DecodedVideo, decode_planned, decode_video
 from .frames import Picker, check_replaced, damage_note, decoded_frames, to_rgb
 from .plan import Plan, plan_frames
@@ -386,8 +387,8 @@ def open_video(
 def _open(path: str | Path, *, fps: float, max_frames: int) -> tuple[VideoStream, Probe, Plan]:
     """The stream, with the probe and the plan it was made from (one open, one packet scan)."""
     start = time.perf_counter()
-    check_fps(fps)
-    check_max_frames(max_frames)
+    check_fps(fps, VideoError)
+    check_max_frames(max_frames, VideoError)
     path = check_path(path)
     probe, scan = probe_video(path)  # not a video, no video stream, unknown frame rate, a still image
     check_frame_count(path, probe, len(scan.pts))  # no frames, or fewer than the header promises
