@@ -38,9 +38,9 @@ import numpy as np
 from ..errors import VideoError
 from ..limits import check_fps, check_max_frames
 from .checks import check_path, reason, video_error
-from .frames import MAX_REPLACED_FRACTION, Picker, check_replaced, damage_note, decoded_frames, to_rgb
+from .frames import MAX_REPLACED_FRACTION, Picker, check_replaced, damage_note, decoded_frames, opened, read_counted, to_rgb
 from .plan import Plan, Timeline, plan_frames, sample_indices, sample_times
-from .probe import Probe, check_frame_count, no_frames_error, open_container, probe_video, truncated_error, video_stream
+from .probe import Probe, check_frame_count, no_frames_error, probe_video, truncated_error
 
 BACKENDS = ("auto", "decord", "pyav")
 
@@ -287,52 +287,18 @@ def _read_by_pts(
         return to_rgb(frame, rotation, size[0])
 
     picker = Picker(wanted, timeline_pts, timeline_pts[0], convert)
-    container = open_container(path)
-    try:
-        stream = video_stream(container, path)
-        stream.thread_type = "AUTO"  # frame + slice threads; the skipped frames still have to be decoded
-        for frame in decoded_frames(container, stream):
-            if picker.offer(frame):
-                break
-        else:
-            picker.finish()
-    except VideoError:
-        raise
-    except Exception as exc:  # a failure outside decoding proper (conversion, an odd frame): one line
-        raise video_error(f"video is corrupt: {path} cannot be decoded ({reason(exc)}); re-encode it") from exc
-    finally:
-        container.close()
+    with opened(path, "AUTO") as (container, stream):  # frame + slice threads: skipped frames still decode
+        picker.read(decoded_frames(container, stream))
     if not picker.done:
         raise video_error(f"video is corrupt: none of the {len(timeline_pts)} frames of {path} can be decoded; re-encode it")
     return picker
 
 
 def _read_counted(path: Path, indices: np.ndarray, rotation: int) -> np.ndarray:
-    """Packets without usable pts: decode from the start counting frames (a damaged packet is an error, as
-    skipping it would shift the count)."""
-    container = open_container(path)
-    wanted = indices.tolist()
-    out: list[np.ndarray] = []
-    count = 0
-    size: tuple[int, int] | None = None
-    try:
-        stream = video_stream(container, path)
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            size = size or (frame.width, frame.height)
-            while len(out) < len(wanted) and wanted[len(out)] == count:  # a repeated index repeats the frame
-                out.append(out[-1] if out and wanted[len(out) - 1] == count else to_rgb(frame, rotation, size))
-            if len(out) == len(wanted):
-                return np.stack(out)
-            count += 1
-    except VideoError:
-        raise
-    except Exception as exc:  # av.error.InvalidDataError from a damaged packet, ...
-        raise video_error(
-            f"video is corrupt: {path} cannot be decoded after frame {count} ({reason(exc)}); re-encode it"
-        ) from exc
-    finally:
-        container.close()
+    """Packets without usable pts: the sampled frames by counting (`frames.read_counted`), at the first frame's size."""
+    out, count = read_counted(path, indices.tolist(), lambda frame, size: to_rgb(frame, rotation, size))
+    if len(out) == len(indices):
+        return np.stack(out)
     if count == 0:
         raise no_frames_error(path)
     raise truncated_error(path, int(indices[-1]) + 1, count)

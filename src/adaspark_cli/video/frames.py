@@ -4,13 +4,16 @@ picked by pts (a frame lost in a damaged stretch replaced by the nearest decodab
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .checks import video_error
+from ..errors import VideoError
+from .checks import reason, video_error
+from .probe import open_container, video_stream
 
 # A damaged stretch is skipped while at most this fraction of the sampled frames falls in one; past it
 # the video is mostly unreadable and an answer about it would be about the replacements.
@@ -37,6 +40,54 @@ def decoded_frames(container: Any, stream: Any) -> Iterator[Any]:
         except av.error.FFmpegError:  # InvalidDataError: a damaged packet
             continue
         yield from frames
+
+
+@contextmanager
+def opened(path: Path, threads: str) -> Iterator[tuple[Any, Any]]:
+    """The container and its video stream, decoding with FFmpeg thread type `threads` ("AUTO": frame and slice
+    threads; "NONE"), closed afterwards. A failure outside decoding proper (conversion, an odd frame) is one line."""
+    container = open_container(path)
+    try:
+        stream = video_stream(container, path)
+        stream.codec_context.thread_type = threads
+        yield container, stream
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise video_error(f"video is corrupt: {path} cannot be decoded ({reason(exc)}); re-encode it") from exc
+    finally:
+        container.close()
+
+
+def read_counted(
+    path: Path, wanted: list[int], convert: Callable[[Any, tuple[int, int]], np.ndarray]
+) -> tuple[list[np.ndarray], int]:
+    """Packets without usable pts: decode from the start counting frames (a damaged packet is an error, as
+    skipping it would shift the count). Returns the wanted frames found (a repeated index repeats the frame;
+    `convert` gets each frame and the first frame's size) and the frames counted before the stream ended."""
+    out: list[np.ndarray] = []
+    count = 0
+    size: tuple[int, int] | None = None
+    container = open_container(path)
+    try:
+        stream = video_stream(container, path)
+        stream.codec_context.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            size = size or (frame.width, frame.height)
+            while len(out) < len(wanted) and wanted[len(out)] == count:
+                out.append(out[-1] if out and wanted[len(out) - 1] == count else convert(frame, size))
+            if len(out) == len(wanted):
+                break
+            count += 1
+    except VideoError:
+        raise
+    except Exception as exc:  # av.error.InvalidDataError from a damaged packet, ...
+        raise video_error(
+            f"video is corrupt: {path} cannot be decoded after frame {count} ({reason(exc)}); re-encode it"
+        ) from exc
+    finally:
+        container.close()
+    return out, count
 
 
 def to_rgb(frame: Any, rotation: int, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -99,6 +150,14 @@ class Picker:
         self._prev = (pts, frame)
         self._last_pts = pts
         return self.done
+
+    def read(self, frames: Iterable[Any]) -> Picker:
+        """Offer `frames` (display order) until every wanted frame is filled, else `finish` at their end."""
+        for frame in frames:
+            if self.offer(frame):
+                return self
+        self.finish()
+        return self
 
     def finish(self) -> bool:
         """The stream ended: the frames still wanted get the last frame decoded. False if there was none."""

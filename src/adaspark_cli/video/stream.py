@@ -54,11 +54,11 @@ import numpy as np
 
 from ..errors import VideoError
 from ..limits import check_fps, check_max_frames
-from .checks import check_path, reason, video_error
+from .checks import check_path, video_error
 from .decode import DecodedVideo, decode_planned, decode_video
-from .frames import Picker, check_replaced, damage_note, decoded_frames, to_rgb
+from .frames import Picker, check_replaced, damage_note, decoded_frames, opened, read_counted, to_rgb
 from .plan import Plan, plan_frames
-from .probe import Probe, Scan, check_frame_count, open_container, probe_video, video_stream
+from .probe import Probe, Scan, check_frame_count, probe_video
 
 DEFAULT_CHUNK_FRAMES = 32  # 16 frame pairs; 588x336 RGB: 19 MB per chunk
 DEFAULT_WORKERS = 2
@@ -224,10 +224,7 @@ class VideoStream:
         images: list[np.ndarray] = []
         chosen: list[int] = []
         replaced = lost = 0
-        container = open_container(self.path)
-        try:
-            stream = video_stream(container, self.path)
-            stream.codec_context.thread_type = "NONE"  # parallel across chunks instead (see the module doc)
+        with opened(self.path, "NONE") as (container, stream):  # parallel across chunks instead (module doc)
             slot = 0
             while slot < len(wanted):
                 gop = packets.gop_start[wanted[slot]]
@@ -241,12 +238,6 @@ class VideoStream:
                 replaced += picker.replaced
                 lost += picker.lost
                 slot = last + 1
-        except VideoError:
-            raise
-        except Exception as exc:  # a failure outside decoding proper (conversion, an odd frame): one line
-            raise video_error(f"video is corrupt: {self.path} cannot be decoded ({reason(exc)}); re-encode it") from exc
-        finally:
-            container.close()
         position = {p: i for i, p in enumerate(packets.pts)}  # Picker only takes frames with a packet's pts
         indices = np.asarray([position[p] for p in chosen], dtype=np.int64)
         return FrameChunk(frames=np.stack(images), indices=indices, first=first, replaced=replaced, lost=lost)
@@ -274,11 +265,7 @@ class VideoStream:
                 container.seek(packets.seek_ts[start], stream=stream, backward=True, any_frame=False)
             except Exception:  # the container cannot seek there: try an earlier keyframe
                 continue
-            for frame in decoded_frames(container, stream):
-                if picker.offer(frame):
-                    break
-            else:
-                picker.finish()
+            picker.read(decoded_frames(container, stream))
             if picker.done and picker.first_pts is not None and picker.first_pts <= min(wanted):
                 return picker
         raise AssertionError("unreachable: the last start is the file's first keyframe")
@@ -288,17 +275,8 @@ class VideoStream:
         packets = self._packets
         assert packets is not None
         picker = Picker(wanted, packets.pts, packets.pts[0], self._converter(size))
-        container = open_container(self.path)
-        try:
-            stream = video_stream(container, self.path)
-            stream.codec_context.thread_type = "NONE"
-            for frame in decoded_frames(container, stream):
-                if picker.offer(frame):
-                    break
-            else:
-                picker.finish()
-        finally:
-            container.close()
+        with opened(self.path, "NONE") as (container, stream):
+            picker.read(decoded_frames(container, stream))
         if not picker.done:
             raise video_error(
                 f"video is corrupt: none of the {len(packets.pts)} frames of {self.path} can be decoded; re-encode it"
@@ -318,27 +296,8 @@ class VideoStream:
         """Fallback without usable pts: decode from the start counting frames, as decode_video's PyAV backend
         does, in the caller's thread (no overlap, all frames at once; rare: raw streams, broken muxers)."""
         wanted = self.indices.tolist()
-        frames: list[np.ndarray] = []
         convert = self._converter(size)
-        count = 0
-        container = open_container(self.path)
-        try:
-            stream = video_stream(container, self.path)
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                while len(frames) < len(wanted) and wanted[len(frames)] == count:  # a repeat repeats the frame
-                    frames.append(frames[-1] if frames and wanted[len(frames) - 1] == count else convert(frame))
-                if len(frames) == len(wanted):
-                    break
-                count += 1
-        except VideoError:
-            raise
-        except Exception as exc:
-            raise video_error(
-                f"video is corrupt: {self.path} cannot be decoded after frame {count} ({reason(exc)}); re-encode it"
-            ) from exc
-        finally:
-            container.close()
+        frames, count = read_counted(self.path, wanted, lambda frame, _first_size: convert(frame))
         if len(frames) < len(wanted):
             raise video_error(
                 f"video is truncated or corrupt: {self.path} (frame {wanted[len(frames)]} is missing, only {count}"
