@@ -1,8 +1,9 @@
 """Library defaults and choices that the help texts show and that flags are checked against early.
 
-They are copied here so that `adaspark --help`, `--version` and usage errors load neither torch nor
-numpy (qa/, adapters/, video/ and synth/ import them when loaded). tests/test_cli_startup.py checks
-that every value equals the library's.
+Values whose library module is torch- and numpy-free (adaspark_cli.limits) are imported; the others are
+copied here so that `adaspark --help`, `--version` and usage errors load neither torch nor numpy (qa/,
+adapters/, video/ and synth/ import them when loaded). tests/test_cli_boundary.py checks that every value
+equals the library's.
 """
 
 from __future__ import annotations
