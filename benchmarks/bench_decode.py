@@ -14,16 +14,14 @@ a keyframe every 250 frames, a drifting blocky texture (x264 ultrafast, crf 28).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import platform
 import statistics
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
+from _common import environment, write_panning_video
 
 CHILD = """
 import json, resource, sys, time
@@ -55,31 +53,6 @@ def write_long_video(path: Path, *, width: int = 854, height: int = 480, fps: in
                                options={"g": "250", "keyint_min": "250", "sc_threshold": "0"})
 
 
-def write_panning_video(path: Path, *, width: int, height: int, fps: int, frames: int, shift: int,
-                        options: dict[str, str]) -> Path:
-    """H.264 (x264 ultrafast, crf 28, plus `options`) of a blocky random texture panning right by `shift` px a
-    frame; seeded, so the same arguments give the same frames."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    texture = rng.integers(40, 215, size=(height // 16 + 1, (width + 400) // 16 + 1, 3), dtype=np.uint8)
-    texture = texture.repeat(16, 0).repeat(16, 1)[:height, : width + 400]
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "28", **options}
-        for i in range(frames):
-            x = (i * shift) % 400
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[:, x : x + width]), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video", type=Path)
@@ -90,8 +63,8 @@ def main() -> None:
     video = args.video or Path("/tmp/adaspark-bench/ten_min.mp4")
     if not video.exists():
         write_long_video(video)
-    print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"python {platform.python_version()}; command: {' '.join(sys.argv)}")
+    env = environment(False, packages=("av", "decord2"), cpu_note=platform.processor() or platform.machine())
+    print(", ".join(f"{k} {v}" for k, v in env.items()))
     print(f"video {video} ({video.stat().st_size / 1e6:.1f} MB)")
     print("| backend | chosen | frames | frame size | seconds (median; min-max) | peak RSS MB (max) | RSS before MB |")
     print("|---|---|---|---|---|---|---|")

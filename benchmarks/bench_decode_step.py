@@ -4,7 +4,7 @@ A Qwen2.5-VL-7B-shaped language model (28 layers, hidden 3584, 28 query / 4 KV h
 FFN 18944, vocab 152064, bf16, random weights; bench_prefill.build_model) behind a `VideoQA` session
 with the bundled model's processor (its chat template and tokenizer; the model's special token ids
 are set to the tokenizer's). The video prompt is built as the pipelined `ask` path builds it
-(`_prompt_ids`, `_video_prompt`) with random vision-tower output (`video_embeds`), so everything after
+(`prompt_format.prompt_ids`, `video_prompt`) with random vision-tower output (`video_embeds`), so everything after
 the vision tower is `ask`'s own code: `prefill_video` into the shared cache, `answer` (question prefill,
 `qa.decode.decode_tokens`, the tokenizer's incremental decode, the rollback).
 
@@ -32,10 +32,7 @@ CPU smoke run (tiny shapes; checks the code path, numbers meaningless):
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -45,37 +42,17 @@ from typing import Any
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "src"))
-sys.path.insert(0, HERE)
+from _common import environment, log_stamped, out_file, sync, write_json  # this folder is on sys.path; puts src/ there too
+from bench_prefill import GRID_HW, build_model
 
-from bench_prefill import GRID_HW, build_model  # noqa: E402
-
-from adaspark_cli.adapters import sparsify  # noqa: E402
-from adaspark_cli.adapters.sparse import ATTN_NAME  # noqa: E402
-from adaspark_cli.config import AdaSparkConfig  # noqa: E402
-from adaspark_cli.qa import VideoQA, bundled_model_dir  # noqa: E402
-from adaspark_cli.qa.preprocess import sync_device  # noqa: E402
-from adaspark_cli.qa.session import VideoPrefix, VideoPrompt  # noqa: E402
+from adaspark_cli.adapters import sparsify
+from adaspark_cli.adapters.sparse import ATTN_NAME
+from adaspark_cli.config import AdaSparkConfig
+from adaspark_cli.qa import VideoQA, bundled_model_dir
+from adaspark_cli.qa.session import VideoPrefix, VideoPrompt
 
 QUESTIONS = ("What happens after the door opens?", "What color is the car?", "How many people enter the room?")
-T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
-
-
-def environment() -> dict[str, Any]:
-    import transformers
-
-    env: dict[str, Any] = {"date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                           "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-                           "python": platform.python_version(), "torch": torch.__version__,
-                           "transformers": transformers.__version__}
-    if torch.cuda.is_available():
-        env["gpu"], env["cuda"] = torch.cuda.get_device_name(0), torch.version.cuda
-    return env
+log = log_stamped
 
 
 def build_session(smoke: bool, device: torch.device) -> VideoQA:
@@ -101,9 +78,9 @@ def video_prompt(qa: VideoQA, video_tokens: int) -> VideoPrompt:
     merge = qa.model.config.vision_config.spatial_merge_size
     grid = torch.tensor([[t, GRID_HW[0] * merge, GRID_HW[1] * merge]])
     n = t * GRID_HW[0] * GRID_HW[1]
-    ids = qa._prompt_ids(n)
+    ids = qa.prompt_format.prompt_ids(n)
     types = (ids == qa.processor.video_token_id).to(torch.int64) * 2
-    prompt = qa._video_prompt(ids, types, grid, [1.0])
+    prompt = qa.video_prompt(ids, types, grid, [1.0])
     g = torch.Generator(device=qa.device).manual_seed(n)
     hidden = qa.model.config.text_config.hidden_size
     prompt.video_embeds = (torch.randn(n, hidden, generator=g, device=qa.device) * 0.5).to(qa.model.dtype)
@@ -116,7 +93,7 @@ def answer_steps(qa: VideoQA, prefix: VideoPrefix, question: str, tokens: int) -
     stamps: list[float] = []
 
     def on_step(index: int, logits: torch.Tensor) -> None:
-        sync_device(qa.device)
+        sync(qa.device)
         stamps.append(time.perf_counter())
 
     stream = qa.answer(prefix, question, max_new_tokens=tokens, on_step=on_step)
@@ -305,13 +282,11 @@ def main() -> int:
         args.sizes, args.tokens, args.warmup = "512,1024", 6, 2
         args.ask_size, args.ask_tokens = 512, 4
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
-    results: dict[str, Any] = {"env": environment(), "sizes": {}, "skipped": []}
+    results: dict[str, Any] = {"env": environment(device.type == "cuda"), "sizes": {}, "skipped": []}
     log(f"environment: {results['env']}")
 
     def save() -> None:
-        if args.out:
-            with open(os.path.join(args.out, "bench_decode_step.json"), "w") as f:
-                json.dump(results, f, indent=1)
+        write_json(results, out_file(args.out, "bench_decode_step.json"))
 
     qa = build_session(args.smoke, device)
     for n in [int(s) for s in args.sizes.split(",") if s]:

@@ -29,10 +29,6 @@ CPU smoke run of the code paths (tiny model, tiny videos, no timing claims):
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,74 +39,50 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+from _common import (  # this folder is on sys.path when run as a script; it puts src/ there too
+    TEXT_7B,
+    TEXT_TINY,
+    VISION_7B,
+    VISION_TINY,
+    cuda_or_smoke,
+    elapsed,
+    environment,
+    log,
+    random_model,
+    sync,
+    write_json,
+    write_panning_video,
+)
 
-from adaspark_cli.adapters import sparsify, unsparsify  # noqa: E402
-from adaspark_cli.adapters.vision import fast_vision, restore_vision  # noqa: E402
-from adaspark_cli.checkpoint.tiny import SPECIAL_TOKENS, build_tiny_processor  # noqa: E402
-from adaspark_cli.config import AdaSparkConfig  # noqa: E402
-from adaspark_cli.qa import VideoQA  # noqa: E402
-from adaspark_cli.qa.session import MIN_PIXELS  # noqa: E402
-from adaspark_cli.video import decode_video  # noqa: E402
-from adaspark_cli.video.stream import open_video_stream  # noqa: E402
-from bench_decode import write_panning_video  # noqa: E402  (this folder is on sys.path when run as a script)
+from adaspark_cli.adapters import sparsify, unsparsify
+from adaspark_cli.adapters.vision import fast_vision, restore_vision
+from adaspark_cli.checkpoint.tiny import SPECIAL_TOKENS, build_tiny_processor
+from adaspark_cli.config import AdaSparkConfig
+from adaspark_cli.qa import VideoQA
+from adaspark_cli.qa.session import MIN_PIXELS
+from adaspark_cli.video import decode_video
+from adaspark_cli.video.stream import open_video_stream
 
 QUESTION = "What happens in the video?"
 FPS = 8.0
-TEXT_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-               num_attention_heads=28, num_key_value_heads=4, hidden_act="silu", max_position_embeddings=128000,
-               rms_norm_eps=1e-6, use_sliding_window=False, sliding_window=32768, max_window_layers=28,
-               rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-               tie_word_embeddings=False)
-VISION_7B = dict(depth=32, hidden_size=1280, num_heads=16, intermediate_size=3420, out_hidden_size=3584,
-                 hidden_act="silu", in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                 window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)
-# --quick: the tiny checkpoint's shapes
-TEXT_QUICK = dict(TEXT_7B, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192, max_window_layers=2,
-                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]})
-VISION_QUICK = dict(VISION_7B, depth=2, hidden_size=32, num_heads=2, intermediate_size=64, out_hidden_size=64,
-                    fullatt_block_indexes=[1])
-T0 = time.perf_counter()
-
-
-def log(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ---- model, processor, videos ------------------------------------------------------------------
 
 
 def build_model(quick: bool, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """A random-weight Qwen2.5-VL of the 7B shapes (or the tiny ones), built on `device` directly."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
     processor = build_tiny_processor()
     # the processor's own pixel limits are never used: every call passes --max-pixels explicitly
     tok = processor.tokenizer
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    special = dict(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-    config = Qwen2_5_VLConfig(
-        text_config={**(TEXT_QUICK if quick else TEXT_7B), **special},
-        vision_config=VISION_QUICK if quick else VISION_7B,
+    model = random_model(
+        TEXT_TINY if quick else TEXT_7B, VISION_TINY if quick else VISION_7B, device=device, dtype=dtype,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False, **special,
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
     )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(
-            config, dtype=dtype, attn_implementation={"text_config": "sdpa", "vision_config": "sdpa"}
-        )
-    model.eval()
     model.generation_config.do_sample = False
-    model.generation_config.pad_token_id = special["pad_token_id"]
-    model.generation_config.eos_token_id = special["eos_token_id"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
     return model, processor
 
 
@@ -217,29 +189,19 @@ def main() -> int:
     args = ap.parse_args()
 
     try:
-        import av  # PyAV: writes and decodes the test videos
+        import av  # noqa: F401  (PyAV: writes and decodes the test videos)
     except ImportError:
         log("PyAV is missing: pip install av (wheels are self-contained), then run again")
         return 2
-    import transformers
-
-    cuda = torch.cuda.is_available() and not args.quick
-    if not cuda and not args.quick:
-        log("no CUDA device: run with --quick for a CPU smoke run")
+    cuda = cuda_or_smoke(args.quick, "--quick")
+    if cuda is None:
         return 2
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
     frame_px = 448 if not args.quick else 112
     max_pixels = frame_px * frame_px
     tokens_per_pair = (frame_px // 28) ** 2
-    env = {
-        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "av": av.__version__, "cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name() if cuda else "cpu (quick smoke run, no timing claims)",
-        "cpu_count": os.cpu_count(), "dtype": str(dtype),
-    }
+    env = {**environment(cuda, packages=("av",), cpu_note="cpu (quick smoke run, no timing claims)"), "dtype": str(dtype)}
     for k, v in env.items():
         log(f"{k}: {v}")
     results: dict[str, Any] = {"env": env, "setup": {}, "sizes": [], "skipped": [], "failed": []}
@@ -249,16 +211,16 @@ def main() -> int:
     results["setup"] = {"params": n_params, "frame_px": frame_px, "fps": FPS, "tokens_per_frame_pair": tokens_per_pair,
                         "adaspark_config": AdaSparkConfig().to_dict(),
                         "kernel": args.kernel, "repeats": args.repeats}
-    log(f"model: {n_params / 1e9:.2f} B parameters, {dtype}, built at {time.perf_counter() - T0:.1f} s")
+    log(f"model: {n_params / 1e9:.2f} B parameters, {dtype}, built at {elapsed():.1f} s")
 
     sizes = [int(s) for s in args.sizes.split(",") if s] if not args.quick else [1, 2]
     pipelines = args.pipelines.split(",")
     video_dir = args.video_dir or Path(tempfile.mkdtemp(prefix="bench_e2e_"))
     video_dir.mkdir(parents=True, exist_ok=True)
     for k in sizes:
-        elapsed = time.perf_counter() - T0
-        if results["sizes"] and elapsed > args.budget_s:
-            log(f"skipping {k}K: {elapsed:.0f} s elapsed (budget {args.budget_s:.0f} s)")
+        spent = elapsed()
+        if results["sizes"] and spent > args.budget_s:
+            log(f"skipping {k}K: {spent:.0f} s elapsed (budget {args.budget_s:.0f} s)")
             results["skipped"].append(k)
             continue
         frames = (k * 1024 if not args.quick else k * 64) // tokens_per_pair * 2
@@ -266,7 +228,7 @@ def main() -> int:
         if not path.exists():
             write_video(path, frames, frame_px)
         row: dict[str, Any] = {"k_tokens": k, "frames": frames, "video_mb": path.stat().st_size / 1e6}
-        log(f"\n{k}K: {frames} frames of {frame_px}x{frame_px} ({row['video_mb']:.1f} MB), at {time.perf_counter() - T0:.0f} s")
+        log(f"\n{k}K: {frames} frames of {frame_px}x{frame_px} ({row['video_mb']:.1f} MB), at {elapsed():.0f} s")
         for name in pipelines:
             try:
                 qa = setup(model, processor, name, args.kernel)
@@ -296,17 +258,11 @@ def main() -> int:
             if cuda:
                 torch.cuda.empty_cache()
         results["sizes"].append(row)
-        save(results, args.out)
+        write_json(results, args.out)
 
     report(results)
-    save(results, args.out)
+    write_json(results, args.out)
     return 0
-
-
-def save(results: dict, out: Path | None) -> None:
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1, default=str))
 
 
 def report(results: dict) -> None:
@@ -326,7 +282,7 @@ def report(results: dict) -> None:
             vs_dense = f"{dense / r['first_token_s']:.2f}x" if dense else "-"
             log(f"| {r['video_tokens']} | {name} | {r['decode_s']:.2f} | {r['preprocess_s']:.2f} | {r['vision_s']:.2f} "
                 f"| {r['prefill_s']:.2f} | {r['first_token_s']:.2f} | {r['wall_s']:.2f} | {cut} | {vs_stock} | {vs_dense} |")
-    log(f"total {time.perf_counter() - T0:.0f} s")
+    log(f"total {elapsed():.0f} s")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ def child() -> None:
     t0 = time.perf_counter()
     import torch
 
+    from _common import wall_seconds
     from adaspark_cli.attention.fa4 import attention_fa4, fa4_available
     from adaspark_cli.cubes import VideoSpan, cube_layout
     from adaspark_cli.cubes.plan import build_plan
@@ -37,11 +38,7 @@ def child() -> None:
         k = torch.randn(4, L, 128, device="cuda", dtype=torch.bfloat16)
         plan = build_plan(layout, L, L, device="cuda")
         sel = random_selection(plan, 4, 0.3)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        attention_fa4(q, k, k, plan, sel, 128**-0.5)
-        torch.cuda.synchronize()
-        out[name] = time.perf_counter() - t
+        out[name] = wall_seconds(lambda: attention_fa4(q, k, k, plan, sel, 128**-0.5), q.device)
     print(json.dumps(out), flush=True)
 
 

@@ -34,42 +34,43 @@ CPU smoke run (tiny shapes, no timing claims): python benchmarks/bench_prefill.p
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+from _common import (  # this folder is on sys.path when run as a script; it puts src/ there too
+    HEAD_DIM_7B,
+    TEXT_7B,
+    TEXT_TINY,
+    VISION_TINY,
+    elapsed,
+    environment,
+    log_stamped,
+    out_file,
+    random_model,
+    time_ms,
+    wall_seconds,
+    write_json,
+)
 
-from adaspark_cli.adapters import sparsify  # noqa: E402
-from adaspark_cli.adapters.positions import mrope_position_ids  # noqa: E402
-from adaspark_cli.attention import IMPLEMENTATIONS  # noqa: E402
-from adaspark_cli.attention.fa4 import fa4_available  # noqa: E402
-from adaspark_cli.config import AdaSparkConfig  # noqa: E402
-from adaspark_cli.cubes import VideoSpan, cube_layout, frame_pair_spans  # noqa: E402
-from adaspark_cli.cubes.plan import build_plan  # noqa: E402
-from adaspark_cli.selection import random_selection, select_per_block  # noqa: E402
-from adaspark_cli.stats import ModelDims, PrefillStats, prefill_flops, reduction  # noqa: E402
+from adaspark_cli.adapters import sparsify
+from adaspark_cli.adapters.positions import mrope_position_ids
+from adaspark_cli.attention import IMPLEMENTATIONS
+from adaspark_cli.attention.fa4 import fa4_available
+from adaspark_cli.config import AdaSparkConfig
+from adaspark_cli.cubes import VideoSpan, cube_layout, frame_pair_spans
+from adaspark_cli.cubes.plan import build_plan
+from adaspark_cli.selection import random_selection, select_per_block
+from adaspark_cli.stats import ModelDims, PrefillStats, prefill_flops, reduction
 
-TEXT_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-               num_attention_heads=28, num_key_value_heads=4, hidden_act="silu", max_position_embeddings=262144,
-               rms_norm_eps=1e-6, use_sliding_window=False, sliding_window=32768, max_window_layers=28,
-               rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-               tie_word_embeddings=False)
-TEXT_SMOKE = dict(TEXT_7B, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, rope_parameters={"rope_type": "default",
-                  "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]})
-VISION_TINY = dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64, in_channels=3, patch_size=14,
-                   spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[0],
-                   tokens_per_second=2)
+# positions past 7B's 128000: the longest prompt here has 131K video tokens (the default rope ignores the field)
+TEXT_LONG = dict(TEXT_7B, max_position_embeddings=262144)
+VISION_ONE_BLOCK = dict(VISION_TINY, depth=1, fullatt_block_indexes=[0])  # unused: the language model alone is timed
 TEXT_8B = dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
                num_attention_heads=32, num_key_value_heads=8, head_dim=128, hidden_act="silu",
                max_position_embeddings=262144, rms_norm_eps=1e-6, tie_word_embeddings=False,
@@ -88,50 +89,20 @@ GRID_HW = (16, 16)
 CUBE = (2, 8, 8)
 FORCED = [(0.5, 0.5), (0.3, 0.3), (0.2, 0.3)]
 TOP_P = [(0.9, 0.7), (0.3, 0.3)]
-T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
-
-
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    import importlib.metadata as md
-
-    env: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                           "command": " ".join(sys.argv), "python": platform.python_version(), "torch": torch.__version__}
-    for dist in ("transformers", "triton", "flash-attn-4", "nvidia-cutlass-dsl"):
-        try:
-            env[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            env[dist] = None
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda"] = torch.version.cuda
-    env["fa4"] = fa4_available()
-    try:
-        import subprocess
-
-        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        env["commit"] = None
-    return env
+log = log_stamped
+HQ, HKV, D = TEXT_7B["num_attention_heads"], TEXT_7B["num_key_value_heads"], HEAD_DIM_7B
 
 
 def build_model(smoke: bool, device: torch.device, dtype: torch.dtype, arch: str = "qwen2_5_vl") -> Any:
+    """The 7B-shaped (or, smoke, tiny) random language model (arch qwen3_vl: Qwen3-VL-8B-shaped); the special
+    token ids are the vocabulary's last four."""
     if arch == "qwen3_vl":
         return build_qwen3(smoke, device, dtype)
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    text = TEXT_SMOKE if smoke else TEXT_7B
-    config = Qwen2_5_VLConfig(text_config=text, vision_config={**VISION_TINY, "out_hidden_size": text["hidden_size"]},
-                              image_token_id=text["vocab_size"] - 4, video_token_id=text["vocab_size"] - 3,
-                              vision_start_token_id=text["vocab_size"] - 2, vision_end_token_id=text["vocab_size"] - 1)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(
-            config, dtype=dtype, attn_implementation={"text_config": "sdpa", "vision_config": "sdpa"})
-    return model.eval()
+    text = TEXT_TINY if smoke else TEXT_LONG
+    vocab = text["vocab_size"]
+    return random_model(text, {**VISION_ONE_BLOCK, "out_hidden_size": text["hidden_size"]}, device=device, dtype=dtype,
+                        image_token_id=vocab - 4, video_token_id=vocab - 3, vision_start_token_id=vocab - 2,
+                        vision_end_token_id=vocab - 1)
 
 
 def build_qwen3(smoke: bool, device: torch.device, dtype: torch.dtype) -> Any:
@@ -248,14 +219,10 @@ class BlockTimer:
 
 
 def timed_runs(model: Any, state: Any, inp: Inputs, repeats: int, timer: BlockTimer | None) -> dict[str, Any]:
-    cuda = inp.embeds.device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    sync()
-    t = time.perf_counter()
+    device = inp.embeds.device
+    cuda = device.type == "cuda"
     stats = PrefillStats()
-    prefill(model, state, inp, stats)  # warm-up (first call: compiles) and the statistics
-    sync()
-    first = time.perf_counter() - t
+    first = wall_seconds(lambda: prefill(model, state, inp, stats), device)  # warm-up (first call: compiles), statistics
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() if cuda else 0
@@ -263,11 +230,7 @@ def timed_runs(model: Any, state: Any, inp: Inputs, repeats: int, timer: BlockTi
     for _ in range(repeats):
         if timer:
             timer.on = True
-        sync()
-        t = time.perf_counter()
-        prefill(model, state, inp)
-        sync()
-        times.append(time.perf_counter() - t)
+        times.append(wall_seconds(lambda: prefill(model, state, inp), device))
         if timer:
             timer.on = False
             blocks.append(timer.take())
@@ -301,7 +264,7 @@ def check_kernels(device: torch.device, kernels: list[str], out: dict) -> None:
     inp_layout = cube_layout([VideoSpan(64, (16, 16, 16))], 64 + 4096 + 64, CUBE)
     L = inp_layout.seq_len
     g = torch.Generator(device=device).manual_seed(1)
-    hq, hkv, d = 28, 4, 128
+    hq, hkv, d = HQ, HKV, D
     q = torch.randn(hq, L, d, generator=g, device=device).to(torch.bfloat16)
     k = torch.randn(hkv, L, d, generator=g, device=device).to(torch.bfloat16)
     v = torch.randn(hkv, L, d, generator=g, device=device).to(torch.bfloat16)
@@ -352,7 +315,7 @@ def kernel_table(device: torch.device, video_tokens: int, kernels: list[str], re
     layout = cube_layout([VideoSpan(TEXT_BEFORE, (video_tokens // 256, *GRID_HW))], TEXT_BEFORE + video_tokens + TEXT_AFTER, CUBE)
     L = layout.seq_len
     g = torch.Generator(device=device).manual_seed(3)
-    hq, hkv, d = 28, 4, 128
+    hq, hkv, d = HQ, HKV, D
     # token-major memory, as transformers' projections leave it
     q = torch.randn(L, hq, d, generator=g, device=device).to(torch.bfloat16).transpose(0, 1)
     k = torch.randn(L, hkv, d, generator=g, device=device).to(torch.bfloat16).transpose(0, 1)
@@ -361,18 +324,7 @@ def kernel_table(device: torch.device, video_tokens: int, kernels: list[str], re
     res: dict[str, Any] = {"tokens": L}
 
     def bench(fn) -> float:
-        for _ in range(2):
-            fn()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(reps):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            ts.append(s.elapsed_time(e))
-        return statistics.median(ts)
+        return statistics.median(time_ms(fn, reps=reps, warmup=2, cuda=True))
 
     res["sdpa_dense_ms"] = bench(lambda: F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True))
     if "fa4" in kernels:
@@ -430,12 +382,12 @@ def main() -> int:
     args.deadline = args.deadline or (200.0 if qwen3 else 540.0)
     args.no_kernel_table = args.no_kernel_table or qwen3  # the kernel table is the 7B's (28 / 4 heads)
     device = torch.device("cpu" if args.smoke else "cuda")
-    results: dict[str, Any] = {"env": environment(args), "arch": args.arch, "sizes": {}, "kernel_table": {}, "errors": []}
-    out_path = Path(args.out) / ("bench_prefill_qwen3_vl.json" if qwen3 else "bench_prefill.json") if args.out else None
+    env = environment(device.type == "cuda", packages=("triton", "flash-attn-4", "nvidia-cutlass-dsl"))
+    results: dict[str, Any] = {"env": {**env, "fa4": fa4_available()}, "arch": args.arch, "sizes": {}, "kernel_table": {}, "errors": []}
+    out_path = out_file(args.out, "bench_prefill_qwen3_vl.json" if qwen3 else "bench_prefill.json")
 
     def save() -> None:
-        if out_path:
-            out_path.write_text(json.dumps(results, indent=1, default=str))
+        write_json(results, out_path)
 
     log(json.dumps(results["env"]))
     kernels = ["gathered"] if args.smoke else (["fa4", "flex"] if fa4_available() else ["flex"])
@@ -487,7 +439,7 @@ def main() -> int:
             runs.append(("forced 0.3/0.3 flex", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=0.3), "selection_hook": hook,
                                                  "dense_fallback": False, "kernel": "flex"}))
         for name, changes in runs:
-            if time.perf_counter() - T0 > args.deadline:
+            if elapsed() > args.deadline:
                 per.setdefault("skipped", []).append(name)
                 continue
             try:
@@ -506,7 +458,7 @@ def main() -> int:
                 f"attention {row.get('attention_ms', 0):.1f} ms, ffn {row.get('ffn_ms', 0):.1f} ms, first {row['first_call_s']:.1f} s, "
                 f"peak +{row['peak_extra_gib'] or 0:.1f} GiB, dense layers {row['dense_fallback_layers']}")
             save()
-        if not args.smoke and not args.no_kernel_table and time.perf_counter() - T0 < args.deadline:
+        if not args.smoke and not args.no_kernel_table and elapsed() < args.deadline:
             try:
                 results["kernel_table"][str(size)] = kernel_table(device, size, kernels, 5)
             except Exception as exc:

@@ -15,47 +15,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import inspect
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 import traceback
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+from _common import VISION_7B, cuda_or_smoke, elapsed, environment, log, out_file, time_ms, write_json  # puts src/ on sys.path
 
-from adaspark_cli.adapters import vision as V  # noqa: E402
+from adaspark_cli.adapters import vision as V
 
-CONFIG_7B = dict(
-    depth=32,
-    hidden_size=1280,
-    num_heads=16,
-    intermediate_size=3420,
-    out_hidden_size=3584,
-    hidden_act="silu",
-    in_channels=3,
-    patch_size=14,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-    window_size=112,
-    fullatt_block_indexes=[7, 15, 23, 31],
-    tokens_per_second=2,
-)
-CONFIG_SMOKE = dict(CONFIG_7B, depth=4, hidden_size=64, num_heads=2, intermediate_size=96, out_hidden_size=48,
+CONFIG_SMOKE = dict(VISION_7B, depth=4, hidden_size=64, num_heads=2, intermediate_size=96, out_hidden_size=48,
                     fullatt_block_indexes=[1, 3])
 HW = 32  # patches per side (448 px frames)
-T0 = time.perf_counter()
-
-
-def log(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.float(), b.float()
     return float((a - b).norm() / b.norm())
@@ -74,27 +49,6 @@ def flops_per_patch(c: dict) -> float:
     return blocks * gemm + (blocks - n_full) * attn_win + n_full * attn_full + embed + merger
 
 
-def timer(fn, warmup: int, reps: int, cuda: bool) -> list[float]:
-    """Milliseconds of each of `reps` calls after `warmup` calls (CUDA events on CUDA)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return times
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="32,16,64", help="LM tokens in K, in the order run (first is the target)")
@@ -103,26 +57,16 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny tower on the CPU, float32: exercises the code only")
     args = ap.parse_args()
 
-    import transformers
     from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-    cuda = torch.cuda.is_available() and not args.smoke
-    if not cuda and not args.smoke:
-        log("no CUDA device: run with --smoke for a CPU check of the code paths")
+    cuda = cuda_or_smoke(args.smoke, "--smoke")
+    if cuda is None:
         return 2
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
     results: dict = {"env": {}, "config": {}, "accuracy": {}, "sizes": []}
-    env = results["env"]
-    env["date_utc"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    env["command"] = " ".join([os.path.basename(sys.executable)] + sys.argv)
-    env["host"] = platform.node()
-    env["python"] = platform.python_version()
-    env["torch"] = torch.__version__
-    env["transformers"] = transformers.__version__
-    env["device"] = torch.cuda.get_device_name() if cuda else "cpu (smoke run)"
-    env["cuda"] = torch.version.cuda
+    env = results["env"] = environment(cuda, cpu_note="cpu (smoke run)")
     env["varlen_attn"] = V.has_varlen_attn()
     if V.has_varlen_attn():
         env["varlen_attn_signature"] = str(inspect.signature(V._VARLEN_ATTN))
@@ -131,7 +75,7 @@ def main() -> int:
     if cuda and not V.has_varlen_attn():
         log("NOTE: this torch has no torch.nn.attention.varlen.varlen_attn; fast_vision falls back to the per-window loop")
 
-    conf = CONFIG_SMOKE if args.smoke else CONFIG_7B
+    conf = CONFIG_SMOKE if args.smoke else VISION_7B
     defaults = Qwen2_5_VLVisionConfig().to_dict()
     diffs = {k: (defaults.get(k), v) for k, v in conf.items() if defaults.get(k) != v}
     log(f"vision config: {conf}")
@@ -143,7 +87,7 @@ def main() -> int:
         tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(cfg, attn_implementation="sdpa", dtype=dtype)
     tower = tower.to(device=device, dtype=dtype).eval()
     log(f"tower: {sum(p.numel() for p in tower.parameters()) / 1e6:.1f} M parameters, {dtype}, "
-        f"attn {tower.config._attn_implementation}, built at {time.perf_counter() - T0:.1f} s")
+        f"attn {tower.config._attn_implementation}, built at {elapsed():.1f} s")
     width = conf["in_channels"] * conf["temporal_patch_size"] * conf["patch_size"] ** 2
 
     def make_input(t: int, hw: int = HW):
@@ -168,7 +112,7 @@ def main() -> int:
         V.vision_state(tower).plans.clear()
         if cuda:
             torch.cuda.synchronize()
-        cold = timer(lambda: fast(x, grid), 0, 1, cuda)[0]  # plan built inside
+        cold = time_ms(lambda: fast(x, grid), reps=1, warmup=0, cuda=cuda)[0]  # plan built inside
         f_out = fast(x, grid)
         row["backend"] = V.vision_state(tower).last_backend
         row["rel_err_fast_vs_stock"] = rel(f_out, s_out)
@@ -178,11 +122,11 @@ def main() -> int:
         reps_stock, reps_fast = (3, 7) if cuda else (1, 1)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        row["stock_ms"] = timer(lambda: stock(x, grid), 1, reps_stock, cuda)
+        row["stock_ms"] = time_ms(lambda: stock(x, grid), reps=reps_stock, warmup=1, cuda=cuda)
         if cuda:
             row["stock_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
-        row["fast_ms"] = timer(lambda: fast(x, grid), 2, reps_fast, cuda)
+        row["fast_ms"] = time_ms(lambda: fast(x, grid), reps=reps_fast, warmup=2, cuda=cuda)
         if cuda:
             row["fast_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         row["fast_cold_ms"] = cold
@@ -227,9 +171,9 @@ def main() -> int:
         if args.smoke:
             sizes = [1]
         for k_tokens in sizes:
-            elapsed = time.perf_counter() - T0
-            if results["sizes"] and elapsed > args.budget_s:
-                log(f"skipping {k_tokens}K: {elapsed:.0f} s elapsed (budget {args.budget_s:.0f} s)")
+            spent = elapsed()
+            if results["sizes"] and spent > args.budget_s:
+                log(f"skipping {k_tokens}K: {spent:.0f} s elapsed (budget {args.budget_s:.0f} s)")
                 results.setdefault("skipped", []).append(k_tokens)
                 continue
             hw = HW if not args.smoke else 16
@@ -243,10 +187,7 @@ def main() -> int:
             if cuda:
                 torch.cuda.empty_cache()
 
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "bench_vision.json"), "w") as f:
-            json.dump(results, f, indent=1)
+    write_json(results, out_file(args.out, "bench_vision.json"))
     report(results, env, cuda)
     return 0
 
@@ -271,7 +212,7 @@ def report(results: dict, env: dict, cuda: bool) -> None:
         log(f"target (>= 3.5x at 32K; fast as close to float32 as stock, within 5%): {'MET' if met else 'NOT met'} "
             f"({target[0]['speedup']:.2f}x; fast vs float32 / stock vs float32: "
             + ", ".join(f"{a['fast_vs_fp32']:.3e} / {a['stock_vs_fp32']:.3e}" for a in acc) + ")")
-    log(f"total {time.perf_counter() - T0:.0f} s")
+    log(f"total {elapsed():.0f} s")
 
 
 if __name__ == "__main__":

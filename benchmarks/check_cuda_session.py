@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 
+from _common import environment  # this folder is on sys.path when run as a script
 from adaspark_cli.adapters import fast_vision, sparsify, vision_state
 from adaspark_cli.checkpoint import build_tiny_checkpoint, load_model
 from adaspark_cli.config import AdaSparkConfig
@@ -99,7 +99,7 @@ def check(name: str, hidden: int, layers: int, frames: int, *, profile: bool = F
 
 def main() -> int:
     assert torch.cuda.is_available(), "needs a CUDA GPU"
-    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}")
+    print(", ".join(f"{k} {v}" for k, v in environment(True).items()))
     t = time.perf_counter()
     ok = check("tiny", 64, 2, 64) and check("medium", 512, 4, 128, profile=True)
     print(f"\n{'OK' if ok else 'FAILED'} in {time.perf_counter() - t:.0f} s")

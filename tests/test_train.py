@@ -14,7 +14,7 @@ from adaspark_cli.config import AdaSparkConfig
 from adaspark_cli.qa import VideoQA, load_video_qa
 from adaspark_cli.stats import PrefillStats
 from adaspark_cli.synth import question_answer, render_frames, sample_scene
-from adaspark_cli.synth.train import (
+from adaspark_cli.train import (
     IGNORE,
     PRESETS,
     Encoder,
@@ -137,7 +137,7 @@ def test_train_smoke_writes_loadable_checkpoints(tmp_path):
 def test_curriculum_training_checks_both_distributions(tmp_path):
     """--needle-share / --no-clutter change the training videos; the checks then report held-out-like
     items and training-like ones, and a bad share is refused by the CLI."""
-    from adaspark_cli.synth.train import main
+    from adaspark_cli.train.__main__ import main
 
     cfg = TrainConfig(preset="tiny", steps=2, sparse_steps=0, batch=2, lengths=(16,), warmup=1, log_every=1,
                       tasks=("retrieval", "motion"), needle_share=(1.0, 0.0), clutter=False, check_items=4)
@@ -154,7 +154,7 @@ def test_curriculum_training_checks_both_distributions(tmp_path):
 
 def test_fast_vision_in_training_matches_the_stock_loop():
     from adaspark_cli.adapters.vision import fast_vision
-    from adaspark_cli.synth.train import collate
+    from adaspark_cli.train import collate
 
     model, processor = build_model(PRESETS["tiny"], seed=3)
     encoder = Encoder(processor, model.config)
@@ -180,7 +180,7 @@ def test_fast_vision_in_training_matches_the_stock_loop():
 
 
 def test_raw_frame_batches_give_the_same_model_inputs(tiny):
-    from adaspark_cli.synth.train import collate, model_inputs
+    from adaspark_cli.train import collate, model_inputs
 
     _, _, encoder = tiny
     examples = _examples(encoder, n=3, frames=16) + [
@@ -196,15 +196,15 @@ def test_raw_frame_batches_give_the_same_model_inputs(tiny):
 
 
 def test_a_non_finite_gradient_skips_the_step():
-    from adaspark_cli.synth.train import _clipped_step
+    from adaspark_cli.train import clipped_step
 
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
     model(torch.tensor([[1.0, float("inf"), 0.0]])).sum().backward()
-    assert not _clipped_step(model, opt)
+    assert not clipped_step(model, opt)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(p.grad is None for p in model.parameters())
     model(torch.ones(1, 3)).sum().backward()
-    assert _clipped_step(model, opt)
+    assert clipped_step(model, opt)
     assert not torch.equal(before[0], model.weight)

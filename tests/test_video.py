@@ -20,6 +20,7 @@ import video_factory as vf
 from adaspark_cli.errors import AdasparkError, VideoError
 from adaspark_cli.video import BACKENDS, DecodedVideo, decode_video, sample_indices
 from adaspark_cli.video import decode as decode_mod
+from adaspark_cli.video.probe import Probe, probe_video
 
 DECODERS = ("decord", "pyav")
 NTSC = 30000 / 1001  # what a "29.97 fps" stream really runs at
@@ -226,13 +227,14 @@ def test_header_overcounting_by_one_frame_is_tolerated(
 ) -> None:
     # some muxers store a count one or two frames too high; the frames that exist are sampled instead
     path = make_video(codec="h264", fps=24.0, n_frames=12, width=128, height=64)
-    real_probe = decode_mod._probe
+    real_probe = decode_mod.probe_video
 
     def overcounting_probe(p: Path):
-        probe = real_probe(p)
-        return dataclasses.replace(probe, header_frames=probe.header_frames + 1, expected_frames=probe.expected_frames + 1)
+        probe, scan = real_probe(p)
+        return dataclasses.replace(probe, header_frames=probe.header_frames + 1,
+                                   expected_frames=probe.expected_frames + 1), scan
 
-    monkeypatch.setattr(decode_mod, "_probe", overcounting_probe)
+    monkeypatch.setattr(decode_mod, "probe_video", overcounting_probe)
     video = decode_video(path, fps=60.0, backend=backend)  # every frame, so the phantom 13th is wanted
     assert video.total_frames == 12
     assert video.indices.tolist() == list(range(12))
@@ -252,13 +254,13 @@ def test_decode_accepts_str_path(make_video) -> None:
 def test_auto_reads_sequentially_when_wanted_frames_share_keyframe_intervals(make_video) -> None:
     path = make_video(codec="h264", fps=24.0, n_frames=48, width=96, height=64)  # one keyframe (x264's g=250)
     assert BACKENDS == ("auto", "decord", "pyav")
-    assert decode_mod._probe(path).keyframe_interval is None
+    assert probe_video(path)[0].keyframe_interval is None
     assert decode_video(path).backend == "pyav"
 
 
 def test_auto_seeks_when_wanted_frames_are_keyframe_intervals_apart(make_video) -> None:
     path = make_video(codec="h264", fps=24.0, n_frames=96, width=128, height=64, gop=8)
-    assert decode_mod._probe(path).keyframe_interval == 8
+    assert probe_video(path)[0].keyframe_interval == 8
     video = decode_video(path, fps=0.5)  # 2 frames, 48 apart > 2 x 8
     assert video.backend == "decord" and video.indices.tolist() == [24, 72]
     _assert_matches_source(video, width=128, height=64)
@@ -275,7 +277,7 @@ def test_auto_seeks_when_wanted_frames_are_keyframe_intervals_apart(make_video) 
     ],
 )
 def test_auto_order_decision(expected, interval, wanted, first) -> None:
-    probe = decode_mod._Probe(fps=30.0, header_frames=expected or 0, expected_frames=expected,
+    probe = Probe(fps=30.0, header_frames=expected or 0, expected_frames=expected,
                               pixel_format_known=True, keyframe_interval=interval, format_name="mov,mp4,m4a,3gp,3g2,mj2")
     order = decode_mod.auto_order(probe, wanted)
     assert order[0] == first and set(order) == set(DECODERS)
@@ -284,7 +286,7 @@ def test_auto_order_decision(expected, interval, wanted, first) -> None:
 @pytest.mark.parametrize("format_name", ["mpegts", "mpeg", "flv"])
 def test_auto_never_uses_decord_without_a_seek_index(format_name: str) -> None:
     # decord returns wrong frames for MPEG-TS and MPEG-PS without an error (test_video_real.py shows it)
-    probe = decode_mod._Probe(fps=30.0, header_frames=1800, expected_frames=1800, pixel_format_known=True,
+    probe = Probe(fps=30.0, header_frames=1800, expected_frames=1800, pixel_format_known=True,
                               keyframe_interval=30, format_name=format_name)
     assert decode_mod.auto_order(probe, 16) == ("pyav",)
 

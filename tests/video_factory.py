@@ -17,6 +17,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from adaspark_cli.synth.encode import encode_frames
+
 CODE_BITS = 12  # up to 4096 distinct frames: a 60 s 30 fps benchmark clip still fits
 
 # codec name -> (container suffix, FFmpeg encoder, pixel format)
@@ -100,34 +102,20 @@ def write_video(
         raise ValueError(f"libx264 with {pix_fmt} needs even dimensions, got {width}x{height}")
     path = Path(path).with_suffix(suffix)
     rate = Fraction(30000, 1001) if abs(fps - 29.97) < 1e-6 else Fraction(fps).limit_denominator(1001)
-    options = {"movflags": "+faststart"} if faststart and suffix == ".mp4" else {}
-    with av.open(str(path), mode="w", options=options) as out:
-        stream = out.add_stream(encoder, rate=rate)
-        stream.width = width
-        stream.height = height
-        stream.pix_fmt = pix_fmt
-        stream.time_base = 1 / rate
-        if rotation:
-            stream.set_display_rotation(rotation)
-        if encoder == "libx264":
-            stream.options = {"crf": "18", "preset": "veryfast"}
-            if gop is not None:  # a keyframe every `gop` frames exactly
-                stream.options = {**stream.options, "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
-        elif codec == "vp9":
-            stream.options = {"crf": "20", "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
-        else:
-            stream.options = {"qscale": "2"}
-        if n_frames == 0:
-            out.start_encoding()  # PyAV writes nothing until the first packet otherwise
-        for i in range(n_frames):
-            img = frame_pattern(i, width=width, height=height, pattern=pattern)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    if encoder == "libx264":
+        options = {"crf": "18", "preset": "veryfast"}
+        if gop is not None:  # a keyframe every `gop` frames exactly
+            options.update({"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"})
+    elif codec == "vp9":
+        options = {"crf": "20", "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
+    else:
+        options = {"qscale": "2"}
+    frames = (frame_pattern(i, width=width, height=height, pattern=pattern) for i in range(n_frames))
+    return encode_frames(
+        path, frames, rate=rate, width=width, height=height, encoder=encoder, pix_fmt=pix_fmt, options=options,
+        container_options={"movflags": "+faststart"} if faststart and suffix == ".mp4" else None,
+        rotation=rotation, start_empty=n_frames == 0,
+    )
 
 
 def write_vfr(

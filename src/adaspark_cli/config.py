@@ -243,3 +243,11 @@ def config_from_checkpoint(config_json: dict[str, Any]) -> AdaSparkConfig | None
         return AdaSparkConfig.from_dict(block)
     except ConfigError as exc:
         raise ConfigError(f"the checkpoint's config.json {CONFIG_KEY!r} block is invalid: {exc}") from None
+
+
+def merged_config(config_json: dict[str, Any], overrides: dict[str, Any] | None = None) -> tuple[AdaSparkConfig, str]:
+    """The settings a checkpoint runs with: its ``"adaspark"`` block (else the defaults) with `overrides` (the
+    fields the user set) applied, and where the base came from ("checkpoint" or "defaults")."""
+    block = config_from_checkpoint(config_json)
+    config = (block or AdaSparkConfig()).replace(**(overrides or {}))
+    return config, "checkpoint" if block is not None else "defaults"

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import CONFIG_KEY, AdaSparkConfig
 from ..errors import CheckpointError, ConfigError
+from ..limits import format_bytes
 from .load import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, read_config_json, resolve_model_path, verify_checkpoint
 
 # Side files copied besides the weights and config.json (top level of SRC only; dot files skipped).
@@ -68,14 +69,6 @@ def read_calibration(config_json: dict[str, Any]) -> dict[str, Any] | None:
     block = config_json.get(CONFIG_KEY)
     record = block.get("calibration") if isinstance(block, dict) else None
     return record if isinstance(record, dict) else None
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _is_within(inner: Path, outer: Path) -> bool:
@@ -167,9 +160,9 @@ def _check_space(out_parent: Path, weights: list[Path], side: list[Path]) -> Non
     free = shutil.disk_usage(out_parent).free
     if need + SPACE_MARGIN > free:  # a read-only folder was refused before (_check_writable): this is space
         raise CheckpointError(
-            f"not enough disk space in {out_parent}: the converted checkpoint needs {_human(need)} "
+            f"not enough disk space in {out_parent}: the converted checkpoint needs {format_bytes(need)} "
             f"({'weights linked' if linkable else 'weights copied: OUT is on another filesystem than SRC'}), "
-            f"{_human(free)} is free; free some space or pick an OUT on another disk"
+            f"{format_bytes(free)} is free; free some space or pick an OUT on another disk"
         )
 
 

@@ -53,6 +53,7 @@ multiple of 2 is padded by repeating the last frame.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
@@ -60,9 +61,12 @@ __all__ = [
     "SPECIAL_TOKENS",
     "TINY_MAX_PIXELS",
     "TINY_MIN_PIXELS",
+    "ModelSpec",
+    "build_model",
     "build_tiny_checkpoint",
     "build_tiny_processor",
     "build_tiny_tokenizer",
+    "model_config",
 ]
 
 # Qwen2.5-VL's special tokens, in the order (and relative ids) of the real vocabulary, which puts them
@@ -115,7 +119,7 @@ _PRETOKENIZE_REGEX = (
 )
 
 _BPE_VOCAB_SIZE = 480  # 256 byte symbols + 224 merges; 151643 in Qwen2.5-VL
-_VOCAB_MULTIPLE = 64  # embedding rows are padded to a multiple (Qwen2.5-VL-7B: 151665 tokens -> 152064 rows)
+VOCAB_MULTIPLE = 64  # embedding rows are padded to a multiple (Qwen2.5-VL-7B: 151665 tokens -> 152064 rows)
 
 # Video pixel limits: 4..64 merged 28x28 cells per frame, so 112x112 frames -> a 4x4 token grid.
 TINY_MIN_PIXELS = 28 * 28 * 4  # Qwen2.5-VL videos: 128 * 28 * 28
@@ -233,35 +237,53 @@ def build_tiny_processor(tokenizer=None):
     )
 
 
-def _tiny_config(tokenizer, *, text_layers: int, hidden_size: int, vision_depth: int):
+@dataclass(frozen=True)
+class ModelSpec:
+    """Sizes of a Qwen2.5-VL built from scratch (the 7B values are in `model_config`'s comments).
+
+    The defaults are the tiny checkpoint's; `adaspark_cli.train.PRESETS` holds the trained models' sizes."""
+
+    text_layers: int = 2
+    hidden: int = 64
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 128
+    vision_depth: int = 2
+    vision_hidden: int = 32
+    vision_heads: int = 2
+    vision_intermediate: int = 64
+    max_positions: int = 4096
+    full_attention_blocks: tuple[int, ...] | None = None  # vision blocks with full attention (None: the last)
+
+
+def model_config(tokenizer, spec: ModelSpec):
+    """The `Qwen2_5_VLConfig` of `spec` with the tokenizer's special token ids."""
     from transformers import Qwen2_5_VLConfig
 
-    if hidden_size % 4:
-        raise ValueError(f"hidden_size must be a multiple of 4 (4 attention heads), got {hidden_size}")
-    head_dim = hidden_size // 4
-    if head_dim % 2:
-        raise ValueError(f"hidden_size / 4 must be even (rotary pairs), got head_dim {head_dim}")
+    if spec.hidden % spec.heads or (spec.hidden // spec.heads) % 2:
+        raise ValueError(f"hidden {spec.hidden} must split into {spec.heads} heads of even size (rotary pairs)")
     # 3-D M-RoPE splits head_dim/2 rotary frequencies into (temporal, height, width) sections.
-    half = head_dim // 2
+    half = spec.hidden // spec.heads // 2
     t = half // 4 or 1  # 7B: [16, 24, 24] for head_dim 128 (t = half/4, h = w = 3*half/8)
     h = (half - t) // 2
     mrope_section = [t, h, half - t - h]  # hidden 64 -> head_dim 16 -> [2, 3, 3]
+    full_blocks = list(spec.full_attention_blocks or (spec.vision_depth - 1,))
 
     ids = {t_: tokenizer.convert_tokens_to_ids(t_) for t_ in SPECIAL_TOKENS}
-    vocab_size = -(-len(tokenizer) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
+    vocab_size = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     text_config = {
         "vocab_size": vocab_size,  # 152064
-        "hidden_size": hidden_size,  # 3584
-        "intermediate_size": 2 * hidden_size,  # 18944
-        "num_hidden_layers": text_layers,  # 28
-        "num_attention_heads": 4,  # 28 (head_dim = hidden_size / heads: 16; 128 in 7B; no head_dim field)
-        "num_key_value_heads": 2,  # 4 (GQA)
+        "hidden_size": spec.hidden,  # 3584
+        "intermediate_size": spec.intermediate,  # 18944
+        "num_hidden_layers": spec.text_layers,  # 28
+        "num_attention_heads": spec.heads,  # 28 (head_dim = hidden_size / heads: 128 in 7B; no head_dim field)
+        "num_key_value_heads": spec.kv_heads,  # 4 (GQA)
         "hidden_act": "silu",
-        "max_position_embeddings": 4096,  # 128000
+        "max_position_embeddings": spec.max_positions,  # 128000
         "rms_norm_eps": 1e-6,
         "use_sliding_window": False,
-        "sliding_window": 4096,  # 32768
-        "max_window_layers": text_layers,  # 28
+        "sliding_window": spec.max_positions,  # 32768
+        "max_window_layers": spec.text_layers,  # 28
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 1000000.0,
@@ -273,18 +295,18 @@ def _tiny_config(tokenizer, *, text_layers: int, hidden_size: int, vision_depth:
         "tie_word_embeddings": False,
     }
     vision_config = {
-        "depth": vision_depth,  # 32
-        "hidden_size": 32,  # 1280
-        "num_heads": 2,  # 16
-        "intermediate_size": 64,  # 3420
+        "depth": spec.vision_depth,  # 32
+        "hidden_size": spec.vision_hidden,  # 1280
+        "num_heads": spec.vision_heads,  # 16
+        "intermediate_size": spec.vision_intermediate,  # 3420
         "hidden_act": "silu",
-        "out_hidden_size": hidden_size,  # 3584
+        "out_hidden_size": spec.hidden,  # 3584
         "in_channels": 3,
         "patch_size": 14,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
         "window_size": 112,
-        "fullatt_block_indexes": [vision_depth - 1],  # [7, 15, 23, 31]
+        "fullatt_block_indexes": full_blocks,  # [7, 15, 23, 31]
         "tokens_per_second": 2,
     }
     return Qwen2_5_VLConfig(
@@ -301,6 +323,30 @@ def _tiny_config(tokenizer, *, text_layers: int, hidden_size: int, vision_depth:
     )
 
 
+def build_model(spec: ModelSpec, *, seed: int = 0):
+    """A freshly initialised float32 Qwen2.5-VL of `spec` (greedy generation config) and the tiny processor.
+
+    The global torch RNG state is left untouched."""
+    import torch
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    processor = build_tiny_processor()
+    tokenizer = processor.tokenizer
+    config = model_config(tokenizer, spec)
+    config.dtype = torch.float32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        do_sample=False,  # greedy: a random model's answers need no sampling settings
+    )
+    return model, processor
+
+
 def build_tiny_checkpoint(
     out_dir: Path,
     *,
@@ -315,30 +361,13 @@ def build_tiny_checkpoint(
     whose last block uses full attention, 488 tokens (512 embedding rows): 223,456 parameters, ~0.9 MB.
     The same arguments give byte-identical files. The global torch RNG state is left untouched.
     """
-    import torch
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
-
     from .load import quiet_hf_output
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    processor = build_tiny_processor()
-    tokenizer = processor.tokenizer
-    config = _tiny_config(tokenizer, text_layers=text_layers, hidden_size=hidden_size, vision_depth=vision_depth)
-    config.dtype = torch.float32
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
-
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=False,  # greedy: a random model's answers need no sampling settings
-    )
+    spec = ModelSpec(text_layers=text_layers, hidden=hidden_size, intermediate=2 * hidden_size, vision_depth=vision_depth)
+    model, processor = build_model(spec, seed=seed)
+    model.eval()
     with quiet_hf_output():
         model.save_pretrained(out_dir)  # safetensors
         processor.save_pretrained(out_dir)

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .tiny import SPECIAL_TOKENS, _VOCAB_MULTIPLE, build_tiny_tokenizer
+from .tiny import SPECIAL_TOKENS, VOCAB_MULTIPLE, build_tiny_tokenizer
 
 BUNDLED_TOKENIZER_DIR = Path(__file__).resolve().parents[3] / "models" / "adaspark-synth-small"
 
@@ -98,7 +98,7 @@ def tiny_qwen3_config(
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = 16  # 128
     text_config: dict[str, Any] = {
-        "vocab_size": -(-len(tokenizer) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE,  # 151936
+        "vocab_size": -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE,  # 151936
         "hidden_size": hidden_size,  # 4096
         "intermediate_size": 2 * hidden_size,  # 12288
         "num_hidden_layers": text_layers,  # 36

@@ -66,7 +66,7 @@ def ask(
     if not questions and not interactive:
         raise UsageError("no question given; add one after the video, e.g. adaspark ask clip.mp4 \"What happens?\", "
                          "or use --interactive")
-    opt.check_at_least("--max-new-tokens", max_new_tokens, 1)
+    opt.check_max_new_tokens(max_new_tokens)
     opt.check_answer_sampling(temperature, seed)
     opt.check_sampling(fps, max_frames)
     opt.check_choices(decoder=decoder, kernel=kernel, device=device)
@@ -75,8 +75,7 @@ def ask(
     spread = opt.device_map_spec(device_map, max_memory, device)
 
     with loading():  # torch and transformers: only once the flags are good
-        from ..qa import Sampling, is_bundled_demo, load_video_qa
-        from ..video.stream import VideoStream, open_video
+        from ..api import Sampling, VideoStream, is_bundled_demo, load_video_qa, open_video
 
         source = open_video(video, fps=fps, max_frames=max_frames, decoder=decoder)  # decoded in prepare_video
         loaded = load_video_qa(model, device=device, overrides=overrides, dense=dense, kernel=kernel,

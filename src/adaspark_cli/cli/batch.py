@@ -87,11 +87,11 @@ def batch(
     with loading():
         import torch
 
-        from ..qa.batch import ModelSettings
+        from ..api import ModelSettings
     visible = torch.cuda.device_count() if device in ("auto", "cuda") else 0
     # None: one replica here (also the one a device map spreads), or Ray places the replicas
     devices = None if ray is not None or spread is not None else _devices(gpus, cpu_workers, visible)
-    from ..jobs import AnswersFile
+    from ..api import AnswersFile
 
     answers = None if out_path is None else AnswersFile.open(out_path, force=force, retry_failed=retry_failed)
     done = answers.done if answers is not None else {}
@@ -124,7 +124,7 @@ def _check_flags(input: str, questions: list[str], out: str, force: bool, fps: f
                  max_pixels: int, max_new_tokens: int, decoder: str, kernel: str, device: str,
                  gpus: int | None, cpu_workers: int | None, retry_failed: bool) -> tuple[list[Any], Path | None]:
     """Every flag, and the jobs read from INPUT, before anything heavy loads (usage errors, exit 2)."""
-    opt.check_at_least("--max-new-tokens", max_new_tokens, 1)
+    opt.check_max_new_tokens(max_new_tokens)
     opt.check_sampling(fps, max_frames)
     opt.check_choices(decoder=decoder, kernel=kernel, device=device)
     opt.check_max_pixels(max_pixels)
@@ -142,9 +142,9 @@ def _check_flags(input: str, questions: list[str], out: str, force: bool, fps: f
     if force and retry_failed:
         raise UsageError("--force redoes every video, --retry-failed only the failed ones; give one of them")
     questions = opt.check_questions(questions, "batch")
-    from ..jobs import Sampling, find_videos, read_manifest  # no torch: usage errors stay light
+    from ..api import FrameSampling, find_videos, read_manifest  # no torch: usage errors stay light
 
-    sampling = Sampling(fps=fps, max_frames=max_frames, max_pixels=max_pixels, min_pixels=MIN_PIXELS)
+    sampling = FrameSampling(fps=fps, max_frames=max_frames, max_pixels=max_pixels, min_pixels=MIN_PIXELS)
     source = Path(input)
     with usage():
         if source.is_file() and source.suffix.lower() not in opt.VIDEO_SUFFIXES:
@@ -206,7 +206,7 @@ def _run(settings: Any, pending: list[Any], answers: Any, summary: _Summary, *, 
          ray: str | None, replicas: int | None, cpu_actors: bool, quiet: bool) -> None:
     """Load the replicas and answer `pending`, writing each record as it comes back."""
     with loading():
-        from ..qa.batch import run_local, run_ray, run_workers
+        from ..api import run_local, run_ray, run_workers
     with BatchProgress(total=summary.total, done=summary.skipped, enabled=not quiet) as bar:
         bar.stage("loading the model")
 
@@ -248,7 +248,7 @@ def _devices(gpus: int | None, cpu_workers: int | None, visible: int) -> list[st
 def _local_notes(replica: Any, jobs: list[Any], quiet: bool) -> None:
     if quiet:
         return
-    from ..qa import is_bundled_demo
+    from ..api import is_bundled_demo
 
     if replica.loaded.placement is not None:
         note(placement_note(replica.loaded, replica.settings.device_map.strategy))

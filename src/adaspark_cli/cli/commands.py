@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from .. import __version__
+from ..api import __version__
 from .ask import ask
 from .batch import batch
 from .convert import convert

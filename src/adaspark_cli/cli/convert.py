@@ -80,15 +80,23 @@ def convert(
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
 
     with loading():  # torch: only once the flags are good
-        from ..checkpoint import check_convert_paths, convert_checkpoint, is_converted, read_config_json
-        from ..config import AdaSparkConfig, config_from_checkpoint
-        from ..qa import calibrate, calibrate_per_layer, load_video_qa, parse_grid
-        from ..video import decode_video
+        from ..api import (
+            calibrate,
+            calibrate_per_layer,
+            check_convert_paths,
+            convert_checkpoint,
+            decode_video,
+            is_converted,
+            load_video_qa,
+            merged_config,
+            parse_grid,
+            read_config_json,
+        )
 
     with usage():
         values = parse_grid(grid)
     path, out, _ = check_convert_paths(src, out, force=force)
-    config = (config_from_checkpoint(read_config_json(path)) or AdaSparkConfig()).replace(**overrides)
+    config, _ = merged_config(read_config_json(path), overrides)
     record = None
     if target_reduction is not None:
         with ProgressBar(enabled=not quiet) as bar:

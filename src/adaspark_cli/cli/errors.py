@@ -25,7 +25,7 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from rich.markup import escape
 
-from ..errors import AdasparkError
+from ..api import AdasparkError
 from .interrupt import EXIT_INTERRUPTED, exit_interrupted
 from .render import StdoutError, discard_stdout, end_partial_line, err_console
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import typer
-from rich.table import Table
 
-from ..errors import AdasparkError
+from ..api import AdasparkError
 from . import options as opt
 from .defaults import DEFAULT_DEPTHS, DEFAULT_LENGTHS, MAX_FRAMES, MIN_FRAMES, TASKS
 from .errors import UsageError, handle_errors, loading
-from .render import ProgressBar, human_flops, write_report
+from .render import ProgressBar, eval_tables, write_report
 
 DEFAULT_WRITERS = min(8, os.cpu_count() or 1)  # encoding is CPU-bound; more rarely pays
 
@@ -108,7 +106,7 @@ def eval_command(
 
         adaspark eval heldout/ --top-p 0.8
     """
-    opt.check_at_least("--max-new-tokens", max_new_tokens, 1)
+    opt.check_max_new_tokens(max_new_tokens)
     opt.check_at_least("--limit", limit, 1)
     opt.check_at_least("--per-cell", per_cell, 1)
     opt.check_at_least("--workers", workers, 1)
@@ -118,10 +116,7 @@ def eval_command(
     grid = (parse_tasks(tasks), parse_lengths(lengths), parse_depths(depths)) if suite_path is None else None
 
     with loading():  # torch: only once the flags are good
-        from ..qa import load_video_qa
-        from ..qa.eval import evaluate, plot_eval
-        from ..qa.plot import check_plot_path
-        from ..synth.suite import make_suite, read_suite, write_suite
+        from ..api import check_plot_path, evaluate, load_video_qa, make_suite, plot_eval, read_suite, write_suite
 
     if plot is not None:
         plot = check_plot_path(plot)
@@ -151,31 +146,3 @@ def eval_command(
     if plot is not None:
         plot_eval(data, plot)
     write_report(data, eval_tables(data), json_out=json_out, quiet=quiet)
-
-
-def _pct(x: float) -> str:
-    return f"{x:.1%}"
-
-
-def eval_tables(data: dict[str, Any]) -> list[Table]:
-    """Per task (plus overall) and per length x depth: accuracy dense / AdaSpark, FLOPs reduction, time."""
-    tables = []
-    for key, title in (("by_task", "task"), ("by_length_depth", "frames x depth")):
-        table = Table(title=f"eval: {data['items']} items, accuracy by {title}", title_justify="left")
-        for name in (title, "n", "dense", "adaspark", "change", "FLOPs cut", "dense s", "sparse s"):
-            table.add_column(name, justify="left" if name == title else "right")
-        rows = list(data[key].items())
-        if key == "by_task":
-            rows.append(("all", {"items": data["items"], "dense": data["dense"], "adaspark": data["adaspark"]}))
-        for name, g in rows:
-            d, a = g["dense"], g["adaspark"]
-            table.add_row(name, str(g["items"]), _pct(d["accuracy"]), _pct(a["accuracy"]),
-                          f"{(a['accuracy'] - d['accuracy']) * 100:+.1f} pt", _pct(a["flops_reduction"]),
-                          f"{d['seconds']:.2f}", f"{a['seconds']:.2f}", style="bold" if name == "all" else None)
-        tables.append(table)
-    a = data["adaspark"]
-    tables[0].caption = (f"prefill FLOPs (language model): dense {human_flops(a['flops_dense'])}, adaspark "
-                         f"{human_flops(a['flops_sparse'])}; exact match after normalisation; {data['device']}, "
-                         f"{data['seconds']:.1f} s in all")
-    tables[0].caption_justify = "left"
-    return tables

@@ -9,8 +9,9 @@ from typing import Any
 
 import typer
 
-from ..config import MAX_CUBE_SIDE, parse_cube, parse_layers, validate_top_p
-from .defaults import DECODERS, DEFAULT_MAX_PIXELS, KERNELS, MAX_SEED, MIN_PIXELS
+from .. import api
+from ..api import MAX_CUBE_SIDE, parse_cube, parse_layers, validate_top_p
+from .defaults import DECODERS, DEFAULT_MAX_PIXELS, KERNELS, MAX_SEED
 from .errors import UsageError, usage
 
 # A question is prefilled densely after the video (before issue 13 its KV cache was copied per question):
@@ -83,13 +84,8 @@ def sparsity_overrides(
         return _overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
 
 
-def _overrides(
-    cube: str | None,
-    top_p: float | None,
-    attn_top_p: float | None,
-    ffn_top_p: float | None,
-    layers: str | None,
-) -> dict[str, Any]:
+def _overrides(cube: str | None, top_p: float | None, attn_top_p: float | None, ffn_top_p: float | None,
+               layers: str | None) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for flag, value, fields in (
         ("--top-p", top_p, ("attn_top_p", "ffn_top_p")),
@@ -113,11 +109,9 @@ def check_at_least(flag: str, value: int | None, minimum: int) -> None:
 
 
 def check_sampling(fps: float, max_frames: int) -> None:
-    """--fps and --max-frames, checked before the video is opened."""
-    if not math.isfinite(fps) or fps <= 0:
-        raise UsageError(f"--fps must be a number > 0, got {fps:g}; e.g. --fps 2")
-    if max_frames < 1:
-        raise UsageError(f"--max-frames must be at least 1, got {max_frames}; e.g. --max-frames 256")
+    """--fps and --max-frames, checked before the video is opened (the library's checks)."""
+    api.check_fps(fps, UsageError)
+    api.check_max_frames(max_frames, UsageError)
 
 
 def check_answer_sampling(temperature: float, seed: int | None) -> None:
@@ -144,7 +138,8 @@ def check_choices(decoder: str | None = None, kernel: str | None = None, device:
 def device_map_spec(device_map: str | None, max_memory: str | None, device: str) -> Any:
     """--device-map and --max-memory as a placement.DeviceMapSpec (None without --device-map); usage errors
     for bad values and combinations, a one-line library error when accelerate is missing."""
-    from ..placement import DeviceMapSpec, parse_device_map, parse_max_memory, require_accelerate
+    DeviceMapSpec, parse_device_map = api.DeviceMapSpec, api.parse_device_map
+    parse_max_memory, require_accelerate = api.parse_max_memory, api.require_accelerate
 
     if device_map is None:
         if max_memory is not None:
@@ -160,9 +155,11 @@ def device_map_spec(device_map: str | None, max_memory: str | None, device: str)
 
 
 def check_max_pixels(max_pixels: int) -> None:
-    if max_pixels < MIN_PIXELS:
-        raise UsageError(f"--max-pixels {max_pixels} is below the minimum {MIN_PIXELS} (2x2 tokens of 28x28 px); "
-                         f"e.g. --max-pixels {DEFAULT_MAX_PIXELS}")
+    api.check_max_pixels(max_pixels, UsageError)
+
+
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    api.check_max_new_tokens(max_new_tokens, UsageError)
 
 
 def check_video_path(path: Path, where: str = "VIDEO") -> None:

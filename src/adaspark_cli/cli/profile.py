@@ -69,9 +69,7 @@ def profile(
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
 
     with loading():  # torch: only once the flags are good
-        from ..qa import is_bundled_demo, load_video_qa, profile_prefill
-        from ..qa.plot import check_plot_path, plot_profile
-        from ..video import decode_video
+        from ..api import check_plot_path, decode_video, is_bundled_demo, load_video_qa, plot_profile, profile_prefill
 
     if plot is not None:
         plot = check_plot_path(plot)  # before the long profile; a missing matplotlib is no usage error: exit 1

@@ -13,6 +13,8 @@ from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
+from ..api import format_bytes
+
 class _Console(Console):
     """A Rich console whose broken pipe reaches the error boundary (Rich itself would exit 1 on the spot)."""
 
@@ -137,11 +139,7 @@ def layer_table(result: dict[str, Any]) -> Table:
     for row in result["layers"]:
         table.add_row(
             str(row["layer"]) + ("" if row["sparse"] else " (dense)") + (" (dense: near-dense selection)" if row.get("dense_fallback") else ""),
-            f"{row['cubes_total']:.1f}",
-            f"{row['cubes_attended_mean']:.1f} / {row['cubes_attended_min']} / {row['cubes_attended_max']}",
-            f"{row['attn_density']:.1%}",
-            f"{row['ffn_kept']}/{row['ffn_total']}"
-            + (f" ({row['ffn_kept'] / row['ffn_total']:.0%})" if row["ffn_total"] else ""),
+            *_kept_cells(row),
         )
     flops = result.get("flops") or {}
     if flops:
@@ -164,12 +162,11 @@ def layer_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def human_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
+def _kept_cells(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    """A per-layer row's cubes available, attended (mean / min / max), attention density and FFN rows kept."""
+    ffn = f"{row['ffn_kept']}/{row['ffn_total']}" + (f" ({row['ffn_kept'] / row['ffn_total']:.0%})" if row["ffn_total"] else "")
+    attended = f"{row['cubes_attended_mean']:.1f} / {row['cubes_attended_min']} / {row['cubes_attended_max']}"
+    return f"{row['cubes_total']:.1f}", attended, f"{row['attn_density']:.1%}", ffn
 
 
 def _compact(flops: float) -> str:
@@ -194,11 +191,7 @@ def profile_tables(report: dict[str, Any]) -> list[Table]:
         kept.add_row(
             layer,
             "-" if row.get("attn_top_p") is None else f"{row['attn_top_p']:g}/{row['ffn_top_p']:g}",
-            f"{row['cubes_total']:.1f}",
-            f"{row['cubes_attended_mean']:.1f} / {row['cubes_attended_min']} / {row['cubes_attended_max']}",
-            f"{row['attn_density']:.1%}",
-            f"{row['ffn_kept']}/{row['ffn_total']}"
-            + (f" ({row['ffn_kept'] / row['ffn_total']:.0%})" if row["ffn_total"] else ""),
+            *_kept_cells(row),
         )
         flops.add_row(
             layer,
@@ -221,7 +214,7 @@ def profile_summary(report: dict[str, Any]) -> Table:
     table.add_row(f"prefill time ({clock}, median of {t['repeats']}, {t['warmup']} warm-up)",
                   f"{t['dense_s']:.3f} s", f"{t['sparse_s']:.3f} s", f"{speedup} speed-up")
     label = "peak memory (CUDA max allocated)" if mem["measure"] == "cuda_max_allocated" else "peak memory (process RSS, running max)"
-    table.add_row(label, human_bytes(mem["dense_bytes"]), human_bytes(mem["sparse_bytes"]), "")
+    table.add_row(label, format_bytes(mem["dense_bytes"]), format_bytes(mem["sparse_bytes"]), "")
     table.add_row("answer logits vs dense", "", "",
                   f"KL {fid['kl']:.3g} nats, top-1 agreement {fid['top1_agreement']:.0%} of {fid['positions']}")
     if t["clock"] == "cpu":
@@ -329,3 +322,31 @@ def _per_layer_table(record: dict[str, Any]) -> Table:
                      f"{m['top1_agreement']:.0%}")
     table.caption_justify = "left"
     return table
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def eval_tables(data: dict[str, Any]) -> list[Table]:
+    """Per task (plus overall) and per length x depth: accuracy dense / AdaSpark, FLOPs reduction, time."""
+    tables = []
+    for key, title in (("by_task", "task"), ("by_length_depth", "frames x depth")):
+        table = Table(title=f"eval: {data['items']} items, accuracy by {title}", title_justify="left")
+        for name in (title, "n", "dense", "adaspark", "change", "FLOPs cut", "dense s", "sparse s"):
+            table.add_column(name, justify="left" if name == title else "right")
+        rows = list(data[key].items())
+        if key == "by_task":
+            rows.append(("all", {"items": data["items"], "dense": data["dense"], "adaspark": data["adaspark"]}))
+        for name, g in rows:
+            d, a = g["dense"], g["adaspark"]
+            table.add_row(name, str(g["items"]), _pct(d["accuracy"]), _pct(a["accuracy"]),
+                          f"{(a['accuracy'] - d['accuracy']) * 100:+.1f} pt", _pct(a["flops_reduction"]),
+                          f"{d['seconds']:.2f}", f"{a['seconds']:.2f}", style="bold" if name == "all" else None)
+        tables.append(table)
+    a = data["adaspark"]
+    tables[0].caption = (f"prefill FLOPs (language model): dense {human_flops(a['flops_dense'])}, adaspark "
+                         f"{human_flops(a['flops_sparse'])}; exact match after normalisation; {data['device']}, "
+                         f"{data['seconds']:.1f} s in all")
+    tables[0].caption_justify = "left"
+    return tables

@@ -157,9 +157,9 @@ def _run_item(qa: VideoQA, suite: Suite, item: SuiteItem, *, max_pixels: int, ma
 def plot_eval(report: dict[str, Any], path: str | Path) -> Path:
     """Accuracy heatmaps over length x depth, dense beside AdaSpark, and accuracy per task, to ``path``
     (.png, .svg or .pdf)."""
-    from .plot import _matplotlib
+    from .plot import matplotlib_figure
 
-    figure_cls, canvas_cls = _matplotlib()
+    figure_cls, canvas_cls = matplotlib_figure()
     fig = figure_cls(figsize=(13, 4.2), dpi=120)
     canvas_cls(fig)
     cells = report["by_length_depth"]

@@ -15,7 +15,8 @@ from ..errors import AdasparkError
 INSTALL_HINT = "pip install 'adaspark-cli[plot]'"
 
 
-def _matplotlib() -> tuple[Any, Any]:
+def matplotlib_figure() -> tuple[Any, Any]:
+    """matplotlib's Figure and Agg canvas classes, imported only for --plot."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -31,7 +32,7 @@ def check_plot_path(path: str | Path) -> Path:
         raise AdasparkError(f"--plot {path}: use a .png, .svg or .pdf file name")
     if not path.parent.is_dir():
         raise AdasparkError(f"--plot {path}: the folder {path.parent} does not exist")
-    _matplotlib()
+    matplotlib_figure()
     return path
 
 
@@ -43,7 +44,7 @@ def plot_profile(report: dict[str, Any], path: str | Path) -> Path:
     each cube, time slabs down and cubes of a slab (row-major over the frame) across.
     """
     path = check_plot_path(path)
-    Figure, FigureCanvasAgg = _matplotlib()
+    Figure, FigureCanvasAgg = matplotlib_figure()
     layers = report["layers"]
     selection = report.get("selection")
     fig = Figure(figsize=(9, 7.5 if selection else 3.5), layout="constrained")

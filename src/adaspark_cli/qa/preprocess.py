@@ -15,16 +15,14 @@ import numpy as np
 import torch
 
 from ..adapters.arch import Architecture
-from ..adapters.arch.qwen2_5_vl import MIN_PIXELS  # the smallest --max-pixels of any supported model
 from ..adapters.patches import patch_spec, video_patches
 from ..cubes import CubeLayout, cube_layout
 from ..errors import AdasparkError
+from ..limits import DEFAULT_MAX_PIXELS, MIN_PIXELS, check_max_pixels  # noqa: F401  (MIN_PIXELS: re-exported)
 from ..video import DecodedVideo
 from ..video.stream import DEFAULT_CHUNK_FRAMES, DEFAULT_WORKERS, VideoStream, resize_frames
+from .prompt import PLACEHOLDER_QUESTION, PromptFormat
 from .result import StageTimes
-
-DEFAULT_MAX_PIXELS = 448 * 448  # per frame: a 16 x 16 token grid per frame pair (Qwen2.5-VL; 14 x 14 for Qwen3-VL)
-PLACEHOLDER_QUESTION = "?"
 
 
 @dataclass
@@ -65,14 +63,6 @@ class VideoPrompt:
 
 
 
-def check_max_pixels(max_pixels: int) -> None:
-    if max_pixels < MIN_PIXELS:
-        raise AdasparkError(
-            f"--max-pixels {max_pixels} is below the minimum {MIN_PIXELS} (2x2 tokens of 28x28 px); e.g. --max-pixels 200704"
-        )
-
-
-
 def sync_device(device: torch.device) -> None:
     """Wait for the device (CUDA runs asynchronously), so that wall times measure the work."""
     if device.type == "cuda":
@@ -87,11 +77,11 @@ class VideoPreprocessing:
     state: Any
     device: torch.device
     arch: Architecture
-    placeholder_question = PLACEHOLDER_QUESTION
 
-    def _chat_text(self, question: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    @property
+    def prompt_format(self) -> PromptFormat:
+        """The prompt's text and ids (qa/prompt.py; training builds its examples with the same one)."""
+        return PromptFormat(self.processor, self.model.config)
 
 
     def prepare_video(self, video: DecodedVideo | VideoStream, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoPrompt:
@@ -116,14 +106,14 @@ class VideoPreprocessing:
         if self.arch.resizes_frames_first:  # --max-pixels per frame, as the pipelined path resizes
             frames = resize_frames(frames, self.frame_size(frames.shape[1], frames.shape[2], len(frames), max_pixels=max_pixels))
         inputs = self.processor(
-            text=[self._chat_text(PLACEHOLDER_QUESTION)],
+            text=[self.prompt_format.chat_text(PLACEHOLDER_QUESTION)],
             videos=[frames],
             video_metadata=[meta],
             do_sample_frames=False,
             return_tensors="pt",
             **self._processor_size_kwargs(max_pixels),
         )
-        prompt = self._video_prompt(
+        prompt = self.video_prompt(
             inputs["input_ids"][0], inputs["mm_token_type_ids"][0], inputs["video_grid_thw"], inputs.get("second_per_grid_ts")
         )
         prompt.frames = len(video.indices)
@@ -131,15 +121,11 @@ class VideoPreprocessing:
         prompt.timing = StageTimes(decode_s=video.seconds, preprocess_s=time.perf_counter() - start)
         return prompt
 
-    def _video_prompt(
+    def video_prompt(
         self, ids: torch.Tensor, types: torch.Tensor, grid: torch.Tensor, second_per_grid_ts: Any
     ) -> VideoPrompt:
         """The prefix up to <|vision_end|> with its M-RoPE positions and cube layout (no pixels yet)."""
-        vision_end = self.model.config.vision_end_token_id
-        ends = (ids == vision_end).nonzero().flatten()
-        if ends.numel() == 0:
-            raise AdasparkError("the chat template produced no <|vision_end|> token; the processor does not match the model")
-        prefix_len = int(ends[-1]) + 1
+        prefix_len = self.prompt_format.prefix_length(ids)
         types = types[:prefix_len]
         positions = self.arch.positions(self.model, ids[:prefix_len], types, grid, second_per_grid_ts)
         layout = cube_layout(self.arch.video_spans(self.model, types, grid), prefix_len, self.state.config.cube)
@@ -229,7 +215,7 @@ class VideoPreprocessing:
         ids = self.arch.stream_prompt_ids(self, grid, meta)
         types = (ids == self.processor.video_token_id).to(torch.int64) * 2  # 2 marks video tokens, as the processor
         seconds_per_grid = [self.processor.video_processor.temporal_patch_size / meta.sampled_fps]
-        prompt = self._video_prompt(ids, types, grid, seconds_per_grid)
+        prompt = self.video_prompt(ids, types, grid, seconds_per_grid)
         prompt.frames = len(stream.indices)
         prompt.video_embeds = torch.cat(embeds)
         prompt.deepstack_embeds = [torch.cat(chunks) for chunks in deepstack] or None
@@ -253,22 +239,6 @@ class VideoPreprocessing:
         inputs = self.processor.video_processor(videos=[frames], do_sample_frames=False, return_tensors="pt", **size_kwargs)
         return inputs["pixel_values_videos"].to(self.device), inputs["video_grid_thw"]
 
-    def _prompt_ids(self, n_video_tokens: int) -> torch.Tensor:
-        """Token ids of the prompt up to the question with `n_video_tokens` video pads: the text is tokenized
-        with one pad, which is then repeated (tokenizing 32K pads one by one costs a noticeable fraction of a second)."""
-        text = self._chat_text(PLACEHOLDER_QUESTION)
-        ids = self.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        at = (ids == self.processor.video_token_id).nonzero().flatten()
-        if at.numel() != 1:
-            raise AdasparkError(f"the chat template gave {at.numel()} video placeholders, expected one; this is a bug")
-        i = int(at[0])
-        pads = torch.full((n_video_tokens,), int(ids[i]), dtype=ids.dtype)
-        return torch.cat([ids[:i], pads, ids[i + 1 :]])
-
     def question_ids(self, question: str) -> torch.Tensor:
         """Token ids after <|vision_end|> for `question` (question text and the assistant header)."""
-        text = self._chat_text(question)
-        ids = self.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        ends = (ids == self.model.config.vision_end_token_id).nonzero().flatten()
-        return ids[int(ends[-1]) + 1 :]
-
+        return self.prompt_format.question_ids(question)

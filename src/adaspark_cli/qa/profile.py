@@ -27,8 +27,9 @@ import torch
 from ..config import AdaSparkConfig
 from ..cubes import CubeLayout
 from ..errors import AdasparkError
-from ..stats import ModelDims, PrefillStats, layer_flops, prefill_flops, reduction
+from ..stats import ModelDims, PrefillStats, flops_summary, layer_flops
 from ..video import DecodedVideo
+from .preprocess import sync_device
 from .session import DEFAULT_MAX_PIXELS, VideoPrompt, VideoQA, layer_rows
 
 DEFAULT_QUESTION = "Describe the video."
@@ -187,8 +188,7 @@ class ProfileResult:
         return rows
 
     def flops(self) -> dict[str, Any]:
-        dense, sparse = prefill_flops(self.stats, self.dims)
-        return {"dense": dense.to_dict(), "sparse": sparse.to_dict(), "reduction": reduction(dense, sparse)}
+        return flops_summary(self.stats, self.dims)
 
     def timing(self) -> dict[str, Any]:
         dense_s, sparse_s = statistics.median(self.dense_times), statistics.median(self.sparse_times)
@@ -238,11 +238,6 @@ def run_counts(device: torch.device, warmup: int | None, repeats: int | None) ->
     if repeats < 1:
         raise AdasparkError(f"--repeats must be at least 1, got {repeats}")
     return warmup, repeats
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _peak_rss_bytes() -> int:
@@ -307,10 +302,10 @@ def profile_prefill(
             for i in range(repeats):
                 if progress:
                     progress(f"{mode}: timed run {i + 1}/{repeats}", done, total)
-                _sync(device)
+                sync_device(device)
                 start = time.perf_counter()
                 qa.prefill_logits(prompt, question)
-                _sync(device)
+                sync_device(device)
                 runs.append(time.perf_counter() - start)
                 done += 1
         times[mode] = runs

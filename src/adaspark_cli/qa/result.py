@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..stats import ModelDims, PrefillStats, prefill_flops, reduction
+from ..stats import ModelDims, PrefillStats, flops_summary
 
 if TYPE_CHECKING:
     from .session import VideoPrefix
@@ -70,10 +70,7 @@ class AnswerResult:
         return layer_rows(self.stats)
 
     def flops(self) -> dict[str, Any]:
-        if self.dims is None:
-            return {}
-        dense, sparse = prefill_flops(self.stats, self.dims)
-        return {"dense": dense.to_dict(), "sparse": sparse.to_dict(), "reduction": reduction(dense, sparse)}
+        return {} if self.dims is None else flops_summary(self.stats, self.dims)
 
     def to_json(self) -> dict[str, Any]:
         """The stable `ask --json` object (docs/cli.md lists the keys)."""

@@ -22,6 +22,7 @@ from ..adapters.arch import architecture_of
 from ..adapters.sparse import SparseState
 from ..attention.decode import decode_kernel_available
 from ..errors import AdasparkError
+from ..limits import check_max_new_tokens
 from ..stats import ModelDims, PrefillStats
 from .cache import DEFAULT_TAIL_TOKENS, SharedCache
 from .decode import DecodeOutcome, Sampling, StepHook, decode_tokens
@@ -271,8 +272,7 @@ class AnswerStream:
     def __init__(
         self, qa: VideoQA, prefix: VideoPrefix, question: str, max_new_tokens: int, sampling: Sampling, on_step: StepHook | None
     ) -> None:
-        if max_new_tokens < 1:
-            raise AdasparkError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        check_max_new_tokens(max_new_tokens)
         self.qa, self.prefix, self.question, self.max_new_tokens = qa, prefix, question, max_new_tokens
         self.sampling, self.on_step = sampling, on_step
         self.result = AnswerResult(

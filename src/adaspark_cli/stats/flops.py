@@ -105,3 +105,9 @@ def prefill_flops(stats: PrefillStats, d: ModelDims) -> tuple[Flops, Flops]:
 def reduction(dense: Flops, sparse: Flops) -> float:
     """Fraction of dense FLOPs saved (0.57 = 57% fewer)."""
     return 0.0 if dense.total == 0 else 1.0 - sparse.total / dense.total
+
+
+def flops_summary(stats: PrefillStats, d: ModelDims) -> dict[str, Any]:
+    """The `flops` object of `ask --json` and `profile --json`: dense and sparse totals per part, the reduction."""
+    dense, sparse = prefill_flops(stats, d)
+    return {"dense": dense.to_dict(), "sparse": sparse.to_dict(), "reduction": reduction(dense, sparse)}

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .encode import encode_frames
 from .render import render_frames
 from .scene import TASKS, Scene, hold_for_share, sample_scene
 from .tasks import question_answer
@@ -116,22 +117,9 @@ def write_video(path: Path, frames: np.ndarray, fps: float, *, crf: int = 16) ->
     """Write (N, H, W, 3) uint8 RGB frames as H.264 (libx264, yuv420p) with one frame per 1/fps s.
 
     One encoder thread keeps the bytes identical from run to run."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rate = Fraction(fps).limit_denominator(1000)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.thread_count = 1
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
-        for img in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    encode_frames(path, frames, rate=Fraction(fps).limit_denominator(1000), width=int(frames.shape[2]),
+                  height=int(frames.shape[1]), options={"crf": str(crf), "preset": "medium", "threads": "1"},
+                  threads=1, index_pts=False)
 
 
 def write_suite(

@@ -30,7 +30,7 @@ Real videos (issue 11, part 2):
   containers (mp4, mkv, ...) are searched by pts, so there it stays the keyframe's pts. A seek that lands after the wanted frames (or MPEG-PS, whose first frames after a seek carry
   pts no packet had) is retried from the keyframe before, at worst from the file start; the first group of
   pictures is always decoded from the file start, without a seek;
-- a wanted frame in a damaged stretch is replaced by the nearest decodable frame (`decode.Picker`), the
+- a wanted frame in a damaged stretch is replaced by the nearest decodable frame (`frames.Picker`), the
   chunk reports it and `chunks` adds a note; more than half the sampled frames replaced is an error;
 - frames are turned as the display matrix asks before resizing (`width` / `height` are the turned size).
 
@@ -52,27 +52,13 @@ from typing import Any
 
 import numpy as np
 
-from .decode import (
-    DecodedVideo,
-    Picker,
-    _check_fps,
-    _check_frame_count,
-    _check_max_frames,
-    _check_path,
-    _error,
-    _open_av,
-    _plan_from,
-    _probe,
-    _reason,
-    _scan,
-    _video_stream,
-    check_replaced,
-    damage_note,
-    decode_video,
-    decoded_frames,
-    to_rgb,
-)
 from ..errors import VideoError
+from ..limits import check_fps, check_max_frames
+from .checks import check_path, video_error
+from .decode import DecodedVideo, decode_planned, decode_video
+from .frames import Picker, check_replaced, damage_note, decoded_frames, opened, read_counted, to_rgb
+from .plan import Plan, plan_frames
+from .probe import Probe, Scan, check_frame_count, probe_video
 
 DEFAULT_CHUNK_FRAMES = 32  # 16 frame pairs; 588x336 RGB: 19 MB per chunk
 DEFAULT_WORKERS = 2
@@ -238,10 +224,7 @@ class VideoStream:
         images: list[np.ndarray] = []
         chosen: list[int] = []
         replaced = lost = 0
-        container = _open_av(self.path)
-        try:
-            stream = _video_stream(container, self.path)
-            stream.codec_context.thread_type = "NONE"  # parallel across chunks instead (see the module doc)
+        with opened(self.path, "NONE") as (container, stream):  # parallel across chunks instead (module doc)
             slot = 0
             while slot < len(wanted):
                 gop = packets.gop_start[wanted[slot]]
@@ -255,12 +238,6 @@ class VideoStream:
                 replaced += picker.replaced
                 lost += picker.lost
                 slot = last + 1
-        except VideoError:
-            raise
-        except Exception as exc:  # a failure outside decoding proper (conversion, an odd frame): one line
-            raise _error(f"video is corrupt: {self.path} cannot be decoded ({_reason(exc)}); re-encode it") from exc
-        finally:
-            container.close()
         position = {p: i for i, p in enumerate(packets.pts)}  # Picker only takes frames with a packet's pts
         indices = np.asarray([position[p] for p in chosen], dtype=np.int64)
         return FrameChunk(frames=np.stack(images), indices=indices, first=first, replaced=replaced, lost=lost)
@@ -288,11 +265,7 @@ class VideoStream:
                 container.seek(packets.seek_ts[start], stream=stream, backward=True, any_frame=False)
             except Exception:  # the container cannot seek there: try an earlier keyframe
                 continue
-            for frame in decoded_frames(container, stream):
-                if picker.offer(frame):
-                    break
-            else:
-                picker.finish()
+            picker.read(decoded_frames(container, stream))
             if picker.done and picker.first_pts is not None and picker.first_pts <= min(wanted):
                 return picker
         raise AssertionError("unreachable: the last start is the file's first keyframe")
@@ -302,19 +275,10 @@ class VideoStream:
         packets = self._packets
         assert packets is not None
         picker = Picker(wanted, packets.pts, packets.pts[0], self._converter(size))
-        container = _open_av(self.path)
-        try:
-            stream = _video_stream(container, self.path)
-            stream.codec_context.thread_type = "NONE"
-            for frame in decoded_frames(container, stream):
-                if picker.offer(frame):
-                    break
-            else:
-                picker.finish()
-        finally:
-            container.close()
+        with opened(self.path, "NONE") as (container, stream):
+            picker.read(decoded_frames(container, stream))
         if not picker.done:
-            raise _error(
+            raise video_error(
                 f"video is corrupt: none of the {len(packets.pts)} frames of {self.path} can be decoded; re-encode it"
             )
         return picker
@@ -332,29 +296,10 @@ class VideoStream:
         """Fallback without usable pts: decode from the start counting frames, as decode_video's PyAV backend
         does, in the caller's thread (no overlap, all frames at once; rare: raw streams, broken muxers)."""
         wanted = self.indices.tolist()
-        frames: list[np.ndarray] = []
         convert = self._converter(size)
-        count = 0
-        container = _open_av(self.path)
-        try:
-            stream = _video_stream(container, self.path)
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                while len(frames) < len(wanted) and wanted[len(frames)] == count:  # a repeat repeats the frame
-                    frames.append(frames[-1] if frames and wanted[len(frames) - 1] == count else convert(frame))
-                if len(frames) == len(wanted):
-                    break
-                count += 1
-        except VideoError:
-            raise
-        except Exception as exc:
-            raise _error(
-                f"video is corrupt: {self.path} cannot be decoded after frame {count} ({_reason(exc)}); re-encode it"
-            ) from exc
-        finally:
-            container.close()
+        frames, count = read_counted(self.path, wanted, lambda frame, _first_size: convert(frame))
         if len(frames) < len(wanted):
-            raise _error(
+            raise video_error(
                 f"video is truncated or corrupt: {self.path} (frame {wanted[len(frames)]} is missing, only {count}"
                 " decodable); re-download or re-encode it"
             )
@@ -373,24 +318,50 @@ def open_video_stream(path: str | Path, *, fps: float = 2.0, max_frames: int = 2
 
     Every failure is a one-line `VideoError`, with `decode_video`'s messages for the same problems.
     """
+    return _open(path, fps=fps, max_frames=max_frames)[0]
+
+
+def open_video(
+    path: str | Path, *, fps: float = 2.0, max_frames: int = 256, decoder: str = "auto"
+) -> VideoStream | DecodedVideo:
+    """The reader `adaspark ask` uses: a `VideoStream` to decode later, or the frames already decoded.
+
+    decoder "auto": `open_video_stream` (probe and packet scan, nothing decoded yet), so that
+    `VideoQA.prepare_video` decodes chunk by chunk while the vision tower runs. A file whose packets carry
+    no usable pts (missing or repeated) is instead decoded now, in one go, by `decode_video`'s "auto" choice
+    (from the same probe: the file is opened and scanned once). "decord" / "pyav": `decode_video` with that
+    backend, now, in one go. Anything else is `decode_video`'s one-line "unknown --decoder" error. Every
+    failure is a `VideoError` with `decode_video`'s message for the same problem.
+    """
+    if decoder != "auto":
+        return decode_video(path, fps=fps, max_frames=max_frames, backend=decoder)
+    stream, probe, plan = _open(path, fps=fps, max_frames=max_frames)
+    if stream.pipelined:
+        return stream
     start = time.perf_counter()
-    _check_fps(fps)
-    _check_max_frames(max_frames)
-    path = _check_path(path)
-    probe = _probe(path)  # not a video, no video stream, unknown frame rate, a still image
-    scan = _scan(path)
-    _check_frame_count(path, probe, len(scan.pts))  # no frames, or fewer than the header promises
-    plan = _plan_from(scan, probe, fps=fps, max_frames=max_frames)
+    video = decode_planned(stream.path, probe, plan, "auto")
+    return dataclasses.replace(video, seconds=stream.open_seconds + time.perf_counter() - start)
+
+
+def _open(path: str | Path, *, fps: float, max_frames: int) -> tuple[VideoStream, Probe, Plan]:
+    """The stream, with the probe and the plan it was made from (one open, one packet scan)."""
+    start = time.perf_counter()
+    check_fps(fps, VideoError)
+    check_max_frames(max_frames, VideoError)
+    path = check_path(path)
+    probe, scan = probe_video(path)  # not a video, no video stream, unknown frame rate, a still image
+    check_frame_count(path, probe, len(scan.pts))  # no frames, or fewer than the header promises
+    plan = plan_frames(scan, probe, fps=fps, max_frames=max_frames)
     packets = _index_packets(scan.pts, scan.keys)
     if packets is not None:
         packets = _with_seek_points(packets, scan, by_dts=not probe.indexed)
     width, height = scan.width, scan.height
     if not (width and height):
-        raise _error(f"cannot tell the frame size of {path} (the stream header is damaged); re-encode it")
+        raise video_error(f"cannot tell the frame size of {path} (the stream header is damaged); re-encode it")
     if probe.rotation in (90, 270):
         width, height = height, width
     timeline = plan.timeline
-    return VideoStream(
+    stream = VideoStream(
         path=path,
         width=width,
         height=height,
@@ -406,26 +377,7 @@ def open_video_stream(path: str | Path, *, fps: float = 2.0, max_frames: int = 2
         _packets=packets,
         _times=timeline.times,
     )
-
-
-def open_video(
-    path: str | Path, *, fps: float = 2.0, max_frames: int = 256, decoder: str = "auto"
-) -> VideoStream | DecodedVideo:
-    """The reader `adaspark ask` uses: a `VideoStream` to decode later, or the frames already decoded.
-
-    decoder "auto": `open_video_stream` (probe and packet scan, nothing decoded yet), so that
-    `VideoQA.prepare_video` decodes chunk by chunk while the vision tower runs. A file whose packets carry
-    no usable pts (missing or repeated) is instead decoded now, in one go, by
-    `decode_video(backend="auto")`. "decord" / "pyav": `decode_video` with that backend, now, in one go.
-    Anything else is `decode_video`'s one-line "unknown --decoder" error. Every failure is a `VideoError`
-    with `decode_video`'s message for the same problem.
-    """
-    if decoder != "auto":
-        return decode_video(path, fps=fps, max_frames=max_frames, backend=decoder)
-    stream = open_video_stream(path, fps=fps, max_frames=max_frames)
-    if stream.pipelined:
-        return stream
-    return decode_video(stream.path, fps=fps, max_frames=max_frames, backend="auto")
+    return stream, probe, plan
 
 
 def _index_packets(pts: list[int | None], keys: list[bool]) -> _Packets | None:
@@ -446,7 +398,7 @@ def _index_packets(pts: list[int | None], keys: list[bool]) -> _Packets | None:
     return _Packets(pts=[int(pts[d]) for d in decode_position], gop_start=gop_start)  # type: ignore[arg-type]
 
 
-def _with_seek_points(packets: _Packets, scan: Any, *, by_dts: bool) -> _Packets:
+def _with_seek_points(packets: _Packets, scan: Scan, *, by_dts: bool) -> _Packets:
     """The timestamp to seek to for each keyframe: its pts in an indexed container (mp4, mkv: the index is
     searched by pts, and a keyframe's dts would find the keyframe before), its dts in MPEG-TS / MPEG-PS (FFmpeg
     searches those by dts, and a keyframe's pts lands a group of pictures late)."""

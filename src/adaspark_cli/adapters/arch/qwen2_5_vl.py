@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 from ...cubes import VideoSpan, video_spans
+from ...limits import MIN_PIXELS
 from ..positions import mrope_position_ids
 from .base import Architecture
-
-MIN_PIXELS = 4 * 28 * 28  # never upscale small frames beyond the 2 x 2 token minimum
 
 
 class Qwen2_5_VL(Architecture):
@@ -44,7 +43,7 @@ class Qwen2_5_VL(Architecture):
     def stream_prompt_ids(self, qa: Any, grid: torch.Tensor, metadata: Any) -> torch.Tensor:
         merge = qa.processor.video_processor.merge_size
         t, h, w = (int(x) for x in grid[0])
-        return qa._prompt_ids(t * h * w // (merge * merge))  # type: ignore[no-any-return]
+        return qa.prompt_format.prompt_ids(t * h * w // (merge * merge))  # type: ignore[no-any-return]
 
     def processor_kwargs(self, processor: Any, max_pixels: int) -> dict[str, Any]:
         # qwen-vl-utils (the reference preprocessing) also caps the video's total tokens; transformers

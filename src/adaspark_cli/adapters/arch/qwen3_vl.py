@@ -61,7 +61,7 @@ class Qwen3_VL(Architecture):
         )
         one_pad_grid = torch.tensor([[t, merge, merge]])
         placeholder = processor.replace_video_token({"video_grid_thw": one_pad_grid, "video_metadata": [meta]}, 0)
-        text = qa._chat_text(qa.placeholder_question)
+        text = qa.prompt_format.chat_text()  # the placeholder question
         if text.count(processor.video_token) != 1:
             raise AdasparkError(f"the chat template gave {text.count(processor.video_token)} video placeholders, expected one; this is a bug")
         text = text.replace(processor.video_token, placeholder, 1)

@@ -1,0 +1,84 @@
+"""What the training loop computes on a batch: the dense and the AdaSpark loss, and the accuracy checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from ..synth.render import render_frames
+from ..synth.suite import iter_training_items
+from .data import IGNORE, Encoder, Example, collate, model_inputs
+from .presets import TrainConfig
+
+
+def dense_loss(model: Any, batch: Sequence[Example] | dict[str, torch.Tensor], pad_id: int,
+               device: torch.device) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of a padded batch (the model unmodified).
+
+    ``batch``: examples, or what `collate` made of them."""
+    batch = model_inputs(batch if isinstance(batch, dict) else collate(batch, pad_id), device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model(**batch, use_cache=False)
+    return out.loss  # type: ignore[no-any-return]
+
+
+def sparse_loss(model: Any, encoder: Encoder, examples: Sequence[Example], state: Any, cube: tuple[int, int, int],
+                device: torch.device, *, backward: bool = True) -> float:
+    """AdaSpark active, one sequence per forward; gradients accumulated (mean over answer tokens of the batch)."""
+    total_tokens = sum(int((e.labels != IGNORE).sum()) for e in examples)
+    loss_sum = 0.0
+    for e in examples:
+        batch = model_inputs(collate([e], encoder.tok.pad_token_id), device)
+        batch.pop("attention_mask")  # one unpadded sequence: causal SDPA / the sparse path
+        labels = batch.pop("labels")
+        layout = encoder.layout(e, cube).to(device)
+        with state.forward_context(layout=layout, offset=0, stats=None), \
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(**batch, use_cache=False).logits
+        shift = logits[0, :-1].float()
+        target = labels[0, 1:]
+        loss = torch.nn.functional.cross_entropy(shift, target, ignore_index=IGNORE, reduction="sum") / total_tokens
+        if backward:
+            loss.backward()
+        loss_sum += float(loss.detach())
+    return loss_sum
+
+
+@torch.no_grad()
+def answer_accuracy(model: Any, encoder: Encoder, cfg: TrainConfig, *, items: int = 64, seed: int = 99,
+                    state: Any = None, lengths: Sequence[int] | None = None,
+                    curriculum: bool = False) -> dict[str, float]:
+    """Share of generated items whose whole answer (and <|im_end|>) is the argmax at every answer position.
+
+    Under teacher forcing that is exactly what greedy decoding would produce. With ``state`` the
+    forward runs with AdaSpark active (one sequence at a time); per task and overall. Items follow the
+    held-out distribution, or with ``curriculum`` the training videos' (cfg.needle_share, cfg.clutter)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    hits: dict[str, list[bool]] = {t: [] for t in cfg.tasks}
+    knobs = {"needle_share": cfg.needle_share, "clutter": cfg.clutter} if curriculum else {}
+    stream = iter(iter_training_items(seed, lengths=lengths or cfg.lengths, tasks=cfg.tasks, **knobs))
+    try:
+        for _ in range(items):
+            scene, q, a = next(stream)
+            e = encoder.encode(render_frames(scene), q, a)  # type: ignore[arg-type]
+            batch = model_inputs(collate([e], encoder.tok.pad_token_id), dev)
+            batch.pop("attention_mask")
+            labels = batch.pop("labels")
+            ctx = state.forward_context(layout=encoder.layout(e, cfg.cube).to(dev), offset=0, stats=None) \
+                if state is not None else nullcontext()
+            with ctx, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                logits = model(**batch, use_cache=False).logits
+            pred = logits[0, :-1].argmax(-1)
+            target = labels[0, 1:]
+            keep = target != IGNORE
+            hits[scene.task].append(bool((pred[keep] == target[keep]).all()))
+    finally:
+        model.train(was_training)
+    out = {t: sum(v) / len(v) for t, v in hits.items() if v}
+    out["all"] = sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))
+    return out
