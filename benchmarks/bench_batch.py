@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -63,19 +61,16 @@ import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "src"))
-sys.path.insert(0, HERE)
+sys.path.insert(0, HERE)  # spawned workers import this file by path
 
-from bench_prefill import TEXT_7B, TEXT_SMOKE, VISION_TINY  # noqa: E402
+from _common import TEXT_7B, VISION_7B, VISION_TINY  # this folder is on sys.path; it puts src/ there too
+from _common import TEXT_TINY as TEXT_SMOKE
+from _common import environment as common_environment
 
-from adaspark_cli.jobs import VideoJob, VideoOutcome  # noqa: E402
-from adaspark_cli.qa import batch as qa_batch  # noqa: E402
-from adaspark_cli.video.stream import FrameChunk, VideoStream, _Packets  # noqa: E402
+from adaspark_cli.jobs import VideoJob, VideoOutcome
+from adaspark_cli.qa import batch as qa_batch
+from adaspark_cli.video.stream import FrameChunk, VideoStream, _Packets
 
-# Qwen2.5-VL-7B-Instruct's vision tower (config.json "vision_config"), out_hidden_size set from the text model
-VISION_7B = dict(depth=32, hidden_size=1280, num_heads=16, intermediate_size=3420, in_channels=3, patch_size=14,
-                 spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
-                 tokens_per_second=2, hidden_act="silu")
 QUESTION = "What happens in the video?"
 CLOCK_KEYS = {"prefill_seconds", "video_prefill_seconds", "decode_seconds", "timing", "replica"}
 TOKENS_PER_PAIR = 256  # 448x448 frames: 16x16 merged tokens per frame pair
@@ -444,24 +439,9 @@ def stop_dmon(dmon: Any) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------- main
 
 
-def environment(argv: list[str]) -> dict[str, Any]:
-    import importlib.metadata as md
-
-    env: dict[str, Any] = {"date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                           "command": " ".join(["python3", *argv]), "python": platform.python_version(),
-                           "torch": torch.__version__, "cpus": os.cpu_count()}
-    for dist in ("transformers", "accelerate", "triton", "flash-attn-4"):
-        try:
-            env[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            env[dist] = None
+def environment() -> dict[str, Any]:
+    env = common_environment(torch.cuda.is_available(), packages=("accelerate", "triton", "flash-attn-4"))
     env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    env["cuda"] = torch.version.cuda
-    try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=HERE).stdout.strip()
-    except OSError:
-        env["commit"] = None
     return env
 
 
@@ -489,7 +469,7 @@ def main() -> int:
         args.part, args.videos, args.video_tokens, args.tokens, args.singles = "all", 4, 64, 4, 2
         args.dm_tokens, args.side, args.repeats = 64, 112, 1
     args.decode_us = int(round(args.decode_ms_per_frame * 1000))
-    results: dict[str, Any] = {"env": environment(sys.argv), "args": vars(args), "parts": {}, "skipped": []}
+    results: dict[str, Any] = {"env": environment(), "args": vars(args), "parts": {}, "skipped": []}
     log(f"environment: {json.dumps(results['env'])}")
 
     def save() -> None:

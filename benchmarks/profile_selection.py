@@ -21,15 +21,12 @@ from pathlib import Path
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "src"))
-sys.path.insert(0, HERE)
+from _common import environment  # this folder is on sys.path when run as a script; it puts src/ there too
+from bench_prefill import CUBE, GRID_HW, TEXT_AFTER, TEXT_BEFORE
 
-from bench_prefill import CUBE, GRID_HW, TEXT_AFTER, TEXT_BEFORE, environment  # noqa: E402
-
-from adaspark_cli.cubes import VideoSpan, cube_layout  # noqa: E402
-from adaspark_cli.cubes.plan import build_plan  # noqa: E402
-from adaspark_cli.selection import select_per_block  # noqa: E402
+from adaspark_cli.cubes import VideoSpan, cube_layout
+from adaspark_cli.cubes.plan import build_plan
+from adaspark_cli.selection import select_per_block
 
 
 def inputs(video_tokens: int, device: torch.device):
@@ -126,7 +123,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args()
     device = torch.device("cuda")
-    res = {"env": environment(args), "top_p": args.top_p, "sizes": {}}
+    res = {"env": environment(True, packages=("triton",)), "top_p": args.top_p, "sizes": {}}
     print(json.dumps(res["env"]), file=sys.stderr)
     for size in (int(s) * 1024 for s in args.sizes.split(",")):
         res["sizes"][str(size)] = one_size(size, args.top_p, device)
