@@ -50,13 +50,15 @@ LAYOUTS = [
     pytest.param([(1, (3, 2, 3))], (2, 2, 2), 4, 0, (2, 1), id="cube-spans-two-blocks"),
     pytest.param([(2, (4, 4, 6))], (1, 2, 2), 16, 0, (4, 2), id="packed-4-cubes-per-tile"),
     pytest.param([(3, (5, 3, 5)), (90, (2, 2, 3))], (1, 2, 2), 8, 7, (6, 2), id="packed-partial-two-videos-past"),
+    # Qwen3-VL: one run per frame pair, 3 timestamp tokens between runs; cubes of 2 frame pairs
+    pytest.param([(2, (4, 3, 4), (2, 17, 32, 47))], (2, 2, 2), 8, 0, (4, 2), id="frame-runs-timestamps"),
 ]
 TOP_P = [0.2, 0.5, 0.9, 1.0]
 
 
 def make(spans, cube, *, tail=5, hq=4, hkv=2, d=8, past=0, seed=0):
     torch.manual_seed(seed)
-    spans = [VideoSpan(s, g) for s, g in spans]
+    spans = [VideoSpan(*span) for span in spans]
     seq = max(s.end for s in spans) + tail
     layout = cube_layout(spans, seq, cube)
     q = torch.randn(hq, seq - past, d) * 2
@@ -106,6 +108,18 @@ def test_plan_round_trip_and_tiles(spans, cube, block, past, heads, pack):
     assert torch.equal(unpermute(plan, qp), q.transpose(0, 1))
     kv_valid = plan.kv_pos < PAD_POS
     assert torch.equal(kp[:, kv_valid], k[:, plan.kv_pos[kv_valid].long()])
+
+
+def test_text_runs_share_blocks():
+    # short text runs (Qwen3-VL's timestamps between frame pairs) fill blocks together, in position
+    # order, instead of one padded block per run
+    layout, *_ = make([(2, (4, 3, 4), (2, 17, 32, 47))], (2, 2, 2), tail=5)
+    plan = build_plan(layout, layout.seq_len, layout.seq_len, block=8)
+    text_blocks = plan.k.block_tile < 0
+    n_text = int((layout.cube_of_token < 0).sum())  # 2 before, 3 x 3 between, 5 after
+    assert int(text_blocks.sum()) == -(-n_text // 8)
+    listed = plan.k.index.view(-1, 8)[text_blocks]
+    assert sorted(listed[listed >= 0].tolist()) == (layout.cube_of_token < 0).nonzero().flatten().tolist()
 
 
 def test_small_cubes_pack_into_full_tiles():

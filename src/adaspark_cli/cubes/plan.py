@@ -107,13 +107,12 @@ def _group_blocks(layout: CubeLayout, tiles: torch.Tensor, lo: int, hi: int, blo
         first[video] = tile_first[tile[video]]
     text = ~video
     if bool(text.any()):
-        prev_text = torch.cat([torch.zeros(1, dtype=torch.bool, device=device), text[:-1]])
-        run_start_flag = text & ~prev_text
-        run_id = torch.cumsum(run_start_flag.long(), 0) - 1
-        run_start = pos[run_start_flag]
+        # text tokens fill blocks in position order across runs: Qwen3-VL's short timestamp runs between
+        # frame pairs, each padded to its own block, made the sparse prefill slower than dense (256 text
+        # blocks of ~8 tokens at 64K video tokens, attended by every query and attending every key)
         tpos = pos[text]
-        rs = run_start[run_id[text]]
-        first[text] = rs + (tpos - rs) // block * block
+        rank = torch.arange(tpos.numel(), device=device)
+        first[text] = tpos[rank // block * block]
     # within a group, tokens keep cube order then position order: a packed tile lists cube by cube
     order = torch.argsort((first * (layout.num_cubes + 1) + cube.clamp(min=-1) + 1) * (n + 1) + (pos - lo))
     sorted_first = first[order]
