@@ -129,6 +129,7 @@ def bench_size(qa: VideoQA, video_tokens: int, args: argparse.Namespace) -> dict
     row: dict[str, Any] = {"video_tokens": prompt.video_tokens, "context_tokens": length, "weight_gb": weight_bytes(qa) / 1e9,
                            "kv_gb": kv_bytes(prefix, length) / 1e9, "cache_buffer_gb": prefix.cache.nbytes() / 1e9, "steps": {}}
     if qa.device.type == "cuda":
+        row["decode_kernel_sweep"] = decode_kernel_sweep(qa, prefix)
         row["decode_kernel_max_abs_err"] = decode_kernel_error(qa, prefix)
         log(f"  decode kernel against its reference (layer 0's cache, bf16): max abs err {row['decode_kernel_max_abs_err']:.2e}")
     kinds = ["dynamic", "graph" if qa.device.type == "cuda" else "static"]
@@ -177,6 +178,54 @@ def decode_kernel_error(qa: VideoQA, prefix: VideoPrefix) -> float:
     mask = torch.arange(keys.shape[1], device=qa.device) < prefix.cache.length
     scale = keys.shape[-1] ** -0.5
     return float((decode_attention(q, keys, values, mask, scale).float() - decode_attention_reference(q, keys, values, mask, scale).float()).abs().max())
+
+
+LAUNCHES = [dict(block=b, programs=p, warps=w, stages=st)
+            for b in (64, 128) for p in (512, 1024, 2048) for w in (4, 8) for st in (2, 3)]
+
+
+def decode_kernel_sweep(qa: VideoQA, prefix: VideoPrefix, reps: int = 30) -> dict[str, Any]:
+    """One layer's decode attention alone on layer 0's cache buffer (the filled prefix under the mask, as the
+    graphed step runs it): each launch choice of attention/decode.py against transformers' SDPA on the exact
+    length (flash, GQA). The fastest choice is kept (decode.LAUNCH) for the step runs that follow."""
+    import torch.nn.functional as F
+
+    from adaspark_cli.attention import decode
+
+    layer = prefix.cache.layers[0]
+    keys, values = layer._keys[0], layer._values[0]
+    hq = qa.model.config.text_config.num_attention_heads
+    q = torch.randn(hq, 1, keys.shape[-1], device=qa.device, dtype=keys.dtype)
+    n = prefix.cache.length
+    mask = torch.arange(keys.shape[1], device=qa.device) < n
+    scale = keys.shape[-1] ** -0.5
+
+    def cuda_us(fn) -> float:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(reps):
+            fn()
+        e.record()
+        e.synchronize()
+        return 1e3 * s.elapsed_time(e) / reps
+
+    k, v = keys[:, :n][None], values[:, :n][None]
+    out: dict[str, Any] = {"sdpa_exact_us": cuda_us(lambda: F.scaled_dot_product_attention(q[None], k, v, scale=scale, enable_gqa=True)),
+                           "kv_gb_per_layer": 2 * keys[:, :n].numel() * keys.element_size() / 1e9, "launches": []}
+    default = dict(decode.LAUNCH)
+    for launch in LAUNCHES:
+        decode.LAUNCH.update(launch)
+        out["launches"].append(dict(launch, us=cuda_us(lambda: decode.decode_attention(q, keys, values, mask, scale))))
+    best = min(out["launches"], key=lambda r: r["us"])
+    decode.LAUNCH.update({key: best[key] for key in default})
+    out["default"] = next(r for r in out["launches"] if all(r[key] == default[key] for key in default))
+    out["best"] = best
+    log(f"  decode attention, one layer: SDPA on the exact length {out['sdpa_exact_us']:.1f} us; ours default "
+        f"{out['default']['us']:.1f} us, best {best['us']:.1f} us ({best}); {out['kv_gb_per_layer'] * 1e3:.0f} MB of K/V")
+    return out
 
 
 def reference_step_ms(qa: VideoQA, prefix: VideoPrefix, context: int, replays: int = 40) -> float:

@@ -6,9 +6,9 @@ under one), first repeats every KV head for its query heads (7 copies of the cac
 28 / 4 heads), which made the graphed step grow from 17 ms at 16K to 82 ms at 128K on an H200.
 
 Here (split-K, as flash-decoding does): the keys are cut into chunks; one program per (KV head, chunk)
-computes the online softmax of the group's query heads over its chunk, skipping blocks whose keys are
-all masked (the unfilled part of the buffer costs no reads), and a second kernel merges the chunks'
-partial results. The mask is read on the device, so the step has fixed shapes and can be captured in
+computes the online softmax of the group's query heads over its chunk, up to the last attended key
+(the unfilled part of the buffer costs no reads), and a second kernel merges the chunks' partial
+results. The mask is read on the device, so the step has fixed shapes and can be captured in
 a CUDA graph. `decode_attention_reference` (SDPA on repeated heads) is what it computes.
 """
 
@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-BLOCK_N = 64  # keys per inner step
-TARGET_PROGRAMS = 512  # (KV heads x chunks): about four waves of programs on a 132-SM H200
+# launch choices: keys per inner step, (KV heads x chunks) programs to aim at, warps, pipeline stages;
+# benchmarks/bench_decode_step.py times alternatives (decode_attention_launches) on the card
+LAUNCH = {"block": 64, "programs": 512, "warps": 4, "stages": 2}
 _TRITON: dict[str, Any] = {}
 
 
@@ -49,8 +50,12 @@ def decode_attention(
     group = hq // hkv
     if mask is None:
         mask = torch.ones(length, dtype=torch.bool, device=query.device)
-    chunks = max(1, min(-(-length // BLOCK_N), -(-TARGET_PROGRAMS // hkv)))
-    chunk = -(-(-(-length // chunks)) // BLOCK_N) * BLOCK_N  # keys per chunk, a multiple of BLOCK_N
+    # keys up to the last attended one, on the device: the loops stop there, so the unfilled part of a
+    # preallocated buffer is never read, and no host sync or branch per block is needed
+    positions = torch.arange(1, length + 1, dtype=torch.int32, device=query.device)
+    n_keys = torch.where(mask, positions, 0).amax().reshape(1)
+    chunks = max(1, min(-(-length // LAUNCH["block"]), -(-LAUNCH["programs"] // hkv)))
+    chunk = -(-(-(-length // chunks)) // LAUNCH["block"]) * LAUNCH["block"]  # keys per chunk, a multiple of the block
     chunks = -(-length // chunk)
     q = query.reshape(hq, d).contiguous()
     part_out = torch.empty(hkv, chunks, group, d, dtype=torch.float32, device=query.device)
@@ -61,10 +66,10 @@ def decode_attention(
     gpad = max(16, 1 << (group - 1).bit_length())
     dpad = max(16, 1 << (d - 1).bit_length())
     partial_kernel[(chunks, hkv)](
-        q, key, value, mask.view(torch.uint8), part_out, part_max, part_sum,
-        length, chunk, scaling * math.log2(math.e),
+        q, key, value, mask.view(torch.uint8), n_keys, part_out, part_max, part_sum,
+        chunk, scaling * math.log2(math.e),
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        G=group, D=d, GPAD=gpad, DPAD=dpad, BLOCK=BLOCK_N, num_warps=4,
+        G=group, D=d, GPAD=gpad, DPAD=dpad, BLOCK=LAUNCH["block"], num_warps=LAUNCH["warps"], num_stages=LAUNCH["stages"],
     )
     combine_kernel[(hq,)](part_out, part_max, part_sum, out, chunks, G=group, D=d, DPAD=dpad, CSTEP=16, num_warps=4)
     return out[None]
@@ -88,8 +93,8 @@ def _kernels():
 
     @triton.jit
     def partial_kernel(
-        q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, max_ptr, sum_ptr,
-        length, chunk, scale_log2, k_stride_h, k_stride_l, v_stride_h, v_stride_l,
+        q_ptr, k_ptr, v_ptr, mask_ptr, n_keys_ptr, out_ptr, max_ptr, sum_ptr,
+        chunk, scale_log2, k_stride_h, k_stride_l, v_stride_h, v_stride_l,
         G: tl.constexpr, D: tl.constexpr, GPAD: tl.constexpr, DPAD: tl.constexpr, BLOCK: tl.constexpr,
     ):
         c = tl.program_id(0)
@@ -104,25 +109,24 @@ def _kernels():
         l_i = tl.zeros([GPAD], tl.float32)
         acc = tl.zeros([GPAD, DPAD], tl.float32)
         start = c * chunk
-        end = tl.minimum(start + chunk, length)
+        end = tl.minimum(start + chunk, tl.load(n_keys_ptr))
         k_base = k_ptr + h.to(tl.int64) * k_stride_h
         v_base = v_ptr + h.to(tl.int64) * v_stride_h
         for n0 in range(start, end, BLOCK):
             cols = n0 + tl.arange(0, BLOCK)
             keep = (tl.load(mask_ptr + cols, mask=cols < end, other=0) != 0) & (cols < end)
-            if tl.max(keep.to(tl.int32), 0) > 0:  # a block of unfilled (masked) buffer costs no K/V reads
-                kv_mask = keep[:, None] & dim_ok[None, :]
-                k = tl.load(k_base + cols.to(tl.int64)[:, None] * k_stride_l + dims[None, :], mask=kv_mask, other=0.0)
-                s = tl.dot(q, tl.trans(k)) * scale_log2  # (GPAD, BLOCK) float32, base-2 logits
-                s = tl.where(keep[None, :], s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.exp2(s - m_safe[:, None])
-                alpha = tl.exp2(m_i - m_safe)
-                v = tl.load(v_base + cols.to(tl.int64)[:, None] * v_stride_l + dims[None, :], mask=kv_mask, other=0.0)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                m_i = m_new
+            kv_mask = keep[:, None] & dim_ok[None, :]
+            k = tl.load(k_base + cols.to(tl.int64)[:, None] * k_stride_l + dims[None, :], mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale_log2  # (GPAD, BLOCK) float32, base-2 logits
+            s = tl.where(keep[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            v = tl.load(v_base + cols.to(tl.int64)[:, None] * v_stride_l + dims[None, :], mask=kv_mask, other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            m_i = m_new
         base = (h * chunks + c) * G
         tl.store(out_ptr + (base + rows)[:, None] * D + dims[None, :], acc, mask=row_ok[:, None] & dim_ok[None, :])
         tl.store(max_ptr + base + rows, m_i, mask=row_ok)
