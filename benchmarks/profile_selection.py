@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from _common import environment  # this folder is on sys.path when run as a script; it puts src/ there too
+from _common import environment, time_ms  # this folder is on sys.path when run as a script; it puts src/ there too
 from bench_prefill import CUBE, GRID_HW, TEXT_AFTER, TEXT_BEFORE
 
 from adaspark_cli.cubes import VideoSpan, cube_layout
@@ -39,18 +39,7 @@ def inputs(video_tokens: int, device: torch.device):
 
 
 def cuda_ms(fn, reps: int = 5) -> float:
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
+    return statistics.median(time_ms(fn, reps=reps, warmup=2, cuda=True))
 
 
 def kernel_breakdown(fn) -> dict[str, float]:

@@ -402,16 +402,21 @@ TRITON_CHECK = textwrap.dedent(
 )
 
 
-def test_triton_selection_kernel_in_interpreter():
+def run_in_triton_interpreter(script: str, timeout: int = 300) -> None:
+    """Run `script` in a fresh interpreter with TRITON_INTERPRET=1 (Triton kernels on the CPU); it prints ok."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
     if run.returncode != 0 and "interpret" in run.stderr.lower() and "not supported" in run.stderr.lower():
         pytest.skip("this Triton has no interpreter for these ops")
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().endswith("ok")
+
+
+def test_triton_selection_kernel_in_interpreter():
+    run_in_triton_interpreter(TRITON_CHECK)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,12 +490,4 @@ DECODE_CHECK = textwrap.dedent(
 
 
 def test_decode_kernel_in_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, "-c", DECODE_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    if run.returncode != 0 and "interpret" in run.stderr.lower() and "not supported" in run.stderr.lower():
-        pytest.skip("this Triton has no interpreter for these ops")
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.strip().endswith("ok")
+    run_in_triton_interpreter(DECODE_CHECK)

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ..selection.triton_union import triton_available
+
 # launch choices: keys per inner step, (KV heads x chunks) programs to aim at, warps, pipeline stages;
 # benchmarks/bench_decode_step.py times alternatives (decode_attention_launches) on the card
 LAUNCH = {"block": 64, "programs": 1024, "warps": 4, "stages": 3}  # the fastest at 128K (H200, 2026-12-01)
@@ -76,13 +78,7 @@ def decode_attention(
 
 
 def decode_kernel_available(device: torch.device) -> bool:
-    if device.type != "cuda":
-        return False
-    try:
-        import triton  # noqa: F401
-    except Exception:  # pragma: no cover - no triton
-        return False
-    return True
+    return device.type == "cuda" and triton_available()
 
 
 def _kernels():
