@@ -277,3 +277,23 @@ def test_a_near_miss_architecture_is_refused_in_one_line(runner, clip, tmp_path)
     err = res.stderr.strip()
     assert err.startswith("error:") and "\n" not in err and "is a qwen2_vl checkpoint" in err
     assert "Qwen3-VL (Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration)" in err
+
+
+def test_batch_answers_equal_ask_json(runner, clip, tiny_qwen3_checkpoint, tmp_path):
+    from test_batch import records, without_clocks
+
+    common = ["--model", str(tiny_qwen3_checkpoint), "--max-frames", "8", "--max-pixels", "12544", "--cube", "2x2x2",
+              "--top-p", "0.5", "--max-new-tokens", "3"]
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(clip.read_bytes())
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "answers.jsonl"
+    res = runner.invoke(app, ["batch", str(folder), "-q", "what color?", "-q", "how many?", "--out", str(out), *common])
+    assert res.exit_code == 1, res.output  # the broken video is recorded, the run goes on, exit 1 at the end
+    good, bad = sorted(records(out), key=lambda r: r["video"])
+    assert bad["answers"] == [] and bad["error"] and "\n" not in bad["error"]
+    asked = runner.invoke(app, ["ask", str(folder / "a.mp4"), "what color?", "how many?", "--json", *common])
+    assert asked.exit_code == 0, asked.output
+    expected = [json.loads(line) for line in asked.stdout.splitlines()]
+    assert [without_clocks(a) for a in good["answers"]] == [without_clocks(e) for e in expected]
