@@ -297,3 +297,16 @@ def test_batch_answers_equal_ask_json(runner, clip, tiny_qwen3_checkpoint, tmp_p
     assert asked.exit_code == 0, asked.output
     expected = [json.loads(line) for line in asked.stdout.splitlines()]
     assert [without_clocks(a) for a in good["answers"]] == [without_clocks(e) for e in expected]
+
+
+def test_eval_runs_on_a_qwen3_checkpoint(runner, tiny_qwen3_checkpoint, tmp_path):
+    from adaspark_cli.synth import make_suite, write_suite
+
+    suite = tmp_path / "suite"
+    write_suite(make_suite(7, lengths=(16,), depths=(0.5,)), suite)
+    res = runner.invoke(app, ["eval", str(suite), "--model", str(tiny_qwen3_checkpoint), "--json", "--cube", "2x2x2",
+                              "--top-p", "0.5", "--max-new-tokens", "2", "--max-pixels", "12544"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["items"] == len(data["results"]) == 4
+    assert 0 <= data["dense"]["accuracy"] <= 1 and 0 < data["adaspark"]["flops_reduction"] < 1
