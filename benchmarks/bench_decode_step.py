@@ -155,7 +155,7 @@ def bench_size(qa: VideoQA, video_tokens: int, args: argparse.Namespace) -> dict
     if qa.device.type == "cuda":
         ref = reference_step_ms(qa, prefix, length)
         row["reference_graph_step_ms"] = ref
-        for kind, r in row["steps"].items():
+        for r in row["steps"].values():
             r["over_reference"] = r["step_ms_median"] / ref
         log(f"  reference (exact-length cache, transformers' SDPA, graphed at one position): {ref:.2f} ms/step; "
             + ", ".join(f"{k} {r['over_reference']:.2f}x" for k, r in row["steps"].items()))

@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -365,6 +366,11 @@ def kernel_table(device: torch.device, video_tokens: int, kernels: list[str], re
 # ---- main ------------------------------------------------------------------------------------------
 
 
+def forced_hook(density: float) -> Callable[[Any, int, int], Any]:
+    """A selection hook: a random selection of `density` per layer, seeded by the layer."""
+    return lambda plan, layer, kv: random_selection(plan, kv, density, seed=layer)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", choices=("qwen2_5_vl", "qwen3_vl"), default="qwen2_5_vl",
@@ -424,18 +430,18 @@ def main() -> int:
         per = results["sizes"][str(size)] = {"seq": inp.seq, "video_tokens": inp.video_tokens, "runs": {}}
         runs: list[tuple[str, dict[str, Any]]] = [("dense", {"enabled": False})]
         for a, f in FORCED:
-            hook = (lambda plan, layer, kv, a=a: random_selection(plan, kv, a, seed=layer))
+            hook = forced_hook(a)
             runs.append((f"forced {a}/{f}", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=f), "selection_hook": hook, "dense_fallback": False}))
         if qwen3:  # the DeepStack decision's cost: the same forced run with those layers' FFN sparse too
             # (before the top-p runs, which the deadline may skip at 64K)
             a, f = FORCED[1]
-            hook = (lambda plan, layer, kv, a=a: random_selection(plan, kv, a, seed=layer))
+            hook = forced_hook(a)
             runs.append((f"forced {a}/{f} deepstack-ffn-sparse", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=f), "selection_hook": hook,
                                                                   "dense_fallback": False, "dense_ffn_layers": frozenset()}))
         for a, f in TOP_P:
             runs.append((f"top-p {a}/{f}", {"config": AdaSparkConfig(cube=CUBE, attn_top_p=a, ffn_top_p=f)}))
         if not args.smoke and "flex" in kernels and sparse_kernel != "flex":
-            hook = (lambda plan, layer, kv: random_selection(plan, kv, 0.3, seed=layer))
+            hook = forced_hook(0.3)
             runs.append(("forced 0.3/0.3 flex", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=0.3), "selection_hook": hook,
                                                  "dense_fallback": False, "kernel": "flex"}))
         for name, changes in runs:
@@ -474,13 +480,13 @@ def main() -> int:
 def report(results: dict) -> None:
     print("\n| tokens | run | ms | vs dense | FLOPs cut | attn density | FFN kept | attention ms | FFN ms | first call s | peak +GiB | dense layers |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for size, per in results["sizes"].items():
+    for per in results["sizes"].values():
         for name, r in per["runs"].items():
             print(f"| {per['seq']} | {name} | {r['ms']:.1f} | {r.get('speedup_vs_dense', 1):.2f}x | {r['flops_cut']:.1%} | "
                   f"{r['attn_density']:.2f} | {r['ffn_kept']:.2f} | {r.get('attention_ms', float('nan')):.1f} | "
                   f"{r.get('ffn_ms', float('nan')):.1f} | {r['first_call_s']:.1f} | {r['peak_extra_gib'] or 0:.1f} | "
                   f"{len(r['dense_fallback_layers'])} |")
-    for size, t in results["kernel_table"].items():
+    for t in results["kernel_table"].values():
         print(f"\nkernel, {t['tokens']} tokens: best dense {t['best_dense_ms']:.2f} ms (sdpa {t['sdpa_dense_ms']:.2f}"
               + (f", fa4 {t['fa4_dense_ms']:.2f}" if "fa4_dense_ms" in t else "") + ")")
         for dens, row in t["sparse"].items():

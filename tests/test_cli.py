@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from adaspark_cli.cli.app import app
 from video_factory import corrupt, damage_packets, truncate, write_audio_only, write_garbage, write_text, write_video
+
+from adaspark_cli.cli.app import app
 
 JSON_KEYS = {
     "question", "answer", "mode", "frames", "video_tokens", "cubes", "prefill_seconds", "video_prefill_seconds",

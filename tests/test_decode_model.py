@@ -9,12 +9,13 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from test_model import QUESTION, synthetic_video
+
 from adaspark_cli.adapters import sparsify, unsparsify
 from adaspark_cli.checkpoint import load_model
 from adaspark_cli.config import AdaSparkConfig
 from adaspark_cli.errors import AdasparkError, ConfigError
 from adaspark_cli.qa import DecodeOutcome, Sampling, VideoQA, decode_tokens
-from test_model import QUESTION, synthetic_video
 
 STEPS = 6
 QUESTIONS = [QUESTION, "what color is the sky in this video?", "how many people?"]

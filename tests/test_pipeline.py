@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 import video_factory as vf
 
 from adaspark_cli.adapters import sparsify
@@ -21,8 +22,7 @@ from adaspark_cli.config import AdaSparkConfig
 from adaspark_cli.errors import VideoError
 from adaspark_cli.qa import VideoQA
 from adaspark_cli.qa.session import answer_timing
-from adaspark_cli.video import decode_video, sample_indices
-from adaspark_cli.video import DecodedVideo
+from adaspark_cli.video import DecodedVideo, decode_video, sample_indices
 from adaspark_cli.video.stream import VideoStream, open_video, open_video_stream, resize_frames
 
 QUESTION = "what color was the star?"

@@ -16,6 +16,10 @@ import math
 import pytest
 import torch
 
+from test_model import QUESTION, synthetic_video
+from test_sparse_attention import brute_force
+from video_factory import write_video
+
 from adaspark_cli.adapters import sparsify, unsparsify
 from adaspark_cli.adapters.arch import architecture_of
 from adaspark_cli.attention import attention_reference
@@ -29,9 +33,6 @@ from adaspark_cli.qa import VideoQA
 from adaspark_cli.qa.result import layer_rows
 from adaspark_cli.selection import select_per_token
 from adaspark_cli.stats import ModelDims
-from test_model import QUESTION, synthetic_video
-from test_sparse_attention import brute_force
-from video_factory import write_video
 
 MAX_PIXELS = 168 * 112  # 168x112 frames -> 96x160 px, a 3x5 token grid per frame pair (odd)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 import video_factory as vf
 
 from adaspark_cli.errors import AdasparkError, VideoError

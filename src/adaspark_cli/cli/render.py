@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console, RenderableType
@@ -14,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..api import format_bytes
+
 
 class _Console(Console):
     """A Rich console whose broken pipe reaches the error boundary (Rich itself would exit 1 on the spot)."""
@@ -73,7 +75,7 @@ def write_line(text: str) -> None:
     _write(text + "\n")
 
 
-def write_report(data: Any, tables: list[RenderableType], *, json_out: bool, quiet: bool) -> None:
+def write_report(data: Any, tables: Sequence[RenderableType], *, json_out: bool, quiet: bool) -> None:
     """A report command's output: with --json the JSON on stdout and the tables as notes on stderr
     (hidden by -q); otherwise the tables are the output, on stdout."""
     if json_out:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..adapters.arch import Architecture
+from ..adapters.arch import Architecture, HFModule
 from ..adapters.patches import patch_spec, video_patches
 from ..cubes import CubeLayout, cube_layout
 from ..errors import AdasparkError
@@ -72,7 +72,7 @@ def sync_device(device: torch.device) -> None:
 class VideoPreprocessing:
     """The preprocessing half of `VideoQA` (mixed in): needs `model`, `processor`, `state` and `device`."""
 
-    model: torch.nn.Module
+    model: HFModule
     processor: Any
     state: Any
     device: torch.device

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..adapters.arch import architecture_of
+from ..adapters.arch import HFModule, architecture_of
 from ..adapters.sparse import SparseState
 from ..attention.decode import decode_kernel_available
 from ..errors import AdasparkError
@@ -85,7 +85,7 @@ class VideoQA(VideoPreprocessing):
 
     decode_step = "auto"
 
-    def __init__(self, model: torch.nn.Module, processor: Any, state: SparseState) -> None:
+    def __init__(self, model: HFModule, processor: Any, state: SparseState) -> None:
         self.model = model
         self.processor = processor
         self.state = state
@@ -160,8 +160,10 @@ class VideoQA(VideoPreprocessing):
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
         assert prompt.video_embeds is not None and prompt.deepstack_embeds is not None
+        # tuples, as get_video_features returns them (one entry per video); the dataclass annotates Tensor
         return {"video": BaseModelOutputWithDeepstackFeatures(
-            pooler_output=(prompt.video_embeds,), deepstack_features=[(level,) for level in prompt.deepstack_embeds]
+            pooler_output=(prompt.video_embeds,),  # type: ignore[arg-type]
+            deepstack_features=[(level,) for level in prompt.deepstack_embeds],  # type: ignore[misc]
         )}
 
     def _forward_text(

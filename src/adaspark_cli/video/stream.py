@@ -200,9 +200,9 @@ class VideoStream:
                         break
                 while pending:
                     chunk = pending.popleft().result()
-                    first = next(firsts, None)
-                    if first is not None:
-                        pending.append(pool.submit(self._decode_chunk, planned, first, first + chunk_frames, size))
+                    following = next(firsts, None)
+                    if following is not None:
+                        pending.append(pool.submit(self._decode_chunk, planned, following, following + chunk_frames, size))
                     yield chunk
             finally:  # the consumer stopped early or a chunk failed: drop the queued work
                 for future in pending:
@@ -384,7 +384,8 @@ def _index_packets(pts: list[int | None], keys: list[bool]) -> _Packets | None:
     """Display order from pts; None (read sequentially) when pts are missing or repeated."""
     if any(p is None for p in pts) or len(set(pts)) != len(pts):
         return None
-    decode_position = sorted(range(len(pts)), key=lambda i: pts[i])  # display index -> decode position
+    known = [p for p in pts if p is not None]  # all of them (checked above)
+    decode_position = sorted(range(len(known)), key=lambda i: known[i])  # display index -> decode position
     display_index = {d: i for i, d in enumerate(decode_position)}
     # decoding can always begin at the first packet, flagged or not (a damaged keyframe loses its flag)
     key_positions = [d for d, key in enumerate(keys) if key or d == 0]
@@ -395,7 +396,7 @@ def _index_packets(pts: list[int | None], keys: list[bool]) -> _Packets | None:
         if i < display_index[key_positions[k]] and k > 0:
             k -= 1  # a leading picture of an open GOP also needs the group before
         gop_start.append(display_index[key_positions[k]])
-    return _Packets(pts=[int(pts[d]) for d in decode_position], gop_start=gop_start)  # type: ignore[arg-type]
+    return _Packets(pts=[int(known[d]) for d in decode_position], gop_start=gop_start)
 
 
 def _with_seek_points(packets: _Packets, scan: Scan, *, by_dts: bool) -> _Packets:
