@@ -7,8 +7,8 @@
   a `forward` bound on the instance, so parameter names (and so `save_pretrained` / `from_pretrained`)
   are unchanged; deleting it restores the class's.
 - Where the layers are, and which FFNs stay dense, is the architecture's (`arch.architecture_of`).
-- Per-request data (cube layout, position offset, statistics) lives on one `SparseState` that every layer holds as a plain attribute, because `generate` rejects unknown
-  forward kwargs.
+- Per-request data (cube layout, position offset, statistics) lives on one `SparseState` that every layer
+  holds as a plain attribute, because `generate` rejects unknown forward kwargs.
 """
 
 from __future__ import annotations

@@ -140,7 +140,9 @@ def layer_table(result: dict[str, Any]) -> Table:
         table.add_column(name, justify="right")
     for row in result["layers"]:
         table.add_row(
-            str(row["layer"]) + ("" if row["sparse"] else " (dense)") + (" (dense: near-dense selection)" if row.get("dense_fallback") else ""),
+            str(row["layer"])
+            + ("" if row["sparse"] else " (dense)")
+            + (" (dense: near-dense selection)" if row.get("dense_fallback") else ""),
             *_kept_cells(row),
         )
     flops = result.get("flops") or {}
@@ -215,7 +217,8 @@ def profile_summary(report: dict[str, Any]) -> Table:
     speedup = f"{t['speedup']:.2f}x" if t["speedup"] else "-"
     table.add_row(f"prefill time ({clock}, median of {t['repeats']}, {t['warmup']} warm-up)",
                   f"{t['dense_s']:.3f} s", f"{t['sparse_s']:.3f} s", f"{speedup} speed-up")
-    label = "peak memory (CUDA max allocated)" if mem["measure"] == "cuda_max_allocated" else "peak memory (process RSS, running max)"
+    cuda = mem["measure"] == "cuda_max_allocated"
+    label = "peak memory (CUDA max allocated)" if cuda else "peak memory (process RSS, running max)"
     table.add_row(label, format_bytes(mem["dense_bytes"]), format_bytes(mem["sparse_bytes"]), "")
     table.add_row("answer logits vs dense", "", "",
                   f"KL {fid['kl']:.3g} nats, top-1 agreement {fid['top1_agreement']:.0%} of {fid['positions']}")

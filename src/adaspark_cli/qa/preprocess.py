@@ -37,7 +37,8 @@ class VideoPrompt:
     next_position: int  # first text position after the prefix
     layout: CubeLayout
     video_embeds: torch.Tensor | None = None  # (video tokens, hidden) vision-tower output, on the model's device
-    deepstack_embeds: list[torch.Tensor] | None = None  # Qwen3-VL, with video_embeds: one (video tokens, hidden) per DeepStack level
+    # Qwen3-VL, with video_embeds: one (video tokens, hidden) per DeepStack level
+    deepstack_embeds: list[torch.Tensor] | None = None
     timing: StageTimes = field(default_factory=StageTimes)  # decode, processor, and (pipelined) vision tower
 
     @property

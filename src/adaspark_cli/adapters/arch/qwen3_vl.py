@@ -62,7 +62,9 @@ class Qwen3_VL(Architecture):
         placeholder = processor.replace_video_token({"video_grid_thw": one_pad_grid, "video_metadata": [meta]}, 0)
         text = qa.prompt_format.chat_text()  # the placeholder question
         if text.count(processor.video_token) != 1:
-            raise AdasparkError(f"the chat template gave {text.count(processor.video_token)} video placeholders, expected one; this is a bug")
+            raise AdasparkError(
+                f"the chat template gave {text.count(processor.video_token)} video placeholders, expected one; this is a bug"
+            )
         text = text.replace(processor.video_token, placeholder, 1)
         ids = processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         is_pad = ids == processor.video_token_id
