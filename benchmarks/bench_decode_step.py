@@ -177,7 +177,8 @@ def decode_kernel_error(qa: VideoQA, prefix: VideoPrefix) -> float:
     q = torch.randn(hq, 1, keys.shape[-1], device=qa.device, dtype=keys.dtype)
     mask = torch.arange(keys.shape[1], device=qa.device) < prefix.cache.length
     scale = keys.shape[-1] ** -0.5
-    return float((decode_attention(q, keys, values, mask, scale).float() - decode_attention_reference(q, keys, values, mask, scale).float()).abs().max())
+    fast = decode_attention(q, keys, values, mask, scale).float()
+    return float((fast - decode_attention_reference(q, keys, values, mask, scale).float()).abs().max())
 
 
 LAUNCHES = [dict(block=b, programs=p, warps=w, stages=st)
@@ -213,7 +214,8 @@ def decode_kernel_sweep(qa: VideoQA, prefix: VideoPrefix, reps: int = 30) -> dic
         return 1e3 * s.elapsed_time(e) / reps
 
     k, v = keys[:, :n][None], values[:, :n][None]
-    out: dict[str, Any] = {"sdpa_exact_us": cuda_us(lambda: F.scaled_dot_product_attention(q[None], k, v, scale=scale, enable_gqa=True)),
+    sdpa_us = cuda_us(lambda: F.scaled_dot_product_attention(q[None], k, v, scale=scale, enable_gqa=True))
+    out: dict[str, Any] = {"sdpa_exact_us": sdpa_us,
                            "kv_gb_per_layer": 2 * keys[:, :n].numel() * keys.element_size() / 1e9, "launches": []}
     default = dict(decode.LAUNCH)
     for launch in LAUNCHES:

@@ -146,7 +146,9 @@ def bad_videos(tmp):
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "text-file", "garbage", "truncated", "corrupt", "audio-only", "no-frames"])
+@pytest.mark.parametrize(
+    "case", ["missing", "directory", "text-file", "garbage", "truncated", "corrupt", "audio-only", "no-frames"]
+)
 def test_bad_video_is_one_line_error(runner, tiny_checkpoint, tmp_path, case):
     path, fragment = bad_videos(tmp_path)[case]
     res = ask(runner, path, "q?", "--model", tiny_checkpoint)

@@ -272,7 +272,8 @@ def test_ask_json_convert_profile(runner, clip, tiny_qwen3_checkpoint, tmp_path)
 
 def test_a_near_miss_architecture_is_refused_in_one_line(runner, clip, tmp_path):
     (tmp_path / "q2").mkdir()
-    (tmp_path / "q2" / "config.json").write_text(json.dumps({"model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"]}))
+    config = {"model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"]}
+    (tmp_path / "q2" / "config.json").write_text(json.dumps(config))
     res = runner.invoke(app, ["ask", str(clip), "q?", "--model", str(tmp_path / "q2")])
     assert res.exit_code == 1
     err = res.stderr.strip()
