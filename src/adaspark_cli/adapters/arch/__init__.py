@@ -27,4 +27,6 @@ def architecture_of(model: HFModule) -> Architecture:
     raise CheckpointError(f"{name} is not supported; adaspark works with {supported_text()} checkpoints")
 
 
-__all__ = ["ARCHITECTURES", "MODEL_CLASSES", "SUPPORTED_CLASSES", "Architecture", "architecture_of", "supported_text"]
+__all__ = [
+    "ARCHITECTURES", "MODEL_CLASSES", "SUPPORTED_CLASSES", "Architecture", "HFModule", "architecture_of", "supported_text",
+]
