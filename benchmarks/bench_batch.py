@@ -272,7 +272,8 @@ def part_batch(args: argparse.Namespace, ckpt: Path, device: str) -> dict[str, A
            "answer_tokens": args.tokens, "load_s": load_s, "warmup_video_s": warm.seconds,
            "single_s": single_s, "single_s_all": [o.seconds for o in singles],
            "single_first_token_s": statistics.median(first_token(o) for o in singles),
-           "single_videos_per_minute": 60 / single_s, "single_timing": singles[0].answers[0]["timing"], "batch_s": batch_s, "batch_videos_per_minute": per_minute,
+           "single_videos_per_minute": 60 / single_s, "single_timing": singles[0].answers[0]["timing"], "batch_s": batch_s,
+           "batch_videos_per_minute": per_minute,
            "ratio": per_minute * single_s / 60, "batch_videos_per_minute_with_load_and_warmup": with_load,
            "ratio_with_load_and_warmup": with_load * single_s / 60, "batch_video_busy_s": [busy_seconds(o) for o in outcomes],
            "batch_first_token_s_median": statistics.median(first_token(o) for o in outcomes if o.answers) if

@@ -155,7 +155,7 @@ def bench_size(qa: VideoQA, video_tokens: int, args: argparse.Namespace) -> dict
     if qa.device.type == "cuda":
         ref = reference_step_ms(qa, prefix, length)
         row["reference_graph_step_ms"] = ref
-        for kind, r in row["steps"].items():
+        for r in row["steps"].values():
             r["over_reference"] = r["step_ms_median"] / ref
         log(f"  reference (exact-length cache, transformers' SDPA, graphed at one position): {ref:.2f} ms/step; "
             + ", ".join(f"{k} {r['over_reference']:.2f}x" for k, r in row["steps"].items()))
@@ -177,7 +177,8 @@ def decode_kernel_error(qa: VideoQA, prefix: VideoPrefix) -> float:
     q = torch.randn(hq, 1, keys.shape[-1], device=qa.device, dtype=keys.dtype)
     mask = torch.arange(keys.shape[1], device=qa.device) < prefix.cache.length
     scale = keys.shape[-1] ** -0.5
-    return float((decode_attention(q, keys, values, mask, scale).float() - decode_attention_reference(q, keys, values, mask, scale).float()).abs().max())
+    fast = decode_attention(q, keys, values, mask, scale).float()
+    return float((fast - decode_attention_reference(q, keys, values, mask, scale).float()).abs().max())
 
 
 LAUNCHES = [dict(block=b, programs=p, warps=w, stages=st)
@@ -213,7 +214,8 @@ def decode_kernel_sweep(qa: VideoQA, prefix: VideoPrefix, reps: int = 30) -> dic
         return 1e3 * s.elapsed_time(e) / reps
 
     k, v = keys[:, :n][None], values[:, :n][None]
-    out: dict[str, Any] = {"sdpa_exact_us": cuda_us(lambda: F.scaled_dot_product_attention(q[None], k, v, scale=scale, enable_gqa=True)),
+    sdpa_us = cuda_us(lambda: F.scaled_dot_product_attention(q[None], k, v, scale=scale, enable_gqa=True))
+    out: dict[str, Any] = {"sdpa_exact_us": sdpa_us,
                            "kv_gb_per_layer": 2 * keys[:, :n].numel() * keys.element_size() / 1e9, "launches": []}
     default = dict(decode.LAUNCH)
     for launch in LAUNCHES:

@@ -24,6 +24,7 @@ def child() -> None:
     import torch
 
     from _common import wall_seconds
+
     from adaspark_cli.attention.fa4 import attention_fa4, fa4_available
     from adaspark_cli.cubes import VideoSpan, cube_layout
     from adaspark_cli.cubes.plan import build_plan

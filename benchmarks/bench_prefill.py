@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -245,7 +246,8 @@ def timed_runs(model: Any, state: Any, inp: Inputs, repeats: int, timer: BlockTi
         "flops_dense": dense_f.total,
         "flops_sparse": sparse_f.total,
         "flops_cut": reduction(dense_f, sparse_f),
-        "attn_density": sum(r.attention.attended_keys for r in layers.values()) / max(1, sum(r.attention.causal_keys for r in layers.values())),
+        "attn_density": sum(r.attention.attended_keys for r in layers.values())
+        / max(1, sum(r.attention.causal_keys for r in layers.values())),
         "ffn_kept": sum(r.ffn_kept for r in layers.values()) / max(1, sum(r.ffn_total for r in layers.values())),
         "dense_fallback_layers": [i for i, r in sorted(layers.items()) if r.dense_fallback],
         "kernels": sorted({r.kernel for r in layers.values() if r.kernel}),
@@ -288,8 +290,8 @@ def check_kernels(device: torch.device, kernels: list[str], out: dict) -> None:
                 kernels.remove(name)
     real = select_per_block(q, k, plan, 0.5, d**-0.5, method="exact")
     fused = select_per_block(q, k, plan, 0.5, d**-0.5)
-    out["selection_fused_vs_exact"] = {"missing": int((real.cubes & ~fused.cubes).sum()), "extra": int((fused.cubes & ~real.cubes).sum()),
-                                       "exact_total": int(real.cubes.sum())}
+    out["selection_fused_vs_exact"] = {"missing": int((real.cubes & ~fused.cubes).sum()),
+                                       "extra": int((fused.cubes & ~real.cubes).sum()), "exact_total": int(real.cubes.sum())}
     log(f"check fused selection vs exact: {out['selection_fused_vs_exact']}")
 
 
@@ -326,7 +328,9 @@ def kernel_table(device: torch.device, video_tokens: int, kernels: list[str], re
     def bench(fn) -> float:
         return statistics.median(time_ms(fn, reps=reps, warmup=2, cuda=True))
 
-    res["sdpa_dense_ms"] = bench(lambda: F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True))
+    res["sdpa_dense_ms"] = bench(
+        lambda: F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True)
+    )
     if "fa4" in kernels:
         from flash_attn.cute import flash_attn_func
 
@@ -358,11 +362,17 @@ def kernel_table(device: torch.device, video_tokens: int, kernels: list[str], re
             row["fa4_call_frac_ideal"] = best * kept / row["fa4_call_ms"]
             row["fa4_call_frac_tile_ideal"] = best * row["tile_fraction"] / row["fa4_call_ms"]
         res["sparse"][str(density)] = row
-        log(f"kernel {L} tokens density {density}: " + ", ".join(f"{kk} {vv:.3f}" for kk, vv in row.items() if isinstance(vv, float)))
+        timings = ", ".join(f"{kk} {vv:.3f}" for kk, vv in row.items() if isinstance(vv, float))
+        log(f"kernel {L} tokens density {density}: {timings}")
     return res
 
 
 # ---- main ------------------------------------------------------------------------------------------
+
+
+def forced_hook(density: float) -> Callable[[Any, int, int], Any]:
+    """A selection hook: a random selection of `density` per layer, seeded by the layer."""
+    return lambda plan, layer, kv: random_selection(plan, kv, density, seed=layer)
 
 
 def main() -> int:
@@ -371,7 +381,8 @@ def main() -> int:
                     help="language-model shapes: Qwen2.5-VL-7B or Qwen3-VL-8B")
     ap.add_argument("--sizes", default=None, help="video tokens in thousands (1024s); default 16,32,64,128 (qwen3_vl: 32,64)")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per run; default 3 (qwen3_vl: 2)")
-    ap.add_argument("--deadline", type=float, default=None, help="seconds; later runs are skipped past it; default 540 (qwen3_vl: 200)")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="seconds; later runs are skipped past it; default 540 (qwen3_vl: 200)")
     ap.add_argument("--out", default=None, help="folder for bench_prefill.json")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: exercise the code paths only")
     ap.add_argument("--no-kernel-table", action="store_true")
@@ -383,7 +394,8 @@ def main() -> int:
     args.no_kernel_table = args.no_kernel_table or qwen3  # the kernel table is the 7B's (28 / 4 heads)
     device = torch.device("cpu" if args.smoke else "cuda")
     env = environment(device.type == "cuda", packages=("triton", "flash-attn-4", "nvidia-cutlass-dsl"))
-    results: dict[str, Any] = {"env": {**env, "fa4": fa4_available()}, "arch": args.arch, "sizes": {}, "kernel_table": {}, "errors": []}
+    results: dict[str, Any] = {"env": {**env, "fa4": fa4_available()}, "arch": args.arch, "sizes": {}, "kernel_table": {},
+                               "errors": []}
     out_path = out_file(args.out, "bench_prefill_qwen3_vl.json" if qwen3 else "bench_prefill.json")
 
     def save() -> None:
@@ -424,18 +436,20 @@ def main() -> int:
         per = results["sizes"][str(size)] = {"seq": inp.seq, "video_tokens": inp.video_tokens, "runs": {}}
         runs: list[tuple[str, dict[str, Any]]] = [("dense", {"enabled": False})]
         for a, f in FORCED:
-            hook = (lambda plan, layer, kv, a=a: random_selection(plan, kv, a, seed=layer))
-            runs.append((f"forced {a}/{f}", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=f), "selection_hook": hook, "dense_fallback": False}))
+            hook = forced_hook(a)
+            runs.append((f"forced {a}/{f}", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=f), "selection_hook": hook,
+                                             "dense_fallback": False}))
         if qwen3:  # the DeepStack decision's cost: the same forced run with those layers' FFN sparse too
             # (before the top-p runs, which the deadline may skip at 64K)
             a, f = FORCED[1]
-            hook = (lambda plan, layer, kv, a=a: random_selection(plan, kv, a, seed=layer))
-            runs.append((f"forced {a}/{f} deepstack-ffn-sparse", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=f), "selection_hook": hook,
-                                                                  "dense_fallback": False, "dense_ffn_layers": frozenset()}))
+            hook = forced_hook(a)
+            runs.append((f"forced {a}/{f} deepstack-ffn-sparse", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=f),
+                                                                  "selection_hook": hook, "dense_fallback": False,
+                                                                  "dense_ffn_layers": frozenset()}))
         for a, f in TOP_P:
             runs.append((f"top-p {a}/{f}", {"config": AdaSparkConfig(cube=CUBE, attn_top_p=a, ffn_top_p=f)}))
         if not args.smoke and "flex" in kernels and sparse_kernel != "flex":
-            hook = (lambda plan, layer, kv: random_selection(plan, kv, 0.3, seed=layer))
+            hook = forced_hook(0.3)
             runs.append(("forced 0.3/0.3 flex", {"config": AdaSparkConfig(cube=CUBE, ffn_top_p=0.3), "selection_hook": hook,
                                                  "dense_fallback": False, "kernel": "flex"}))
         for name, changes in runs:
@@ -455,7 +469,8 @@ def main() -> int:
                 row["speedup_vs_dense"] = dense_ms / row["ms"]
             log(f"{inp.seq} tokens {name}: {row['ms']:.1f} ms" + (f" ({row.get('speedup_vs_dense', 1):.2f}x)" if dense_ms else "")
                 + f", FLOPs cut {row['flops_cut']:.1%}, attn density {row['attn_density']:.2f}, ffn kept {row['ffn_kept']:.2f}, "
-                f"attention {row.get('attention_ms', 0):.1f} ms, ffn {row.get('ffn_ms', 0):.1f} ms, first {row['first_call_s']:.1f} s, "
+                f"attention {row.get('attention_ms', 0):.1f} ms, ffn {row.get('ffn_ms', 0):.1f} ms, "
+                f"first {row['first_call_s']:.1f} s, "
                 f"peak +{row['peak_extra_gib'] or 0:.1f} GiB, dense layers {row['dense_fallback_layers']}")
             save()
         if not args.smoke and not args.no_kernel_table and elapsed() < args.deadline:
@@ -472,15 +487,16 @@ def main() -> int:
 
 
 def report(results: dict) -> None:
-    print("\n| tokens | run | ms | vs dense | FLOPs cut | attn density | FFN kept | attention ms | FFN ms | first call s | peak +GiB | dense layers |")
+    print("\n| tokens | run | ms | vs dense | FLOPs cut | attn density | FFN kept | attention ms | FFN ms | first call s "
+          "| peak +GiB | dense layers |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for size, per in results["sizes"].items():
+    for per in results["sizes"].values():
         for name, r in per["runs"].items():
             print(f"| {per['seq']} | {name} | {r['ms']:.1f} | {r.get('speedup_vs_dense', 1):.2f}x | {r['flops_cut']:.1%} | "
                   f"{r['attn_density']:.2f} | {r['ffn_kept']:.2f} | {r.get('attention_ms', float('nan')):.1f} | "
                   f"{r.get('ffn_ms', float('nan')):.1f} | {r['first_call_s']:.1f} | {r['peak_extra_gib'] or 0:.1f} | "
                   f"{len(r['dense_fallback_layers'])} |")
-    for size, t in results["kernel_table"].items():
+    for t in results["kernel_table"].values():
         print(f"\nkernel, {t['tokens']} tokens: best dense {t['best_dense_ms']:.2f} ms (sdpa {t['sdpa_dense_ms']:.2f}"
               + (f", fa4 {t['fa4_dense_ms']:.2f}" if "fa4_dense_ms" in t else "") + ")")
         for dens, row in t["sparse"].items():

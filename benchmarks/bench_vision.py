@@ -136,7 +136,6 @@ def main() -> int:
         row["fast_tflops"] = flops_per_patch(conf) * row["patches"] / (row["fast_median_ms"] * 1e-3) / 1e12
         results["sizes"].append(row)
         log(f"{k_tokens}K: " + json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in row.items()}))
-        del x
 
     with torch.inference_mode():
         try:  # probe: if the varlen path fails on this torch, say so and measure the loop fallback instead

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from _common import environment  # this folder is on sys.path when run as a script
+
 from adaspark_cli.adapters import fast_vision, sparsify, vision_state
 from adaspark_cli.checkpoint import build_tiny_checkpoint, load_model
 from adaspark_cli.config import AdaSparkConfig

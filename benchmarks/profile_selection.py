@@ -96,9 +96,11 @@ def one_size(size: int, top_p: float, device: torch.device) -> dict:
     row = {"select_ms": cuda_ms(fn), "kernels_ms": kernel_breakdown(fn)}
     exact = select_per_block(q, k, plan, top_p, scale, method="exact").cubes
     fused = fn().cubes
-    row["fused_vs_exact"] = {"missing": int((exact & ~fused).sum()), "extra": int((fused & ~exact).sum()), "exact_total": int(exact.sum())}
+    row["fused_vs_exact"] = {"missing": int((exact & ~fused).sum()), "extra": int((fused & ~exact).sum()),
+                             "exact_total": int(exact.sum())}
     top = ", ".join(f"{name} {ms:.2f}" for name, ms in list(row["kernels_ms"].items())[:6])
-    print(f"{size} video tokens: selection {row['select_ms']:.2f} ms; kernels (ms): {top}; fused vs exact {row['fused_vs_exact']}", file=sys.stderr)
+    print(f"{size} video tokens: selection {row['select_ms']:.2f} ms; kernels (ms): {top}; "
+          f"fused vs exact {row['fused_vs_exact']}", file=sys.stderr)
     row["sweep"] = sweep(fn, exact)
     best = min(row["sweep"], key=lambda r: r["ms"])
     print(f"  launch sweep: best {best}; default {row['sweep'][0]}", file=sys.stderr)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from video_factory import write_garbage, write_text, write_video
+
 from adaspark_cli.cli.app import app
 from adaspark_cli.jobs import AnswersFile
-from video_factory import write_garbage, write_text, write_video
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 RECORD_KEYS = {"id", "video", "answers", "error"}

@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from adaspark_cli.cli.app import app
 from video_factory import corrupt, damage_packets, truncate, write_audio_only, write_garbage, write_text, write_video
+
+from adaspark_cli.cli.app import app
 
 JSON_KEYS = {
     "question", "answer", "mode", "frames", "video_tokens", "cubes", "prefill_seconds", "video_prefill_seconds",
@@ -145,7 +146,9 @@ def bad_videos(tmp):
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "text-file", "garbage", "truncated", "corrupt", "audio-only", "no-frames"])
+@pytest.mark.parametrize(
+    "case", ["missing", "directory", "text-file", "garbage", "truncated", "corrupt", "audio-only", "no-frames"]
+)
 def test_bad_video_is_one_line_error(runner, tiny_checkpoint, tmp_path, case):
     path, fragment = bad_videos(tmp_path)[case]
     res = ask(runner, path, "q?", "--model", tiny_checkpoint)

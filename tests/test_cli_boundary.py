@@ -10,6 +10,8 @@ from collections import namedtuple
 
 import pytest
 
+from video_factory import write_video
+
 from adaspark_cli.checkpoint import convert as convert_mod
 from adaspark_cli.checkpoint import is_converted, read_config_json
 from adaspark_cli.cli import defaults, render
@@ -17,7 +19,6 @@ from adaspark_cli.cli.app import app
 from adaspark_cli.cli.options import MAX_QUESTION_CHARS
 from adaspark_cli.config import AdaSparkConfig, config_from_checkpoint
 from adaspark_cli.errors import CheckpointError
-from video_factory import write_video
 
 COMMANDS = ("ask", "profile", "convert", "eval")
 

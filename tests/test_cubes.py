@@ -14,7 +14,7 @@ def test_hand_computed_layout_with_partial_edge_cubes():
     # blocks: t in {0,1}->0, {2}->1; h in {0,1}->0; w in {0,1}->0, {2}->1 => cubes (bt*1+0)*2+bw
     expected = []
     for t in range(3):
-        for h in range(2):
+        for _h in range(2):
             for w in range(3):
                 expected.append((t // 2) * 2 + (w // 2))
     assert layout.cube_of_token.tolist() == [TEXT, TEXT] + expected + [TEXT]

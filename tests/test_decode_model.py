@@ -9,12 +9,13 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from test_model import QUESTION, synthetic_video
+
 from adaspark_cli.adapters import sparsify, unsparsify
 from adaspark_cli.checkpoint import load_model
 from adaspark_cli.config import AdaSparkConfig
 from adaspark_cli.errors import AdasparkError, ConfigError
 from adaspark_cli.qa import DecodeOutcome, Sampling, VideoQA, decode_tokens
-from test_model import QUESTION, synthetic_video
 
 STEPS = 6
 QUESTIONS = [QUESTION, "what color is the sky in this video?", "how many people?"]
@@ -76,7 +77,9 @@ def reference_answers(qa: VideoQA, prompt, questions, max_new_tokens):
 def session_answer(qa: VideoQA, prefix, question, max_new_tokens=STEPS, **kwargs):
     """Text, per-step logits (through the public hook) and the result of one answer."""
     steps = []
-    stream = qa.answer(prefix, question, max_new_tokens=max_new_tokens, on_step=lambda i, x: steps.append((i, x.clone())), **kwargs)
+    stream = qa.answer(
+        prefix, question, max_new_tokens=max_new_tokens, on_step=lambda i, x: steps.append((i, x.clone())), **kwargs
+    )
     text = "".join(stream)
     assert [i for i, _ in steps] == list(range(len(steps)))  # every step, in order, the question's first
     return text, torch.stack([x for _, x in steps]), stream.result
@@ -98,7 +101,8 @@ def test_shared_cache_answers_equal_the_reference_loop_question_after_question(s
         assert generated == tokens
         assert stream.result.generated_tokens == len(tokens) > 0
         torch.testing.assert_close(torch.stack(steps), logits)
-        assert stream.result.to_json()["decode"] == {"steps": len(steps) - 1, "temperature": 0.0, "seed": None, "cuda_graph": False}
+        expected = {"steps": len(steps) - 1, "temperature": 0.0, "seed": None, "cuda_graph": False}
+        assert stream.result.to_json()["decode"] == expected
         assert prefix.cache.length == prompt.length
 
 
@@ -159,7 +163,8 @@ def test_sampling_with_a_seed_is_repeatable_and_keeps_the_sparsity(session):
     assert a[2].to_json()["decode"]["temperature"] == 5.0 and a[2].to_json()["decode"]["seed"] == 7
 
 
-@pytest.mark.parametrize("kwargs, message", [({"temperature": -1.0}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+@pytest.mark.parametrize("kwargs, message", [({"temperature": -1.0}, "temperature"),
+                                             ({"temperature": float("nan")}, "temperature"),
                                              ({"temperature": 1.0, "seed": -3}, "seed")])
 def test_bad_sampling_values_are_refused(kwargs, message):
     with pytest.raises(AdasparkError, match=message):
@@ -186,7 +191,8 @@ def test_decode_loop_stops_and_never_runs_a_forward_after_the_last_token():
     assert tokens == [1, 2, 3] and outcome.stopped == "eos" and outcome.steps == 3 and seen == [0, 1, 2, 3]
     calls.clear()
     outcome = DecodeOutcome(tokens=[])
-    assert list(decode_tokens(logits_for(0), step, stop_ids={4}, max_new_tokens=2, sampling=Sampling(), outcome=outcome)) == [0, 1]
+    tokens = decode_tokens(logits_for(0), step, stop_ids={4}, max_new_tokens=2, sampling=Sampling(), outcome=outcome)
+    assert list(tokens) == [0, 1]
     assert calls == [0] and outcome.stopped == "max_new_tokens" and outcome.steps == 1
 
 

@@ -27,7 +27,8 @@ def direct_kept_set(norms, top_p):
 
 
 @pytest.mark.parametrize("top_p", [0.2, 0.5, 0.8, 1.0])
-@pytest.mark.parametrize("grid,cube", [((3, 4, 5), (2, 2, 2)), ((2, 3, 3), (1, 8, 8)), ((1, 1, 1), (2, 2, 2))], ids=["partial", "big-cube", "one-token"])
+@pytest.mark.parametrize("grid,cube", [((3, 4, 5), (2, 2, 2)), ((2, 3, 3), (1, 8, 8)), ((1, 1, 1), (2, 2, 2))],
+                         ids=["partial", "big-cube", "one-token"])
 def test_kept_sets_and_compensation_match_direct_computation(top_p, grid, cube):
     torch.manual_seed(0)
     span = VideoSpan(2, grid)

@@ -127,7 +127,8 @@ def test_only_listed_layers_are_sparse(loaded):
     state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.3, ffn_top_p=0.3, sparse_layers=(1,)), kernel="reference")
     try:
         qa = VideoQA(model, processor, state)
-        stream = qa.answer(qa.prefill_video(qa.prepare_video(synthetic_video(), max_pixels=168 * 112)), QUESTION, max_new_tokens=1)
+        prefix = qa.prefill_video(qa.prepare_video(synthetic_video(), max_pixels=168 * 112))
+        stream = qa.answer(prefix, QUESTION, max_new_tokens=1)
         list(stream)
         rows = {r["layer"]: r for r in stream.result.to_json()["layers"]}
     finally:
@@ -238,7 +239,8 @@ def test_prefill_reports_progress_per_layer(loaded):
     try:
         qa = VideoQA(model, processor, state)
         seen: list[tuple[int, int]] = []
-        qa.prefill_video(qa.prepare_video(synthetic_video(seed=4), max_pixels=168 * 112), progress=lambda d, t: seen.append((d, t)))
+        prompt = qa.prepare_video(synthetic_video(seed=4), max_pixels=168 * 112)
+        qa.prefill_video(prompt, progress=lambda d, t: seen.append((d, t)))
         n = len(model.model.language_model.layers)
         assert seen == [(i + 1, n) for i in range(n)]
         qa.prefill_video(qa.prepare_video(synthetic_video(seed=4), max_pixels=168 * 112))  # hooks removed: no more calls

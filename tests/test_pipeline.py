@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 import video_factory as vf
 
 from adaspark_cli.adapters import sparsify
@@ -21,8 +22,7 @@ from adaspark_cli.config import AdaSparkConfig
 from adaspark_cli.errors import VideoError
 from adaspark_cli.qa import VideoQA
 from adaspark_cli.qa.session import answer_timing
-from adaspark_cli.video import decode_video, sample_indices
-from adaspark_cli.video import DecodedVideo
+from adaspark_cli.video import DecodedVideo, decode_video, sample_indices
 from adaspark_cli.video.stream import VideoStream, open_video, open_video_stream, resize_frames
 
 QUESTION = "what color was the star?"
@@ -130,7 +130,9 @@ def test_resize_in_decoder_is_what_the_processor_does(make_video, qa: VideoQA) -
         pytest.param(224, 224, 8, 224 * 224, 40, id="total-token-cap-binds"),
     ],
 )
-def test_frame_size_is_the_processors(qa: VideoQA, monkeypatch: pytest.MonkeyPatch, height, width, frames, max_pixels, max_video_tokens) -> None:
+def test_frame_size_is_the_processors(
+    qa: VideoQA, monkeypatch: pytest.MonkeyPatch, height, width, frames, max_pixels, max_video_tokens
+) -> None:
     if max_video_tokens is not None:  # a small budget, so the per-frame share of it is the binding limit
         monkeypatch.setattr(qa.processor.video_processor, "max_video_tokens", max_video_tokens)
     size = qa.frame_size(height, width, frames, max_pixels=max_pixels)
@@ -209,7 +211,8 @@ def test_variable_frame_rate_positions_follow_real_time(tmp_path: Path, qa: Vide
     n = len(video.indices)
     assert n % 2 == 0 and n == int(video.duration * 2.0)
     expected_step = 2 * video.duration / n
-    for prompt in (qa.prepare_video(video, max_pixels=112 * 84), qa.prepare_video(open_video_stream(path, fps=2.0), max_pixels=112 * 84)):
+    stream = open_video_stream(path, fps=2.0)
+    for prompt in (qa.prepare_video(video, max_pixels=112 * 84), qa.prepare_video(stream, max_pixels=112 * 84)):
         t, h, w = (int(x) for x in prompt.video_grid_thw[0])
         assert t == n // 2
         video_tokens = prompt.input_ids[0] == qa.processor.video_token_id

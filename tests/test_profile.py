@@ -17,8 +17,8 @@ from adaspark_cli.video import DecodedVideo
 QUESTION = "what color was the star?"
 TOP_KEYS = {"question", "frames", "video_tokens", "cubes", "device", "dtype", "config", "layers", "flops", "time",
             "memory", "fidelity", "selection"}
-LAYER_KEYS = {"layer", "sparse", "kernel", "dense_fallback", "cubes_total", "cubes_attended_mean", "cubes_attended_min", "cubes_attended_max",
-              "attn_density", "ffn_kept", "ffn_total", "flops", "attn_top_p", "ffn_top_p"}
+LAYER_KEYS = {"layer", "sparse", "kernel", "dense_fallback", "cubes_total", "cubes_attended_mean", "cubes_attended_min",
+              "cubes_attended_max", "attn_density", "ffn_kept", "ffn_total", "flops", "attn_top_p", "ffn_top_p"}
 TIME_KEYS = {"dense_s", "sparse_s", "speedup", "clock", "warmup", "repeats", "dense_runs_s", "sparse_runs_s"}
 FIDELITY_KEYS = {"kl", "kl_mean", "top1_agreement", "positions", "first_token_dense", "first_token_sparse"}
 SPARSE = {"cube": (1, 2, 2), "attn_top_p": 0.5, "ffn_top_p": 0.5}
@@ -59,7 +59,8 @@ def test_profile_json_keys_and_consistency(loaded, report):
         assert row["flops"]["sparse"]["total"] < row["flops"]["dense"]["total"]
     # totals = layers + one lm_head row, and the same numbers `ask` reports
     dense, sparse = prefill_flops(result.stats, result.dims)
-    assert out["flops"] == {"dense": dense.to_dict(), "sparse": sparse.to_dict(), "reduction": pytest.approx(1 - sparse.total / dense.total)}
+    reduction = pytest.approx(1 - sparse.total / dense.total)
+    assert out["flops"] == {"dense": dense.to_dict(), "sparse": sparse.to_dict(), "reduction": reduction}
     head = 2.0 * result.dims.hidden * result.dims.vocab
     assert sum(r["flops"]["dense"]["total"] for r in out["layers"]) + head == pytest.approx(dense.total)
     assert 0 < out["flops"]["reduction"] < 1

@@ -16,6 +16,10 @@ import math
 import pytest
 import torch
 
+from test_model import QUESTION, synthetic_video
+from test_sparse_attention import brute_force
+from video_factory import write_video
+
 from adaspark_cli.adapters import sparsify, unsparsify
 from adaspark_cli.adapters.arch import architecture_of
 from adaspark_cli.attention import attention_reference
@@ -29,9 +33,6 @@ from adaspark_cli.qa import VideoQA
 from adaspark_cli.qa.result import layer_rows
 from adaspark_cli.selection import select_per_token
 from adaspark_cli.stats import ModelDims
-from test_model import QUESTION, synthetic_video
-from test_sparse_attention import brute_force
-from video_factory import write_video
 
 MAX_PIXELS = 168 * 112  # 168x112 frames -> 96x160 px, a 3x5 token grid per frame pair (odd)
 
@@ -271,7 +272,8 @@ def test_ask_json_convert_profile(runner, clip, tiny_qwen3_checkpoint, tmp_path)
 
 def test_a_near_miss_architecture_is_refused_in_one_line(runner, clip, tmp_path):
     (tmp_path / "q2").mkdir()
-    (tmp_path / "q2" / "config.json").write_text(json.dumps({"model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"]}))
+    config = {"model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"]}
+    (tmp_path / "q2" / "config.json").write_text(json.dumps(config))
     res = runner.invoke(app, ["ask", str(clip), "q?", "--model", str(tmp_path / "q2")])
     assert res.exit_code == 1
     err = res.stderr.strip()

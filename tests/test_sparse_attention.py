@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adaspark_cli.attention import allowed_keys, attention_reference
-from adaspark_cli.attention import kernels
+from adaspark_cli.attention import allowed_keys, attention_reference, kernels
 from adaspark_cli.attention.gathered import attention_gathered
 from adaspark_cli.attention.reference import selected_cubes_of_queries
 from adaspark_cli.cubes import VideoSpan, cube_layout

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 import video_factory as vf
 
 from adaspark_cli.errors import AdasparkError, VideoError
@@ -463,7 +464,8 @@ def test_bad_file_raises_one_line_video_error(
         pytest.param(dict(max_frames=0), "--max-frames must be", id="max-frames-zero"),
         pytest.param(dict(max_frames=-5), "--max-frames must be", id="max-frames-negative"),
         pytest.param(dict(max_frames=2.5), "--max-frames must be", id="max-frames-float"),
-        pytest.param(dict(backend="opencv"), "unknown --decoder 'opencv'; use --decoder auto, decord or pyav", id="backend-unknown"),
+        pytest.param(dict(backend="opencv"), "unknown --decoder 'opencv'; use --decoder auto, decord or pyav",
+                     id="backend-unknown"),
         pytest.param(dict(backend="PyAV"), "unknown --decoder", id="backend-wrong-case"),
         pytest.param(dict(backend=None), "unknown --decoder", id="backend-none"),
     ],

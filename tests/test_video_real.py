@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 import video_factory as vf
 
 from adaspark_cli.cli.app import app

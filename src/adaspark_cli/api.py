@@ -72,22 +72,18 @@ if TYPE_CHECKING:  # what type checkers and editors see ("as": re-exported); at 
     from .checkpoint.convert import convert_checkpoint as convert_checkpoint
     from .checkpoint.convert import is_converted as is_converted
     from .checkpoint.load import read_config_json as read_config_json
-    from .config import AdaSparkConfig as AdaSparkConfig
     from .config import MAX_CUBE_SIDE as MAX_CUBE_SIDE
+    from .config import AdaSparkConfig as AdaSparkConfig
     from .config import config_from_checkpoint as config_from_checkpoint
     from .config import merged_config as merged_config
     from .config import parse_cube as parse_cube
     from .config import parse_layers as parse_layers
     from .config import validate_top_p as validate_top_p
     from .jobs import AnswersFile as AnswersFile
-    from .jobs import Sampling as FrameSampling
     from .jobs import ManifestError as ManifestError
+    from .jobs import Sampling as FrameSampling  # noqa: F401  (in __all__ through _EXPORTS; renamed, so not seen as a re-export)
     from .jobs import find_videos as find_videos
     from .jobs import read_manifest as read_manifest
-    from .placement import DeviceMapSpec as DeviceMapSpec
-    from .placement import parse_device_map as parse_device_map
-    from .placement import parse_max_memory as parse_max_memory
-    from .placement import require_accelerate as require_accelerate
     from .limits import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
     from .limits import MIN_PIXELS as MIN_PIXELS
     from .limits import check_fps as check_fps
@@ -95,6 +91,10 @@ if TYPE_CHECKING:  # what type checkers and editors see ("as": re-exported); at 
     from .limits import check_max_new_tokens as check_max_new_tokens
     from .limits import check_max_pixels as check_max_pixels
     from .limits import format_bytes as format_bytes
+    from .placement import DeviceMapSpec as DeviceMapSpec
+    from .placement import parse_device_map as parse_device_map
+    from .placement import parse_max_memory as parse_max_memory
+    from .placement import require_accelerate as require_accelerate
     from .qa.batch import ModelSettings as ModelSettings
     from .qa.batch import run_local as run_local
     from .qa.batch import run_ray as run_ray

@@ -45,7 +45,10 @@ def patch_spec(video_processor: Any) -> PatchSpec | None:
         return None
 
 
-def video_patches(frames: torch.Tensor, spec: PatchSpec = PatchSpec()) -> tuple[torch.Tensor, torch.Tensor]:
+DEFAULT_SPEC = PatchSpec()  # Qwen2.5-VL's processor
+
+
+def video_patches(frames: torch.Tensor, spec: PatchSpec = DEFAULT_SPEC) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, H, W, 3) uint8 RGB frames, H and W multiples of patch x merge -> (patches, 3*T*P*P) float32 and the
     grid (1, 3) = (t, h, w) in patches, as `pixel_values_videos` / `video_grid_thw`.
 

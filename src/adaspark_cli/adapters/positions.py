@@ -32,7 +32,10 @@ def mrope_position_ids(
     types = mm_token_type_ids.flatten()
     seq_len = types.numel()
     spans = video_spans(types, video_grid_thw, spatial_merge_size)
-    seconds = [1.0] * len(spans) if second_per_grid_ts is None else [float(s) for s in torch.as_tensor(second_per_grid_ts).flatten()]
+    if second_per_grid_ts is None:
+        seconds = [1.0] * len(spans)
+    else:
+        seconds = [float(s) for s in torch.as_tensor(second_per_grid_ts).flatten()]
     pos = torch.zeros(3, seq_len, dtype=torch.long)
     next_pos = 0
     cursor = 0

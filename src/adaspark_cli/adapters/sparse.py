@@ -7,8 +7,8 @@
   a `forward` bound on the instance, so parameter names (and so `save_pretrained` / `from_pretrained`)
   are unchanged; deleting it restores the class's.
 - Where the layers are, and which FFNs stay dense, is the architecture's (`arch.architecture_of`).
-- Per-request data (cube layout, position offset, statistics) lives on one `SparseState` that every layer holds as a plain attribute, because `generate` rejects unknown
-  forward kwargs.
+- Per-request data (cube layout, position offset, statistics) lives on one `SparseState` that every layer
+  holds as a plain attribute, because `generate` rejects unknown forward kwargs.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attention.kernels import IMPLEMENTATIONS, check_kernel, per_token, resolve_kernel, runs_dense
 from ..attention.decode import decode_attention, decode_kernel_available
+from ..attention.kernels import IMPLEMENTATIONS, check_kernel, per_token, resolve_kernel, runs_dense
 from ..attention.small_query import MAX_QUERIES, attention_small_query
 from ..config import AdaSparkConfig
 from ..cubes import CubeLayout
@@ -35,6 +35,7 @@ from ..ffn.reference import adas_ffn_gathered
 from ..selection import Selection, select_per_block, select_per_token, with_blocks
 from ..stats.collect import PrefillStats
 from .arch import SUPPORTED_CLASSES, architecture_of
+from .arch.base import HFModule
 
 ATTN_NAME = "adaspark"
 STATE_ATTR = "adaspark_state"
@@ -117,11 +118,11 @@ class SparseState:
             self.layout, self.offset, self.stats = None, 0, None
 
 
-def language_layers(model: nn.Module) -> nn.ModuleList:
+def language_layers(model: HFModule) -> nn.ModuleList:
     return architecture_of(model).language_layers(model)
 
 
-def check_supported(model: nn.Module) -> None:
+def check_supported(model: HFModule) -> None:
     architecture_of(model)  # a one-line CheckpointError naming the supported classes
 
 
@@ -134,7 +135,7 @@ def register_attention() -> None:
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
 
 
-def sparsify(model: nn.Module, config: AdaSparkConfig, *, enabled: bool = True, kernel: str = "auto") -> SparseState:
+def sparsify(model: HFModule, config: AdaSparkConfig, *, enabled: bool = True, kernel: str = "auto") -> SparseState:
     """Make the language model of `model` sparse with `config`; returns the shared state.
 
     Calling it again replaces the settings. `enabled=False` (or `state.override(enabled=False)`) runs
@@ -147,7 +148,7 @@ def sparsify(model: nn.Module, config: AdaSparkConfig, *, enabled: bool = True, 
         check_kernel(kernel)
         existing.settings = settings
         return existing
-    layers = arch.language_layers(model)
+    layers: HFModule = arch.language_layers(model)  # decoder layers: .self_attn, .mlp
     if config.sparse_layers is not None and any(i >= len(layers) for i in config.sparse_layers):
         raise AdasparkError(
             f"sparse layers {list(config.sparse_layers)} include an index past the model's {len(layers)} layers; "
@@ -166,7 +167,7 @@ def sparsify(model: nn.Module, config: AdaSparkConfig, *, enabled: bool = True, 
     return state
 
 
-def unsparsify(model: nn.Module) -> None:
+def unsparsify(model: HFModule) -> None:
     """Undo `sparsify`: the class's own MLP forward and SDPA attention come back."""
     state = sparse_state(model)
     if state is None:
@@ -180,18 +181,18 @@ def unsparsify(model: nn.Module) -> None:
     model.__dict__.pop(STATE_ATTR, None)
 
 
-def sparse_state(model: nn.Module) -> SparseState | None:
+def sparse_state(model: HFModule) -> SparseState | None:
     return getattr(model, STATE_ATTR, None)
 
 
-def _sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any, **kwargs: Any) -> Any:
+def _sdpa(module: HFModule, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any, **kwargs: Any) -> Any:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
 
 
 def adaspark_attention(
-    module: nn.Module,
+    module: HFModule,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -271,7 +272,7 @@ def _query_mask(attention_mask: Any, lq: int, lk: int) -> torch.Tensor | None:
     return attention_mask[0, 0].expand(lq, lk)
 
 
-def sparse_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def sparse_mlp_forward(self: HFModule, x: torch.Tensor) -> torch.Tensor:
     """Bound on each language-model MLP: AdaS-FFN over the video rows of the current layout."""
     class_forward = type(self).forward.__get__(self)
 

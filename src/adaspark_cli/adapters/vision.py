@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdasparkError
+from .arch.base import HFModule
 
 STATE_ATTR = "adaspark_vision"
 VISION_CLASS = "Qwen2_5_VisionTransformerPretrainedModel"
@@ -48,7 +49,7 @@ _STOCK_ONLY = ("output_attentions", "output_hidden_states")
 _PRECOMPUTED = ("cu_seqlens", "max_seqlen", "position_ids", "window_index", "cu_window_seqlens", "max_window_seqlen")
 
 
-def _find_varlen_attn() -> tuple[Callable[..., torch.Tensor] | None, bool]:
+def _find_varlen_attn() -> tuple[Callable[..., Any] | None, bool]:
     """torch.nn.attention.varlen.varlen_attn and whether it takes `scale=`; (None, False) if this torch lacks it."""
     try:
         from torch.nn.attention.varlen import varlen_attn
@@ -136,7 +137,7 @@ class VisionState:
         return _VARLEN_ATTN is not None and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
 
 
-def vision_tower(model: nn.Module) -> nn.Module:
+def vision_tower(model: HFModule) -> nn.Module:
     """The Qwen2.5-VL vision tower of a full model (model.model.visual), or the tower itself."""
     tower = model if type(model).__name__ == VISION_CLASS else getattr(getattr(model, "model", None), "visual", None)
     if tower is None or type(tower).__name__ != VISION_CLASS:
@@ -145,7 +146,7 @@ def vision_tower(model: nn.Module) -> nn.Module:
     return tower
 
 
-def fast_vision(model: nn.Module, backend: str = "auto") -> None:
+def fast_vision(model: HFModule, backend: str = "auto") -> None:
     """Make the vision tower of `model` (a Qwen2.5-VL model or its tower) run the fast forward; idempotent.
 
     `backend`: "auto" (varlen_attn on CUDA in bf16/fp16, else a masked SDPA up to 1024 patches, else the
@@ -162,14 +163,14 @@ def fast_vision(model: nn.Module, backend: str = "auto") -> None:
     tower.forward = types.MethodType(fast_vision_forward, tower)
 
 
-def restore_vision(model: nn.Module) -> None:
+def restore_vision(model: HFModule) -> None:
     """Undo `fast_vision`: the class's forward (and its per-call index work) comes back."""
     tower = vision_tower(model)
     tower.__dict__.pop("forward", None)
     tower.__dict__.pop(STATE_ATTR, None)
 
 
-def vision_state(model: nn.Module) -> VisionState | None:
+def vision_state(model: HFModule) -> VisionState | None:
     return getattr(vision_tower(model), STATE_ATTR, None)
 
 
@@ -177,7 +178,7 @@ def vision_state(model: nn.Module) -> VisionState | None:
 # per-grid index work (host side, once per grid); the same layout as transformers' vision_utils
 
 
-def _grid_plan(tower: nn.Module, grid: tuple[tuple[int, int, int], ...], device: torch.device) -> GridPlan:
+def _grid_plan(tower: HFModule, grid: tuple[tuple[int, int, int], ...], device: torch.device) -> GridPlan:
     merge = int(tower.spatial_merge_size)
     unit = merge * merge
     window_merge = int(tower.window_size) // merge // int(tower.patch_size)  # merge units per window side
@@ -237,7 +238,7 @@ def _grid_plan(tower: nn.Module, grid: tuple[tuple[int, int, int], ...], device:
     )
 
 
-def _cached_plan(tower: nn.Module, state: VisionState, grid_thw: torch.Tensor, device: torch.device) -> GridPlan:
+def _cached_plan(tower: HFModule, state: VisionState, grid_thw: torch.Tensor, device: torch.device) -> GridPlan:
     grid = tuple((int(t), int(h), int(w)) for t, h, w in grid_thw.tolist())  # the one host read per call
     key = (grid, device)
     plan = state.plans.get(key)
@@ -255,7 +256,7 @@ def _cached_plan(tower: nn.Module, state: VisionState, grid_thw: torch.Tensor, d
 # the forward
 
 
-def fast_vision_forward(self: nn.Module, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs: Any) -> Any:
+def fast_vision_forward(self: HFModule, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs: Any) -> Any:
     """Bound on the vision tower: the stock forward's result (BaseModelOutputWithPooling), fewer launches and syncs."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -306,12 +307,12 @@ def _compute_dtype(device: torch.device, weight_dtype: torch.dtype) -> torch.dty
     return weight_dtype
 
 
-def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _rms_norm(norm: HFModule, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
 
 
 def _attention(
-    attn: nn.Module, x: torch.Tensor, segments: Segments, cos: torch.Tensor, sin_signed: torch.Tensor, backend: str
+    attn: HFModule, x: torch.Tensor, segments: Segments, cos: torch.Tensor, sin_signed: torch.Tensor, backend: str
 ) -> torch.Tensor:
     """Rotary + block-diagonal attention of one block over the packed sequence; (L, hidden) before `proj`."""
     n = x.shape[0]

@@ -57,7 +57,8 @@ def decode_attention(
     positions = torch.arange(1, length + 1, dtype=torch.int32, device=query.device)
     n_keys = torch.where(mask, positions, 0).amax().reshape(1)
     chunks = max(1, min(-(-length // LAUNCH["block"]), -(-LAUNCH["programs"] // hkv)))
-    chunk = -(-(-(-length // chunks)) // LAUNCH["block"]) * LAUNCH["block"]  # keys per chunk, a multiple of the block
+    per_chunk = -(-length // chunks)  # ceil division
+    chunk = -(-per_chunk // LAUNCH["block"]) * LAUNCH["block"]  # keys per chunk, rounded up to a multiple of the block
     chunks = -(-length // chunk)
     q = query.reshape(hq, d).contiguous()
     part_out = torch.empty(hkv, chunks, group, d, dtype=torch.float32, device=query.device)

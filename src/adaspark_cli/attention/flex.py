@@ -62,7 +62,9 @@ def build_block_mask(plan: BlockPlan, full: torch.Tensor, partial: torch.Tensor,
     group = hq // full.shape[0]
     fn, fi = block_indices(full, group)
     pn, pi = block_indices(partial, group)
-    kwargs = dict(BLOCK_SIZE=(plan.block, plan.block), mask_mod=_mask_mod(plan), seq_lengths=(plan.q_pos.numel(), plan.kv_pos.numel()))
+    kwargs = dict(
+        BLOCK_SIZE=(plan.block, plan.block), mask_mod=_mask_mod(plan), seq_lengths=(plan.q_pos.numel(), plan.kv_pos.numel())
+    )
     try:
         return BlockMask.from_kv_blocks(pn, pi, fn, fi, compute_q_blocks=False, **kwargs)
     except TypeError:  # torch before compute_q_blocks

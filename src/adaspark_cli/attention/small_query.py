@@ -25,7 +25,8 @@ def attention_small_query(
     hkv, length, _ = key.shape
     group = hq // hkv
     if mask is None:
-        mask = torch.arange(length, device=query.device)[None, :] <= torch.arange(length - n, length, device=query.device)[:, None]
+        positions = torch.arange(length, device=query.device)
+        mask = positions[None, :] <= positions[length - n :, None]
     q = query.reshape(hkv, group * n, d)  # rows (head in group, query)
     if query.device.type == "cuda":
         scores = torch.bmm(q, key.transpose(1, 2), out_dtype=torch.float32)

@@ -1,5 +1,6 @@
 """Checkpoint loading (local directory or hub id), conversion to AdaSpark, and a tiny random Qwen2.5-VL for tests."""
 
+from .convert import ConvertResult, check_convert_paths, convert_checkpoint, is_converted, read_calibration
 from .load import (
     SUPPORTED_MODEL_TYPES,
     default_dtype,
@@ -9,7 +10,6 @@ from .load import (
     resolve_model_path,
     verify_checkpoint,
 )
-from .convert import ConvertResult, check_convert_paths, convert_checkpoint, is_converted, read_calibration
 from .tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_checkpoint, build_tiny_processor, build_tiny_tokenizer
 
 __all__ = [

@@ -309,7 +309,7 @@ def model_config(tokenizer, spec: ModelSpec):
         "fullatt_block_indexes": full_blocks,  # [7, 15, 23, 31]
         "tokens_per_second": 2,
     }
-    return Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig(  # type: ignore[call-arg]  # bos/eos/pad ids: config kwargs its typed signature omits
         text_config=text_config,
         vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],  # 151655
@@ -336,7 +336,7 @@ def build_model(spec: ModelSpec, *, seed: int = 0):
     config.dtype = torch.float32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)  # type: ignore[arg-type]  # transformers' wrapped .to hides nn.Module.to's signature
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],

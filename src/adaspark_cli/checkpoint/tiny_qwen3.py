@@ -109,7 +109,9 @@ def tiny_qwen3_config(
         "max_position_embeddings": 4096,  # 262144
         "rms_norm_eps": 1e-6,
         # interleaved M-RoPE over head_dim / 2 = 8 frequencies: [24, 20, 20] of 64 in 8B
-        "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+        "rope_parameters": {
+            "rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True
+        },
         "bos_token_id": ids["<|endoftext|>"],  # 151643
         "eos_token_id": ids["<|im_end|>"],  # 151645
         "pad_token_id": ids["<|endoftext|>"],
@@ -156,7 +158,8 @@ def _save_processor_like_the_hub(processor: Any, out_dir: Path) -> None:
     processor.video_processor.save_pretrained(out_dir)
     processor.tokenizer.save_pretrained(out_dir)
     (out_dir / "chat_template.jinja").unlink(missing_ok=True)  # the tokenizer's copy; the hub has chat_template.json
-    (out_dir / "chat_template.json").write_text(json.dumps({"chat_template": QWEN3_CHAT_TEMPLATE}, indent=2) + "\n", encoding="utf-8")
+    template = json.dumps({"chat_template": QWEN3_CHAT_TEMPLATE}, indent=2) + "\n"
+    (out_dir / "chat_template.json").write_text(template, encoding="utf-8")
     # AutoProcessor picks the class named here (the bundled tokenizer's files name Qwen2_5_VLProcessor)
     for name in ("preprocessor_config.json", "video_preprocessor_config.json", "tokenizer_config.json"):
         path = out_dir / name

@@ -10,8 +10,16 @@ import typer
 
 from . import options as opt
 from .errors import UsageError, handle_errors, loading, print_error
-from .render import (BUNDLED_MODEL_NOTE, ProgressBar, err_console, layer_table, note, placement_note,
-                     write_answer_piece, write_json)
+from .render import (
+    BUNDLED_MODEL_NOTE,
+    ProgressBar,
+    err_console,
+    layer_table,
+    note,
+    placement_note,
+    write_answer_piece,
+    write_json,
+)
 
 
 @handle_errors

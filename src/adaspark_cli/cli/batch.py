@@ -22,8 +22,9 @@ def batch(
                                 "relative to the manifest's folder), \"questions\" (a list), optional \"id\", \"fps\", "
                                 "\"max_frames\", \"max_pixels\"), or a folder of videos or a quoted glob such as "
                                 "'clips/**/*.mp4' with -q.", show_default=False),
-    questions: list[str] = typer.Option(None, "--question", "-q", metavar="QUESTION", help="A question for every video of a folder or "
-                                        "glob INPUT (repeat for more).", show_default=False),
+    questions: list[str] = typer.Option(None, "--question", "-q", metavar="QUESTION",
+                                        help="A question for every video of a folder or glob INPUT (repeat for more).",
+                                        show_default=False),
     out: str = typer.Option(..., "--out", "-o", help="The answers JSONL: one object per video, written as each "
                             "finishes. Rerunning the same command skips the videos already there. '-' writes to "
                             "stdout (no resume).", show_default=False),

@@ -14,8 +14,8 @@ from .render import ProgressBar, calibration_table, err_console, note, write_jso
 
 @handle_errors
 def convert(
-    src: str = typer.Argument(..., metavar="SRC", help="Dense Qwen2.5-VL or Qwen3-VL checkpoint: a local directory or a hub id (HF cache; "
-                              "HF_HUB_OFFLINE honoured).", show_default=False),
+    src: str = typer.Argument(..., metavar="SRC", help="Dense Qwen2.5-VL or Qwen3-VL checkpoint: a local directory or a hub id "
+                              "(HF cache; HF_HUB_OFFLINE honoured).", show_default=False),
     out: Path = typer.Argument(..., metavar="OUT", help="New checkpoint directory to write.", show_default=False),
     cube: str = opt.CUBE,
     top_p: float = opt.TOP_P,

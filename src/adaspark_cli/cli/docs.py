@@ -5,7 +5,6 @@ A test compares the file with this output, so the docs cannot go stale.
 
 from __future__ import annotations
 
-import click
 import typer
 
 from .commands import app
@@ -75,10 +74,10 @@ An unexpected failure is an adaspark bug: one `internal error:` line; `ADASPARK_
 def _help(args: list[str]) -> str:
     command = typer.main.get_command(app)
     settings = {"terminal_width": 100, "max_content_width": 100, **command.context_settings}  # -h, --help
-    with click.Context(command, info_name="adaspark", **settings) as ctx:
+    with typer.Context(command, info_name="adaspark", **settings) as ctx:
         for name in args:
             sub = ctx.command.get_command(ctx, name)  # type: ignore[attr-defined]
-            ctx = click.Context(sub, info_name=name, parent=ctx, terminal_width=100, max_content_width=100)
+            ctx = typer.Context(sub, info_name=name, parent=ctx, terminal_width=100, max_content_width=100)
         return ctx.get_help()
 
 

@@ -10,7 +10,12 @@ from . import options as opt
 from .defaults import DEFAULT_QUESTION
 from .errors import handle_errors, loading
 from .render import (
-    BUNDLED_MODEL_NOTE, ProgressBar, note, profile_summary, profile_tables, write_report,
+    BUNDLED_MODEL_NOTE,
+    ProgressBar,
+    note,
+    profile_summary,
+    profile_tables,
+    write_report,
 )
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console, RenderableType
@@ -14,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..api import format_bytes
+
 
 class _Console(Console):
     """A Rich console whose broken pipe reaches the error boundary (Rich itself would exit 1 on the spot)."""
@@ -73,7 +75,7 @@ def write_line(text: str) -> None:
     _write(text + "\n")
 
 
-def write_report(data: Any, tables: list[RenderableType], *, json_out: bool, quiet: bool) -> None:
+def write_report(data: Any, tables: Sequence[RenderableType], *, json_out: bool, quiet: bool) -> None:
     """A report command's output: with --json the JSON on stdout and the tables as notes on stderr
     (hidden by -q); otherwise the tables are the output, on stdout."""
     if json_out:
@@ -138,7 +140,9 @@ def layer_table(result: dict[str, Any]) -> Table:
         table.add_column(name, justify="right")
     for row in result["layers"]:
         table.add_row(
-            str(row["layer"]) + ("" if row["sparse"] else " (dense)") + (" (dense: near-dense selection)" if row.get("dense_fallback") else ""),
+            str(row["layer"])
+            + ("" if row["sparse"] else " (dense)")
+            + (" (dense: near-dense selection)" if row.get("dense_fallback") else ""),
             *_kept_cells(row),
         )
     flops = result.get("flops") or {}
@@ -213,7 +217,8 @@ def profile_summary(report: dict[str, Any]) -> Table:
     speedup = f"{t['speedup']:.2f}x" if t["speedup"] else "-"
     table.add_row(f"prefill time ({clock}, median of {t['repeats']}, {t['warmup']} warm-up)",
                   f"{t['dense_s']:.3f} s", f"{t['sparse_s']:.3f} s", f"{speedup} speed-up")
-    label = "peak memory (CUDA max allocated)" if mem["measure"] == "cuda_max_allocated" else "peak memory (process RSS, running max)"
+    cuda = mem["measure"] == "cuda_max_allocated"
+    label = "peak memory (CUDA max allocated)" if cuda else "peak memory (process RSS, running max)"
     table.add_row(label, format_bytes(mem["dense_bytes"]), format_bytes(mem["sparse_bytes"]), "")
     table.add_row("answer logits vs dense", "", "",
                   f"KL {fid['kl']:.3g} nats, top-1 agreement {fid['top1_agreement']:.0%} of {fid['positions']}")

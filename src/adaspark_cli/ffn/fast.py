@@ -24,7 +24,8 @@ def _video_blocks(plan: BlockPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         b = plan.block
         vb = (plan.k.block_tile >= 0).nonzero().squeeze(1)
         cubes = plan.k.block_tile[vb]  # an unpacked plan: one cube per tile
-        ok = cubes.numel() == plan.num_cubes and (cubes.numel() == 0 or bool((cubes.sort().values == torch.arange(plan.num_cubes, device=cubes.device)).all()))
+        every_cube = torch.arange(plan.num_cubes, device=cubes.device)
+        ok = cubes.numel() == plan.num_cubes and (cubes.numel() == 0 or bool((cubes.sort().values == every_cube).all()))
         idx = plan.k.index.view(-1, b)
         text = idx[plan.k.block_tile < 0].flatten()
         plan.cache["ffn_blocks"] = (idx[vb], cubes, text[text >= 0]) if ok else None
@@ -44,7 +45,9 @@ def select_ffn_blocks(norms_blk: torch.Tensor, valid: torch.Tensor, top_p: float
     return torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted) & valid
 
 
-def apply_ffn_blocks(ffn: FFN, x: torch.Tensor, pos_blk: torch.Tensor, text_pos: torch.Tensor, keep_blk: torch.Tensor) -> torch.Tensor:
+def apply_ffn_blocks(
+    ffn: FFN, x: torch.Tensor, pos_blk: torch.Tensor, text_pos: torch.Tensor, keep_blk: torch.Tensor
+) -> torch.Tensor:
     """FFN on text rows and kept video rows; every skipped row of a cube gets the mean output of the
     cube's kept rows. pos_blk: (NV, B) positions (-1 padding); keep_blk: (NV, B) bool, >= 1 per row.
 
@@ -100,7 +103,9 @@ def adas_ffn_blocks(
     return out, keep_tok[plan.cache["ffn_video_pos"]]
 
 
-def adas_ffn_auto(ffn: FFN, x: torch.Tensor, layout: CubeLayout, token_cube: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+def adas_ffn_auto(
+    ffn: FFN, x: torch.Tensor, layout: CubeLayout, token_cube: torch.Tensor, top_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """adas_ffn_blocks where it applies, else adas_ffn_gathered (same contract as the latter; token_cube
     may stay on the host: it is moved only for the gathered path, which needs it)."""
     got = adas_ffn_blocks(ffn, x, layout, top_p) if x.shape[0] == layout.seq_len else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -43,7 +44,9 @@ class SharedLayer(DynamicLayer):
         self.device = key_states.device
         self.is_initialized = True
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if self.write_index is not None:
@@ -59,6 +62,7 @@ class SharedLayer(DynamicLayer):
         self._values[..., self.length : end, :].copy_(value_states)
         self.length = end
         self._expose()
+        assert self.keys is not None and self.values is not None
         return self.keys, self.values
 
     def _grow(self, key_like: torch.Tensor, value_like: torch.Tensor, capacity: int) -> None:
@@ -117,38 +121,42 @@ class SharedCache(Cache):
         super().__init__(layers=[SharedLayer(tail_tokens) for _ in range(num_layers)])
 
     @property
+    def shared_layers(self) -> list[SharedLayer]:
+        return cast("list[SharedLayer]", self.layers)  # __init__ gives only SharedLayers; Cache types them generally
+
+    @property
     def length(self) -> int:
-        return self.layers[0].length  # every layer holds the same tokens between forwards
+        return self.shared_layers[0].length  # every layer holds the same tokens between forwards
 
     def reserve(self, total: int) -> None:
-        for layer in self.layers:
+        for layer in self.shared_layers:
             layer.reserve(total)
 
     def truncate(self, length: int) -> None:
-        for layer in self.layers:
+        for layer in self.shared_layers:
             layer.truncate(length)
 
     @property
     def capacity(self) -> int:
-        return self.layers[0].capacity
+        return self.shared_layers[0].capacity
 
     def advance(self, n: int) -> None:
-        for layer in self.layers:
+        for layer in self.shared_layers:
             layer.advance(n)
 
     @contextmanager
     def static_writes(self, write_index: torch.Tensor) -> Iterator[None]:
         """Inside: each layer writes at `write_index` (a (1,) device tensor) and returns its whole buffer."""
-        for layer in self.layers:
+        for layer in self.shared_layers:
             layer.write_index = write_index
         try:
             yield
         finally:
-            for layer in self.layers:
+            for layer in self.shared_layers:
                 layer.write_index = None
 
     def nbytes(self) -> int:
         """Bytes of the preallocated buffers (tail included)."""
         return sum(
-            t.numel() * t.element_size() for layer in self.layers for t in (layer._keys, layer._values) if t is not None
+            t.numel() * t.element_size() for layer in self.shared_layers for t in (layer._keys, layer._values) if t is not None
         )

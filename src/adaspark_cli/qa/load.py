@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..adapters.arch import architecture_of
+from ..adapters.arch import HFModule, architecture_of
 from ..adapters.sparse import sparsify
 from ..attention.kernels import check_kernel
 from ..checkpoint import load_model, read_config_json, resolve_model_path
@@ -113,6 +113,7 @@ def load_video_qa(
     if device_map is not None and device != "auto":
         raise AdasparkError(f"--device-map places the model's layers itself; drop --device {device}")
     dev = pick_device(device) if device_map is None else None
+    net: HFModule  # hf_device_map: set by from_pretrained with a device map, not declared by the class
     try:
         net, processor = load_model(name, device=dev or "cpu", device_map=device_map)
     except CheckpointError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..adapters.arch import Architecture
+from ..adapters.arch import Architecture, HFModule
 from ..adapters.patches import patch_spec, video_patches
 from ..cubes import CubeLayout, cube_layout
 from ..errors import AdasparkError
@@ -37,7 +37,8 @@ class VideoPrompt:
     next_position: int  # first text position after the prefix
     layout: CubeLayout
     video_embeds: torch.Tensor | None = None  # (video tokens, hidden) vision-tower output, on the model's device
-    deepstack_embeds: list[torch.Tensor] | None = None  # Qwen3-VL, with video_embeds: one (video tokens, hidden) per DeepStack level
+    # Qwen3-VL, with video_embeds: one (video tokens, hidden) per DeepStack level
+    deepstack_embeds: list[torch.Tensor] | None = None
     timing: StageTimes = field(default_factory=StageTimes)  # decode, processor, and (pipelined) vision tower
 
     @property
@@ -72,7 +73,7 @@ def sync_device(device: torch.device) -> None:
 class VideoPreprocessing:
     """The preprocessing half of `VideoQA` (mixed in): needs `model`, `processor`, `state` and `device`."""
 
-    model: torch.nn.Module
+    model: HFModule
     processor: Any
     state: Any
     device: torch.device

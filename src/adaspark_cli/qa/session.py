@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..adapters.arch import architecture_of
+from ..adapters.arch import HFModule, architecture_of
 from ..adapters.sparse import SparseState
 from ..attention.decode import decode_kernel_available
 from ..errors import AdasparkError
@@ -85,7 +85,7 @@ class VideoQA(VideoPreprocessing):
 
     decode_step = "auto"
 
-    def __init__(self, model: torch.nn.Module, processor: Any, state: SparseState) -> None:
+    def __init__(self, model: HFModule, processor: Any, state: SparseState) -> None:
         self.model = model
         self.processor = processor
         self.state = state
@@ -122,7 +122,9 @@ class VideoQA(VideoPreprocessing):
     def _forward_prefix(self, prompt: VideoPrompt, cache: Any, stats: PrefillStats | None) -> None:
         """System prompt + video into `cache`, with the cube layout active (the sparse part)."""
         if prompt.deepstack_embeds is not None:  # Qwen3-VL's tower already run: its outputs, DeepStack included
-            inputs: dict[str, Any] = {"input_ids": prompt.input_ids.to(self.device), "mm_encoder_outputs": self._encoder_outputs(prompt)}
+            inputs: dict[str, Any] = {
+                "input_ids": prompt.input_ids.to(self.device), "mm_encoder_outputs": self._encoder_outputs(prompt)
+            }
         elif prompt.video_embeds is not None:  # vision tower already run (prepare_video_stream)
             inputs = {"inputs_embeds": self._embed_with_video(prompt)}
         else:
@@ -160,12 +162,15 @@ class VideoQA(VideoPreprocessing):
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
         assert prompt.video_embeds is not None and prompt.deepstack_embeds is not None
+        # tuples, as get_video_features returns them (one entry per video); the dataclass annotates Tensor
         return {"video": BaseModelOutputWithDeepstackFeatures(
-            pooler_output=(prompt.video_embeds,), deepstack_features=[(level,) for level in prompt.deepstack_embeds]
+            pooler_output=(prompt.video_embeds,),  # type: ignore[arg-type]
+            deepstack_features=[(level,) for level in prompt.deepstack_embeds],  # type: ignore[misc]
         )}
 
     def _forward_text(
-        self, ids: torch.Tensor, positions: torch.Tensor, cache: Any, offset: int, stats: PrefillStats | None, *, all_logits: bool = False
+        self, ids: torch.Tensor, positions: torch.Tensor, cache: Any, offset: int, stats: PrefillStats | None, *,
+        all_logits: bool = False,
     ) -> torch.Tensor:
         """Text tokens (question or one decoded token) after the cache, dense; logits of the last position
         (V,), or of every position (n, V) with all_logits."""
@@ -208,7 +213,9 @@ class VideoQA(VideoPreprocessing):
         sync_device(self.device)
         # the tower ran inside the forward (one-shot prompt) or before it (streamed prompt: already in timing)
         elapsed = time.perf_counter() - start
-        timing = dataclasses.replace(prompt.timing, vision_s=prompt.timing.vision_s + sum(vision), prefill_s=elapsed - sum(vision))
+        timing = dataclasses.replace(
+            prompt.timing, vision_s=prompt.timing.vision_s + sum(vision), prefill_s=elapsed - sum(vision)
+        )
         return VideoPrefix(prompt=prompt, cache=cache, stats=stats, timing=timing)
 
     def _layer_progress(self, progress: Callable[[int, int], None]) -> list[Any]:
@@ -292,9 +299,13 @@ class AnswerStream:
     def __iter__(self) -> Iterator[str]:
         prefix = self.prefix
         if prefix.answering:
-            raise AdasparkError("another answer from this video is still being decoded; finish it before asking the next question")
+            raise AdasparkError(
+                "another answer from this video is still being decoded; finish it before asking the next question"
+            )
         if prefix.cache.length != prefix.prompt.length:
-            raise AdasparkError(f"the video cache holds {prefix.cache.length} tokens, expected {prefix.prompt.length}; this is a bug")
+            raise AdasparkError(
+                f"the video cache holds {prefix.cache.length} tokens, expected {prefix.prompt.length}; this is a bug"
+            )
         prefix.answering = True
         try:
             yield from self._answer()

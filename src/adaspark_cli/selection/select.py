@@ -86,8 +86,9 @@ def select_per_block(
     """Per query tile of the plan, the union of its tokens' nucleus sets.
 
     query: (Hq, Lq, D); key: (Hkv, Lk, D), in sequence order; q_perm: the queries in tile order, if the
-    caller has them already (the exact method's input; the fused one gathers its own float16 rows). method: "exact" (float32, sort: as the reference), "triton" (the fused
-    float16 CUDA kernel), "auto" (triton on CUDA when available, else exact).
+    caller has them already (the exact method's input; the fused one gathers its own float16 rows).
+    method: "exact" (float32, sort: as the reference), "triton" (the fused float16 CUDA kernel), "auto"
+    (triton on CUDA when available, else exact).
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; use one of {METHODS}")

@@ -85,7 +85,9 @@ def layer_flops(rec: LayerRecord, d: ModelDims, *, sparse: bool) -> Flops:
             ffn=6.0 * d.hidden * d.intermediate * rec.queries,
             rest=rest,
         )
-    scoring = 2.0 * d.head_dim * d.heads * a.scored_cubes + d.kv_heads * d.head_dim * rec.ffn_total + 4.0 * d.hidden * rec.ffn_total
+    scoring = (
+        2.0 * d.head_dim * d.heads * a.scored_cubes + d.kv_heads * d.head_dim * rec.ffn_total + 4.0 * d.hidden * rec.ffn_total
+    )
     return Flops(
         attention=text_attn + 4.0 * d.head_dim * group * a.attended_keys,
         ffn=6.0 * d.hidden * d.intermediate * rec.ffn_rows,

@@ -109,4 +109,7 @@ def render_frames(
             region[mask] = PALETTE[track.color]
             if ids is not None:
                 ids[i, y : y + track.size, x : x + track.size][mask] = obj_id
-    return (frames, ids) if with_ids else frames
+    if with_ids:
+        assert ids is not None
+        return frames, ids
+    return frames

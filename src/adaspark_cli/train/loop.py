@@ -122,7 +122,7 @@ def _load_model(cfg: TrainConfig, dev: torch.device, log: Callable[[str], None])
         log(f"initialised from {cfg.init}")
     else:
         model, processor = build_model(PRESETS[cfg.preset], seed=cfg.seed)
-    model.to(dev).train()
+    model.to(dev).train()  # type: ignore[arg-type]  # transformers' wrapped .to hides nn.Module.to's signature
     if cfg.batched_vision:
         from ..adapters.vision import fast_vision
 

@@ -60,7 +60,7 @@ def answer_accuracy(model: Any, encoder: Encoder, cfg: TrainConfig, *, items: in
     model.eval()
     dev = next(model.parameters()).device
     hits: dict[str, list[bool]] = {t: [] for t in cfg.tasks}
-    knobs = {"needle_share": cfg.needle_share, "clutter": cfg.clutter} if curriculum else {}
+    knobs: dict[str, Any] = {"needle_share": cfg.needle_share, "clutter": cfg.clutter} if curriculum else {}
     stream = iter(iter_training_items(seed, lengths=lengths or cfg.lengths, tasks=cfg.tasks, **knobs))
     try:
         for _ in range(items):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
 from ..checkpoint.tiny import ModelSpec
 from ..checkpoint.tiny import build_model as build_random_model
 from ..config import AdaSparkConfig

@@ -10,7 +10,8 @@ that holds no wanted frame. A frame is identified by its pts, not by counting, s
 Each wanted frame is converted to RGB at full size and resized with the same torchvision call the
 Qwen2-VL video processor makes (bicubic, antialias, uint8), so the frames are already at its target size:
 `adapters.patches` (or the processor itself) then only rescales, normalises and patches them, and the
-pixels are bit-identical to resizing in the processor. Memory is bounded by the chunks in flight (``workers + 1``), never by the video.
+pixels are bit-identical to resizing in the processor. Memory is bounded by the chunks in flight
+(``workers + 1``), never by the video.
 
 Measured 2026-11-25 on the 2-core CPU (benchmarks/bench_decode.py; 10-minute 854x480 30 fps H.264, a
 keyframe every 250 frames, 256 frames resized to 588x336): see docs/benchmarks.md. Choices, by the numbers:
@@ -27,9 +28,10 @@ keyframe every 250 frames, 256 frames resized to 588x336): see docs/benchmarks.m
 Real videos (issue 11, part 2):
 - in MPEG-TS and MPEG-PS a group of pictures is sought by its keyframe's dts: they have no index and FFmpeg
   seeks in them by dts, so seeking by pts landed a group late ("frame 7 cannot be decoded"); indexed
-  containers (mp4, mkv, ...) are searched by pts, so there it stays the keyframe's pts. A seek that lands after the wanted frames (or MPEG-PS, whose first frames after a seek carry
-  pts no packet had) is retried from the keyframe before, at worst from the file start; the first group of
-  pictures is always decoded from the file start, without a seek;
+  containers (mp4, mkv, ...) are searched by pts, so there it stays the keyframe's pts. A seek that lands
+  after the wanted frames (or MPEG-PS, whose first frames after a seek carry pts no packet had) is retried
+  from the keyframe before, at worst from the file start; the first group of pictures is always decoded
+  from the file start, without a seek;
 - a wanted frame in a damaged stretch is replaced by the nearest decodable frame (`frames.Picker`), the
   chunk reports it and `chunks` adds a note; more than half the sampled frames replaced is an error;
 - frames are turned as the display matrix asks before resizing (`width` / `height` are the turned size).
@@ -200,9 +202,9 @@ class VideoStream:
                         break
                 while pending:
                     chunk = pending.popleft().result()
-                    first = next(firsts, None)
-                    if first is not None:
-                        pending.append(pool.submit(self._decode_chunk, planned, first, first + chunk_frames, size))
+                    following = next(firsts, None)
+                    if following is not None:
+                        pending.append(pool.submit(self._decode_chunk, planned, following, following + chunk_frames, size))
                     yield chunk
             finally:  # the consumer stopped early or a chunk failed: drop the queued work
                 for future in pending:
@@ -384,7 +386,8 @@ def _index_packets(pts: list[int | None], keys: list[bool]) -> _Packets | None:
     """Display order from pts; None (read sequentially) when pts are missing or repeated."""
     if any(p is None for p in pts) or len(set(pts)) != len(pts):
         return None
-    decode_position = sorted(range(len(pts)), key=lambda i: pts[i])  # display index -> decode position
+    known = [p for p in pts if p is not None]  # all of them (checked above)
+    decode_position = sorted(range(len(known)), key=lambda i: known[i])  # display index -> decode position
     display_index = {d: i for i, d in enumerate(decode_position)}
     # decoding can always begin at the first packet, flagged or not (a damaged keyframe loses its flag)
     key_positions = [d for d, key in enumerate(keys) if key or d == 0]
@@ -395,7 +398,7 @@ def _index_packets(pts: list[int | None], keys: list[bool]) -> _Packets | None:
         if i < display_index[key_positions[k]] and k > 0:
             k -= 1  # a leading picture of an open GOP also needs the group before
         gop_start.append(display_index[key_positions[k]])
-    return _Packets(pts=[int(pts[d]) for d in decode_position], gop_start=gop_start)  # type: ignore[arg-type]
+    return _Packets(pts=[int(known[d]) for d in decode_position], gop_start=gop_start)
 
 
 def _with_seek_points(packets: _Packets, scan: Scan, *, by_dts: bool) -> _Packets:

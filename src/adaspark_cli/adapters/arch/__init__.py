@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from ...errors import CheckpointError
-from .base import Architecture
+from .base import Architecture, HFModule
 from .qwen2_5_vl import QWEN2_5_VL
 from .qwen3_vl import QWEN3_VL
 
@@ -20,7 +18,7 @@ def supported_text() -> str:
     return " and ".join(f"{arch.name} ({', '.join(arch.classes)})" for arch in ARCHITECTURES)
 
 
-def architecture_of(model: nn.Module) -> Architecture:
+def architecture_of(model: HFModule) -> Architecture:
     """The architecture of a transformers model, or a one-line CheckpointError naming the supported classes."""
     name = type(model).__name__
     for arch in ARCHITECTURES:
@@ -29,4 +27,6 @@ def architecture_of(model: nn.Module) -> Architecture:
     raise CheckpointError(f"{name} is not supported; adaspark works with {supported_text()} checkpoints")
 
 
-__all__ = ["ARCHITECTURES", "MODEL_CLASSES", "SUPPORTED_CLASSES", "Architecture", "architecture_of", "supported_text"]
+__all__ = [
+    "ARCHITECTURES", "MODEL_CLASSES", "SUPPORTED_CLASSES", "Architecture", "HFModule", "architecture_of", "supported_text",
+]

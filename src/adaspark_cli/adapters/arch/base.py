@@ -18,6 +18,10 @@ from torch import nn
 from ...cubes import VideoSpan
 from ...errors import AdasparkError
 
+# A transformers model or one of its modules: its attributes (config, layers, visual, spatial_merge_size, ...)
+# come from the transformers class, and torch's stubs type every module attribute `Tensor | Module`.
+HFModule = Any
+
 if TYPE_CHECKING:
     from transformers.video_utils import VideoMetadata
 
@@ -32,29 +36,29 @@ class Architecture:
 
     # ---- the model ------------------------------------------------------------------------------
 
-    def language_layers(self, model: nn.Module) -> nn.ModuleList:
+    def language_layers(self, model: HFModule) -> nn.ModuleList:
         """The language model's decoder layers (each has `.self_attn` with `layer_idx` and `.mlp`)."""
-        return model.model.language_model.layers  # type: ignore[no-any-return]
+        return model.model.language_model.layers
 
-    def vision_tower(self, model: nn.Module) -> nn.Module:
-        return model.model.visual  # type: ignore[no-any-return]
+    def vision_tower(self, model: HFModule) -> nn.Module:
+        return model.model.visual
 
-    def dense_ffn_layers(self, model: nn.Module) -> frozenset[int]:
+    def dense_ffn_layers(self, model: HFModule) -> frozenset[int]:
         """Layers whose FFN stays dense even when the layer is sparse (docs/method.md)."""
         return frozenset()
 
-    def enable_fast_vision(self, model: nn.Module) -> bool:
+    def enable_fast_vision(self, model: HFModule) -> bool:
         """Switch the vision tower to adaspark's fast forward where there is one; whether it did."""
         return False
 
     # ---- the prompt ---------------------------------------------------------------------------
 
-    def video_spans(self, model: nn.Module, types: torch.Tensor, grid: torch.Tensor) -> list[VideoSpan]:
+    def video_spans(self, model: HFModule, types: torch.Tensor, grid: torch.Tensor) -> list[VideoSpan]:
         """Where each video's tokens are. types: (P,) mm_token_type_ids (2 = video); grid: (videos, 3)."""
         raise NotImplementedError
 
     def positions(
-        self, model: nn.Module, ids: torch.Tensor, types: torch.Tensor, grid: torch.Tensor, second_per_grid_ts: Any
+        self, model: HFModule, ids: torch.Tensor, types: torch.Tensor, grid: torch.Tensor, second_per_grid_ts: Any
     ) -> torch.Tensor:
         """(3, P) int64 M-RoPE position ids (time, height, width) of the prompt ids (P,)."""
         raise NotImplementedError

@@ -7,12 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from ...cubes import VideoSpan, video_spans
 from ...limits import MIN_PIXELS
 from ..positions import mrope_position_ids
-from .base import Architecture
+from .base import Architecture, HFModule
 
 
 class Qwen2_5_VL(Architecture):
@@ -21,17 +20,17 @@ class Qwen2_5_VL(Architecture):
     model_types = ("qwen2_5_vl",)
     token_px = 28
 
-    def enable_fast_vision(self, model: nn.Module) -> bool:
+    def enable_fast_vision(self, model: HFModule) -> bool:
         from ..vision import fast_vision
 
         fast_vision(model)  # one varlen attention call per vision block: 4.1x at 32K tokens on an H100
         return True
 
-    def video_spans(self, model: nn.Module, types: torch.Tensor, grid: torch.Tensor) -> list[VideoSpan]:
+    def video_spans(self, model: HFModule, types: torch.Tensor, grid: torch.Tensor) -> list[VideoSpan]:
         return video_spans(types, grid, model.config.vision_config.spatial_merge_size)
 
     def positions(
-        self, model: nn.Module, ids: torch.Tensor, types: torch.Tensor, grid: torch.Tensor, second_per_grid_ts: Any
+        self, model: HFModule, ids: torch.Tensor, types: torch.Tensor, grid: torch.Tensor, second_per_grid_ts: Any
     ) -> torch.Tensor:
         vision = model.config.vision_config
         pos, _ = mrope_position_ids(

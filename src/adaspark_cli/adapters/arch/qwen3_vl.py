@@ -20,11 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from ...cubes import VideoSpan, frame_pair_spans
 from ...errors import AdasparkError
-from .base import Architecture
+from .base import Architecture, HFModule
 
 
 class Qwen3_VL(Architecture):
@@ -34,15 +33,15 @@ class Qwen3_VL(Architecture):
     token_px = 32
     resizes_frames_first = True
 
-    def dense_ffn_layers(self, model: nn.Module) -> frozenset[int]:
+    def dense_ffn_layers(self, model: HFModule) -> frozenset[int]:
         """The layers after which DeepStack adds vision features (layer i gets level i)."""
         return frozenset(range(len(model.config.vision_config.deepstack_visual_indexes)))
 
-    def video_spans(self, model: nn.Module, types: torch.Tensor, grid: torch.Tensor) -> list[VideoSpan]:
+    def video_spans(self, model: HFModule, types: torch.Tensor, grid: torch.Tensor) -> list[VideoSpan]:
         return frame_pair_spans(types, grid, model.config.vision_config.spatial_merge_size)
 
     def positions(
-        self, model: nn.Module, ids: torch.Tensor, types: torch.Tensor, grid: torch.Tensor, second_per_grid_ts: Any
+        self, model: HFModule, ids: torch.Tensor, types: torch.Tensor, grid: torch.Tensor, second_per_grid_ts: Any
     ) -> torch.Tensor:
         pos, _ = model.model.get_rope_index(ids.flatten()[None], types.flatten()[None], video_grid_thw=grid.clone())
         return pos[:, 0].long()
@@ -63,7 +62,9 @@ class Qwen3_VL(Architecture):
         placeholder = processor.replace_video_token({"video_grid_thw": one_pad_grid, "video_metadata": [meta]}, 0)
         text = qa.prompt_format.chat_text()  # the placeholder question
         if text.count(processor.video_token) != 1:
-            raise AdasparkError(f"the chat template gave {text.count(processor.video_token)} video placeholders, expected one; this is a bug")
+            raise AdasparkError(
+                f"the chat template gave {text.count(processor.video_token)} video placeholders, expected one; this is a bug"
+            )
         text = text.replace(processor.video_token, placeholder, 1)
         ids = processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         is_pad = ids == processor.video_token_id
