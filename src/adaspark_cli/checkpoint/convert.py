@@ -23,7 +23,8 @@ from typing import Any
 from ..config import CONFIG_KEY, AdaSparkConfig
 from ..errors import CheckpointError, ConfigError
 from ..limits import format_bytes
-from .load import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, read_config_json, resolve_model_path, verify_checkpoint
+from .hub import CONFIG_NAME, resolve_model_path
+from .load import SAFE_WEIGHTS_INDEX_NAME, read_config_json, verify_checkpoint
 
 # Side files copied besides the weights and config.json (top level of SRC only; dot files skipped).
 SIDE_FILE_PATTERNS = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.md", "LICENSE*", "NOTICE*")

@@ -1,4 +1,4 @@
-"""Find and load a Qwen2.5-VL or Qwen3-VL checkpoint (local directory or Hugging Face hub id) for the CLI.
+"""Load a Qwen2.5-VL or Qwen3-VL checkpoint (found by hub.py: a local directory or a hub id) for the CLI.
 
 Every failure the user can fix (wrong path, not downloaded, wrong architecture, missing or damaged weights)
 raises :class:`~adaspark_cli.errors.CheckpointError` with a one-line message naming the problem and a fix;
@@ -10,7 +10,6 @@ own progress bars; set HF_HUB_DISABLE_PROGRESS_BARS=1 to hide them).
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,8 @@ import torch
 
 from ..adapters.arch import ARCHITECTURES, MODEL_CLASSES, supported_text
 from ..errors import CheckpointError
+from .hub import CONFIG_NAME, EXAMPLE_ID, resolve_model_path
+from .messages import first_items, one_line, summary
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, ProcessorMixin
@@ -33,36 +34,14 @@ __all__ = [
     "load_model",
     "quiet_hf_output",
     "read_config_json",
-    "resolve_model_path",
     "verify_checkpoint",
 ]
 
 SUPPORTED_MODEL_TYPES = tuple(MODEL_CLASSES)  # "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"
 
-CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-# Files of a checkpoint snapshot_download fetches: config, weights, tokenizer, processor, chat template.
-HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
-
-_EXAMPLE_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
 _SUPPORTED = f"adaspark supports {supported_text()} checkpoints"
-_MAX_DETAIL = 300
-
-
-def _one_line(text: object, limit: int = _MAX_DETAIL) -> str:
-    """Collapse whitespace (tracebacks, multi-line hub messages) and cap the length."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _first(items: list[str], n: int = 3) -> str:
-    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
-
-
-def _summary(exc: BaseException) -> str:
-    detail = _one_line(exc)
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 @contextmanager
@@ -95,133 +74,6 @@ def quiet_hf_output() -> Iterator[None]:
 # --- locating the checkpoint -------------------------------------------------------------------------
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _hub_offline() -> bool:
-    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (huggingface_hub reads them once, at import)."""
-    from huggingface_hub import constants
-
-    return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE") or bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_cache_dir() -> str | None:
-    """The hub cache as huggingface_hub resolves it (HF_HUB_CACHE > HUGGINGFACE_HUB_CACHE > HF_HOME/hub), read now."""
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(name):
-            return os.path.expanduser(os.path.expandvars(os.environ[name]))
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.path.expandvars(os.environ["HF_HOME"])), "hub")
-    return None  # huggingface_hub's default (~/.cache/huggingface/hub)
-
-
-def _is_hub_id(model: str) -> bool:
-    """``name`` or ``owner/name`` that is not written like a filesystem path."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if model.startswith((".", "~", "/")) or "\\" in model or model.endswith("/"):
-        return False
-    try:
-        validate_repo_id(model)
-    except HFValidationError:
-        return False
-    return True
-
-
-def _not_cached(model: str, why: str) -> CheckpointError:
-    return CheckpointError(
-        f"{model} is not a local directory and not in the Hugging Face cache ({why}); download it first with "
-        f"`hf download {model}` on a connected machine (same HF_HOME / HF_HUB_CACHE), or pass a local checkpoint "
-        "directory"
-    )
-
-
-def resolve_model_path(model: str) -> Path:
-    """A local checkpoint directory for ``model``: an existing path, or a hub id via the HF cache / download.
-
-    Hub ids go through ``huggingface_hub.snapshot_download`` (config, weights, tokenizer and processor files
-    only), which uses the HF cache and honours HF_HUB_OFFLINE; when offline, or the Hub cannot be reached, and
-    the id is not cached, a CheckpointError tells how to fetch it. Does not check the directory's contents.
-    """
-    model = str(model).strip()
-    if not model:
-        raise CheckpointError(f"no model given; pass a local checkpoint directory or a hub id like {_EXAMPLE_ID}")
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise CheckpointError(
-                f"{model} is a file, not a checkpoint directory; pass the directory that holds {CONFIG_NAME} "
-                "and the *.safetensors weights"
-            )
-        return path
-    if not _is_hub_id(model):
-        raise CheckpointError(
-            f"model directory {model} does not exist; pass an existing checkpoint directory or a hub id "
-            f"like {_EXAMPLE_ID}"
-        )
-    return _snapshot(model)
-
-
-def _snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    offline = _hub_offline()
-    try:
-        folder = snapshot_download(
-            repo_id,
-            cache_dir=_hub_cache_dir(),
-            allow_patterns=HUB_ALLOW_PATTERNS,
-            local_files_only=offline,
-        )
-    except LocalEntryNotFoundError as exc:  # includes IncompleteSnapshotError
-        if offline:
-            why = "HF_HUB_OFFLINE is set"
-        elif "incomplete" in str(exc).lower():
-            why = "its cached snapshot is incomplete and the Hub cannot be reached"
-        else:
-            why = "the Hub cannot be reached"
-        raise _not_cached(repo_id, why) from None
-    except OfflineModeIsEnabled:
-        raise _not_cached(repo_id, "HF_HUB_OFFLINE is set") from None
-    except GatedRepoError:
-        raise CheckpointError(
-            f"{repo_id} is a gated repository on the Hub; accept its terms on huggingface.co and log in with "
-            "`hf auth login`, or pass a local checkpoint directory"
-        ) from None
-    except RepositoryNotFoundError:
-        raise CheckpointError(
-            f"{repo_id} is neither a local directory nor a repository on the Hugging Face Hub (or it is private); "
-            f"check the spelling (e.g. {_EXAMPLE_ID}), log in with `hf auth login` for a private repository, or "
-            "pass a local checkpoint directory"
-        ) from None
-    except RevisionNotFoundError as exc:
-        raise CheckpointError(f"{repo_id}: revision not found on the Hub ({_summary(exc)})") from None
-    except HFValidationError as exc:
-        raise CheckpointError(
-            f"{repo_id} is not a valid hub id ({_one_line(exc)}); pass owner/name or a local directory"
-        ) from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise CheckpointError(
-            f"could not download {repo_id} from the Hugging Face Hub ({_summary(exc)}); retry, or download it "
-            f"with `hf download {repo_id}` and pass the local directory"
-        ) from None
-    return Path(folder)
-
-
-# --- checking the checkpoint -------------------------------------------------------------------------
-
-
 def read_config_json(path: Path) -> dict[str, Any]:
     """The parsed ``config.json`` of a checkpoint directory (or the file itself); CheckpointError if unusable."""
     path = Path(path)
@@ -230,13 +82,13 @@ def read_config_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} has no {CONFIG_NAME}; pass a Hugging Face checkpoint directory (config.json, *.safetensors, "
             "tokenizer and processor files), e.g. one downloaded with `hf download "
-            f"{_EXAMPLE_ID}`"
+            f"{EXAMPLE_ID}`"
         )
     try:
         data = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(
-            f"{config_file} is not valid JSON ({_summary(exc)}); restore it from the original checkpoint "
+            f"{config_file} is not valid JSON ({summary(exc)}); restore it from the original checkpoint "
             "(re-download it)"
         ) from None
     if not isinstance(data, dict):
@@ -259,9 +111,9 @@ def _check_model_type(path: Path, config: dict[str, Any]) -> str:
         return MODEL_CLASSES[model_type]
     if model_type is None:
         raise CheckpointError(
-            f"{path / CONFIG_NAME} has no model_type; {_SUPPORTED}, e.g. {_EXAMPLE_ID}"
+            f"{path / CONFIG_NAME} has no model_type; {_SUPPORTED}, e.g. {EXAMPLE_ID}"
         )
-    raise CheckpointError(f"{path} is a {model_type} checkpoint; {_SUPPORTED}, e.g. {_EXAMPLE_ID}")
+    raise CheckpointError(f"{path} is a {model_type} checkpoint; {_SUPPORTED}, e.g. {EXAMPLE_ID}")
 
 
 def _check_safetensors_file(file: Path) -> None:
@@ -284,7 +136,7 @@ def _check_safetensors_file(file: Path) -> None:
         )
     except (OSError, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
         raise CheckpointError(
-            f"weights file {file} is corrupt ({_one_line(exc, 160)}); re-download the checkpoint"
+            f"weights file {file} is corrupt ({one_line(exc, 160)}); re-download the checkpoint"
         ) from None
     expected = 8 + header_len + data_end
     if size < expected:
@@ -303,12 +155,12 @@ def _weight_files(path: Path) -> list[Path]:
             names = sorted(set(weight_map.values()))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(
-                f"{index} is not a valid safetensors index ({_summary(exc)}); re-download the checkpoint"
+                f"{index} is not a valid safetensors index ({summary(exc)}); re-download the checkpoint"
             ) from None
         missing = [name for name in names if not (path / name).is_file()]
         if missing:
             raise CheckpointError(
-                f"{path} is missing weight shards listed in {SAFE_WEIGHTS_INDEX_NAME}: {_first(missing)}; "
+                f"{path} is missing weight shards listed in {SAFE_WEIGHTS_INDEX_NAME}: {first_items(missing)}; "
                 "re-download the checkpoint"
             )
         return [path / name for name in names]
@@ -386,20 +238,20 @@ def load_model(
             )
         except load_errors as exc:
             raise CheckpointError(
-                f"could not load the weights of {path} ({_summary(exc)}); re-download the checkpoint"
+                f"could not load the weights of {path} ({summary(exc)}); re-download the checkpoint"
             ) from None
         try:
             processor = AutoProcessor.from_pretrained(path)
         except load_errors as exc:
             raise CheckpointError(
-                f"could not load the processor of {path} ({_summary(exc)}); re-download the checkpoint with "
+                f"could not load the processor of {path} ({summary(exc)}); re-download the checkpoint with "
                 "its tokenizer, preprocessor and chat-template files"
             ) from None
 
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         raise CheckpointError(
-            f"{path} lacks {len(missing)} weight tensor(s) of {family} ({_first(missing)}); re-download the "
+            f"{path} lacks {len(missing)} weight tensor(s) of {family} ({first_items(missing)}); re-download the "
             "checkpoint"
         )
     mismatched = sorted(info.get("mismatched_keys") or (), key=str)
@@ -407,7 +259,7 @@ def load_model(
         shapes = [f"{key} {list(got)} vs {list(want)}" for key, got, want in mismatched]
         raise CheckpointError(
             f"{path} has {len(shapes)} weight tensor(s) whose shape does not match its config.json "
-            f"({_first(shapes)}); re-download the checkpoint, config and weights from the same source"
+            f"({first_items(shapes)}); re-download the checkpoint, config and weights from the same source"
         )
     if not hasattr(processor, "video_processor") or not hasattr(processor, "tokenizer"):
         raise CheckpointError(
