@@ -69,7 +69,7 @@ from _common import environment as common_environment
 
 from adaspark_cli.jobs import VideoJob, VideoOutcome
 from adaspark_cli.qa import batch as qa_batch
-from adaspark_cli.video.stream import FrameChunk, VideoStream, _Packets
+from adaspark_cli.video.stream import FrameChunk, PacketIndex, VideoStream
 
 QUESTION = "What happens in the video?"
 CLOCK_KEYS = {"prefill_seconds", "video_prefill_seconds", "decode_seconds", "timing", "replica"}
@@ -125,7 +125,7 @@ def synthetic_open(replica: Any, job: VideoJob) -> VideoStream:
     fps = 2.0
     return SyntheticStream(path=job.path, width=side, height=side, source_fps=fps, total_frames=frames,
                            indices=np.arange(frames, dtype=np.int64), timestamps=np.arange(frames) / fps,
-                           duration=frames / fps, backend="synthetic", _packets=_Packets(pts=[], gop_start=[]),
+                           duration=frames / fps, backend="synthetic", packets=PacketIndex(pts=[], gop_start=[]),
                            seed=seed, decode_us_per_frame=decode_us)
 
 

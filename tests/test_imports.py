@@ -14,22 +14,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "adaspark_cli"
 
 # docs/architecture.md's layout, top to bottom: a layer imports only layers after it ("" is the package's
 # own __init__, __version__ only)
 LAYERS = [
-    "cli", "api", "train", "qa", "adapters", "attention", "ffn", "stats", "selection", "cubes", "video", "synth",
-    "checkpoint", "placement", "jobs", "config", "limits", "errors", "",
+    "cli", "api", "train", "qa", "checkpoint", "adapters", "attention", "ffn", "stats", "selection", "cubes", "video",
+    "synth", "placement", "jobs", "config", "limits", "errors", "",
 ]
-# known upward imports, each with its reason; a new one fails the test
-ALLOWED_UPWARD = {
-    # the config.json model_type -> transformers class table is the architectures' (adapters/arch)
-    ("adaspark_cli.checkpoint.load", "adaspark_cli.adapters.arch"),
-}
 CLI_FRAMEWORKS = {"typer", "rich", "click"}
 
 
@@ -135,14 +128,9 @@ def test_folders_import_only_downward():
     assert not unknown, f"{unknown} is missing from LAYERS (and docs/architecture.md's list)"
     wrong = [
         where(imp) for imp in internal(all_imports())
-        if rank[layer_of(imp.target)] < rank[layer_of(imp.module)] and (imp.module, imp.target) not in ALLOWED_UPWARD
+        if rank[layer_of(imp.target)] < rank[layer_of(imp.module)]
     ]
     assert not wrong, "an import runs up docs/architecture.md's layering:\n" + "\n".join(wrong)
-
-
-@pytest.mark.parametrize("allowed", sorted(ALLOWED_UPWARD))
-def test_each_allowed_upward_import_still_exists(allowed):
-    assert allowed in {(imp.module, imp.target) for imp in internal(all_imports())}, f"{allowed} is gone: drop it"
 
 
 def test_the_layers_are_docs_architecture_md_list():

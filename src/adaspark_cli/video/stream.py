@@ -80,7 +80,7 @@ class FrameChunk:
 
 
 @dataclass(frozen=True)
-class _Packets:
+class PacketIndex:
     """What one demux pass tells about the video stream, in display order."""
 
     pts: list[int]  # pts of display frame i
@@ -114,7 +114,7 @@ class VideoStream:
     notes: tuple[str, ...] = ()
     rotation: int = 0  # degrees counterclockwise applied to each decoded frame
     coded_size: tuple[int, int] = (0, 0)  # (width, height) every decoded frame is scaled to before rotation
-    _packets: _Packets | None = field(default=None, repr=False)  # None: no usable pts, read sequentially
+    packets: PacketIndex | None = field(default=None, repr=False)  # None: no usable pts, read sequentially
     _times: np.ndarray | None = field(default=None, repr=False)  # (total,) seconds of every display frame
     _planned: tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None = field(default=None, repr=False)  # as opened
 
@@ -122,7 +122,7 @@ class VideoStream:
     def pipelined(self) -> bool:
         """True when the packets carry usable pts, so `chunks` decodes in worker threads, seeking per group of
         pictures; False when it falls back to reading the whole file sequentially in the caller's thread."""
-        return self._packets is not None
+        return self.packets is not None
 
     def chunks(
         self,
@@ -147,7 +147,7 @@ class VideoStream:
         base_notes = self.notes
         replaced = lost = 0
         try:
-            if self._packets is None:
+            if self.packets is None:
                 source = iter(self._sequential_chunks(size, chunk_frames))
             else:
                 source = self._parallel_chunks(size, chunk_frames, workers)
@@ -220,7 +220,7 @@ class VideoStream:
         """Decode sampled frames first..stop-1: seek to their group of pictures, skip groups with none.
 
         (Each group decodes from its keyframe, or, in the first group of pictures, from the file's start.)"""
-        packets = self._packets
+        packets = self.packets
         assert packets is not None
         wanted = planned[first:stop].tolist()
         images: list[np.ndarray] = []
@@ -254,7 +254,7 @@ class VideoStream:
         decoded again from the keyframe before, at worst from the file's start without seeking. What is still
         missing from there is damage, and `Picker` replaces it.
         """
-        packets = self._packets
+        packets = self.packets
         assert packets is not None
         wanted = [packets.pts[i] for i in group]
         first_gop = packets.gop_start[0]
@@ -274,7 +274,7 @@ class VideoStream:
 
     def _decode_from_start(self, wanted: list[int], size: tuple[int, int] | None) -> Picker:
         """Decode from the first packet, as a player starts (a fresh container: no seek to get wrong)."""
-        packets = self._packets
+        packets = self.packets
         assert packets is not None
         picker = Picker(wanted, packets.pts, packets.pts[0], self._converter(size))
         with opened(self.path, "NONE") as (container, stream):
@@ -376,13 +376,13 @@ def _open(path: str | Path, *, fps: float, max_frames: int) -> tuple[VideoStream
         notes=probe.notes(path),
         rotation=probe.rotation,
         coded_size=(scan.width, scan.height),
-        _packets=packets,
+        packets=packets,
         _times=timeline.times,
     )
     return stream, probe, plan
 
 
-def _index_packets(pts: list[int | None], keys: list[bool]) -> _Packets | None:
+def _index_packets(pts: list[int | None], keys: list[bool]) -> PacketIndex | None:
     """Display order from pts; None (read sequentially) when pts are missing or repeated."""
     if any(p is None for p in pts) or len(set(pts)) != len(pts):
         return None
@@ -398,10 +398,10 @@ def _index_packets(pts: list[int | None], keys: list[bool]) -> _Packets | None:
         if i < display_index[key_positions[k]] and k > 0:
             k -= 1  # a leading picture of an open GOP also needs the group before
         gop_start.append(display_index[key_positions[k]])
-    return _Packets(pts=[int(known[d]) for d in decode_position], gop_start=gop_start)
+    return PacketIndex(pts=[int(known[d]) for d in decode_position], gop_start=gop_start)
 
 
-def _with_seek_points(packets: _Packets, scan: Scan, *, by_dts: bool) -> _Packets:
+def _with_seek_points(packets: PacketIndex, scan: Scan, *, by_dts: bool) -> PacketIndex:
     """The timestamp to seek to for each keyframe: its pts in an indexed container (mp4, mkv: the index is
     searched by pts, and a keyframe's dts would find the keyframe before), its dts in MPEG-TS / MPEG-PS (FFmpeg
     searches those by dts, and a keyframe's pts lands a group of pictures late)."""
