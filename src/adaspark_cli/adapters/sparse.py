@@ -213,6 +213,7 @@ def adaspark_attention(
     state: SparseState | None = getattr(module, STATE_ATTR, None)
     layout = state.layout if state is not None else None
     lq, lk = query.shape[2], key.shape[2]
+    scaling = module.scaling if scaling is None else scaling
     record = state.stats.layer(module.layer_idx) if state is not None and state.stats is not None else None
     has_video = layout is not None and lk <= layout.seq_len and bool(layout.is_video[lk - lq : lk].any())
 
@@ -224,13 +225,12 @@ def adaspark_attention(
             record.queries += lq
             record.text_query_keys += lq * (2 * lk - lq + 1) // 2  # sum of causal keys of positions lk-lq .. lk-1
         # a decode step or a question's tokens over a long cache: each cached key read once (CUDA)
-        scale = module.scaling if scaling is None else scaling
         if query.shape[0] == 1 and lq == 1 and decode_kernel_available(query.device):
             mask = _query_mask(attention_mask, lq, lk)
-            out = decode_attention(query[0], key[0], value[0], None if mask is None else mask[0].contiguous(), scale)
+            out = decode_attention(query[0], key[0], value[0], None if mask is None else mask[0].contiguous(), scaling)
             return out[None], None
         if query.shape[0] == 1 and 1 < lq <= MAX_QUERIES and query.device.type == "cuda":
-            out = attention_small_query(query[0], key[0], value[0], _query_mask(attention_mask, lq, lk), scale)
+            out = attention_small_query(query[0], key[0], value[0], _query_mask(attention_mask, lq, lk), scaling)
             return out[None], None
         return dense()
     plan = build_plan(layout, lq, lk, device=query.device)  # type: ignore[arg-type]
@@ -242,7 +242,6 @@ def adaspark_attention(
         raise AdasparkError("AdaS-Attn runs one sequence at a time; got a batch of several")
     settings = state.settings  # type: ignore[union-attr]
     top_p = settings.config.attn_top_p_for(module.layer_idx)
-    scaling = module.scaling if scaling is None else scaling
     heatmap = settings.heatmap_layer == module.layer_idx
     kernel = "reference" if heatmap else state.kernel_for(query.device)  # type: ignore[union-attr]
     q, k, v = query[0], key[0], value[0]

@@ -52,10 +52,12 @@ def decode_attention(
     group = hq // hkv
     if mask is None:
         mask = torch.ones(length, dtype=torch.bool, device=query.device)
-    # keys up to the last attended one, on the device: the loops stop there, so the unfilled part of a
-    # preallocated buffer is never read, and no host sync or branch per block is needed
-    positions = torch.arange(1, length + 1, dtype=torch.int32, device=query.device)
-    n_keys = torch.where(mask, positions, 0).amax().reshape(1)
+        n_keys = torch.full((1,), length, dtype=torch.int32, device=query.device)
+    else:
+        # keys up to the last attended one, on the device: the loops stop there, so the unfilled part of a
+        # preallocated buffer is never read, and no host sync or branch per block is needed
+        positions = torch.arange(1, length + 1, dtype=torch.int32, device=query.device)
+        n_keys = torch.where(mask, positions, 0).amax().reshape(1)
     chunks = max(1, min(-(-length // LAUNCH["block"]), -(-LAUNCH["programs"] // hkv)))
     per_chunk = -(-length // chunks)  # ceil division
     chunk = -(-per_chunk // LAUNCH["block"]) * LAUNCH["block"]  # keys per chunk, rounded up to a multiple of the block

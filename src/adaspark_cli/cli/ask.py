@@ -39,7 +39,7 @@ def ask(
     max_frames: int = opt.MAX_FRAMES,
     max_pixels: int = opt.MAX_PIXELS,
     decoder: str = opt.ASK_DECODER,
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Stop an answer after this many tokens."),
+    max_new_tokens: int = opt.MAX_NEW_TOKENS,
     temperature: float = opt.TEMPERATURE,
     seed: int = opt.SEED,
     device: str = opt.DEVICE,

@@ -42,7 +42,7 @@ def batch(
     max_frames: int = opt.MAX_FRAMES,
     max_pixels: int = opt.MAX_PIXELS,
     decoder: str = opt.ASK_DECODER,
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Stop an answer after this many tokens."),
+    max_new_tokens: int = opt.MAX_NEW_TOKENS,
     device: str = opt.DEVICE,
     device_map: str = opt.DEVICE_MAP,
     max_memory: str = opt.MAX_MEMORY,

@@ -45,6 +45,7 @@ ATTN_TOP_P = typer.Option(None, "--attn-top-p", help="Mass of cube relevance eac
                           "the checkpoint's, else 0.9.", show_default=False)
 FFN_TOP_P = typer.Option(None, "--ffn-top-p", help="Mass of token norms per cube that goes through the FFN. "
                          "Default: the checkpoint's, else 0.7.", show_default=False)
+MAX_NEW_TOKENS = typer.Option(128, "--max-new-tokens", help="Stop an answer after this many tokens.")
 TEMPERATURE = typer.Option(0.0, "--temperature", help="Sample each answer token from the softmax of logits / T; "
                            "0 (the default) picks the most likely token (greedy). Sparsity is unchanged.")
 SEED = typer.Option(None, "--seed", help="Seed of the sampling with --temperature: the same seed gives the same "

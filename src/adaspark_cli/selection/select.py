@@ -81,12 +81,10 @@ def select_per_token(query: torch.Tensor, key: torch.Tensor, plan: BlockPlan, to
 
 def select_per_block(
     query: torch.Tensor, key: torch.Tensor, plan: BlockPlan, top_p: float, scaling: float, *, method: str = "auto",
-    q_perm: torch.Tensor | None = None,
 ) -> Selection:
     """Per query tile of the plan, the union of its tokens' nucleus sets.
 
-    query: (Hq, Lq, D); key: (Hkv, Lk, D), in sequence order; q_perm: the queries in tile order, if the
-    caller has them already (the exact method's input; the fused one gathers its own float16 rows).
+    query: (Hq, Lq, D); key: (Hkv, Lk, D), in sequence order.
     method: "exact" (float32, sort: as the reference), "triton" (the fused float16 CUDA kernel), "auto"
     (triton on CUDA when available, else exact).
     """
@@ -104,9 +102,7 @@ def select_per_block(
     if method == "triton":
         cubes = _select_triton(plan, query, mean_keys, top_p, scaling)
     else:
-        if q_perm is None:
-            q_perm = query.index_select(1, plan.q_gather)
-        cubes = _select_exact(plan, q_perm, mean_keys, top_p, scaling)
+        cubes = _select_exact(plan, query.index_select(1, plan.q_gather), mean_keys, top_p, scaling)
     return with_blocks(Selection(cubes, per_block=True, top_p=top_p), plan)
 
 
