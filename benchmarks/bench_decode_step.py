@@ -130,6 +130,7 @@ def bench_size(qa: VideoQA, video_tokens: int, args: argparse.Namespace) -> dict
                            "kv_gb": kv_bytes(prefix, length) / 1e9, "cache_buffer_gb": prefix.cache.nbytes() / 1e9, "steps": {}}
     if qa.device.type == "cuda":
         row["decode_kernel_sweep"] = decode_kernel_sweep(qa, prefix)
+        row["question_kernel_sweep"] = question_kernel_sweep(qa, prefix)
         row["decode_kernel_max_abs_err"] = decode_kernel_error(qa, prefix)
         log(f"  decode kernel against its reference (layer 0's cache, bf16): max abs err {row['decode_kernel_max_abs_err']:.2e}")
     kinds = ["dynamic", "graph" if qa.device.type == "cuda" else "static"]
@@ -175,14 +176,15 @@ def decode_kernel_error(qa: VideoQA, prefix: VideoPrefix) -> float:
     keys, values = layer._keys[0], layer._values[0]
     hq = qa.model.config.text_config.num_attention_heads
     q = torch.randn(hq, 1, keys.shape[-1], device=qa.device, dtype=keys.dtype)
-    mask = torch.arange(keys.shape[1], device=qa.device) < prefix.cache.length
+    mask = (torch.arange(keys.shape[1], device=qa.device) < prefix.cache.length)[None]
     scale = keys.shape[-1] ** -0.5
     fast = decode_attention(q, keys, values, mask, scale).float()
     return float((fast - decode_attention_reference(q, keys, values, mask, scale).float()).abs().max())
 
 
 LAUNCHES = [dict(block=b, programs=p, warps=w, stages=st)
-            for b in (64, 128) for p in (512, 1024, 2048) for w in (4, 8) for st in (2, 3)]
+            for b in (64, 128) for p in (264, 528, 1056, 2112) for w in (4, 8) for st in (2, 3, 4)]
+QUESTION_LAUNCHES = [dict(prefill_rows=r, prefill_warps=w) for r in (16, 32, 64) for w in (4, 8)]
 
 
 def decode_kernel_sweep(qa: VideoQA, prefix: VideoPrefix, reps: int = 30) -> dict[str, Any]:
@@ -202,23 +204,15 @@ def decode_kernel_sweep(qa: VideoQA, prefix: VideoPrefix, reps: int = 30) -> dic
     scale = keys.shape[-1] ** -0.5
 
     def cuda_us(fn) -> float:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(reps):
-            fn()
-        e.record()
-        e.synchronize()
-        return 1e3 * s.elapsed_time(e) / reps
+        return cuda_mean_us(fn, reps)
 
     k, v = keys[:, :n][None], values[:, :n][None]
     sdpa_us = cuda_us(lambda: F.scaled_dot_product_attention(q[None], k, v, scale=scale, enable_gqa=True))
     out: dict[str, Any] = {"sdpa_exact_us": sdpa_us,
                            "kv_gb_per_layer": 2 * keys[:, :n].numel() * keys.element_size() / 1e9, "launches": []}
-    default = dict(decode.LAUNCH)
-    for launch in LAUNCHES:
+    default = {key: decode.LAUNCH[key] for key in LAUNCHES[0]}
+    mask = mask[None]
+    for launch in LAUNCHES if default in LAUNCHES else [default, *LAUNCHES]:
         decode.LAUNCH.update(launch)
         out["launches"].append(dict(launch, us=cuda_us(lambda: decode.decode_attention(q, keys, values, mask, scale))))
     best = min(out["launches"], key=lambda r: r["us"])
@@ -228,6 +222,78 @@ def decode_kernel_sweep(qa: VideoQA, prefix: VideoPrefix, reps: int = 30) -> dic
     log(f"  decode attention, one layer: SDPA on the exact length {out['sdpa_exact_us']:.1f} us; ours default "
         f"{out['default']['us']:.1f} us, best {best['us']:.1f} us ({best}); {out['kv_gb_per_layer'] * 1e3:.0f} MB of K/V")
     return out
+
+
+def cuda_mean_us(fn, reps: int) -> float:
+    """Mean device time of `fn` over `reps` calls, captured in one CUDA graph and replayed (as the graphed
+    decode step runs it: without the host's launch overhead, which alone took ~110 us a call for the two
+    Triton launches of a 64K-token layer and hid the kernels' time), after warm-up calls."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    graph.replay()
+    e.record()
+    e.synchronize()
+    del graph
+    return 1e3 * s.elapsed_time(e) / reps
+
+
+def question_kernel_sweep(qa: VideoQA, prefix: VideoPrefix, n: int = 24, reps: int = 20) -> dict[str, Any]:
+    """One layer's attention for a question's prefill (n causal queries after the video) on layer 0's cache:
+    attention/decode.py's kernels at each row-tile choice against the batched-GEMM path used before
+    (scores materialised in float32, `small_query_gemm`), with the error of each against the float32 reference.
+    The fastest choice is kept (decode.LAUNCH)."""
+    from adaspark_cli.attention import decode
+
+    layer = prefix.cache.layers[0]
+    length = prefix.cache.length
+    keys, values = layer._keys[0, :, :length], layer._values[0, :, :length]
+    hq = qa.model.config.text_config.num_attention_heads
+    q = torch.randn(hq, n, keys.shape[-1], device=qa.device, dtype=keys.dtype)
+    mask = decode.causal_mask(n, length, qa.device)
+    scale = keys.shape[-1] ** -0.5
+    want = decode.decode_attention_reference(q, keys, values, mask, scale).float()
+    out: dict[str, Any] = {"queries": n, "keys": length, "launches": []}
+    out["gemm_us"] = cuda_mean_us(lambda: small_query_gemm(q, keys, values, mask, scale), reps)
+    out["gemm_max_abs_err"] = float((small_query_gemm(q, keys, values, mask, scale).float() - want).abs().max())
+    default = {key: decode.LAUNCH[key] for key in QUESTION_LAUNCHES[0]}
+    for launch in QUESTION_LAUNCHES if default in QUESTION_LAUNCHES else [default, *QUESTION_LAUNCHES]:
+        decode.LAUNCH.update(launch)
+        err = float((decode.decode_attention(q, keys, values, mask, scale).float() - want).abs().max())
+        us = cuda_mean_us(lambda: decode.decode_attention(q, keys, values, mask, scale), reps)
+        out["launches"].append(dict(launch, us=us, max_abs_err=err))
+    best = min(out["launches"], key=lambda r: r["us"])
+    decode.LAUNCH.update({key: best[key] for key in default})
+    out["default"] = next(r for r in out["launches"] if all(r[key] == default[key] for key in default))
+    out["best"] = best
+    log(f"  question prefill attention ({n} queries, one layer): batched GEMMs {out['gemm_us']:.0f} us; ours default "
+        f"{out['default']['us']:.0f} us, best {best['us']:.0f} us ({best})")
+    return out
+
+
+def small_query_gemm(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """What a question's prefill ran before the kernels took it (2026-12-01): the group's heads through one
+    batched GEMM against their KV head, the scores materialised in float32. A yardstick only."""
+    hq, n, d = query.shape
+    hkv = key.shape[0]
+    group = hq // hkv
+    scores = torch.bmm(query.reshape(hkv, group * n, d), key.transpose(1, 2), out_dtype=torch.float32)
+    scores = (scores * scaling).masked_fill_(~mask.repeat(group, 1)[None], float("-inf"))
+    out = torch.bmm(torch.softmax(scores, dim=-1).to(value.dtype), value)
+    return out.reshape(hq, n, d).transpose(0, 1)
 
 
 def reference_step_ms(qa: VideoQA, prefix: VideoPrefix, context: int, replays: int = 40) -> float:
@@ -279,6 +345,52 @@ def peak_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's peak RSS (Linux: KiB)
 
 
+class PrefillWatch:
+    """Where a question's prefill time goes: the first text forward of the answer (the question's tokens)
+    timed on the host and with CUDA events (device time), the Python garbage collector's pauses during
+    it, and the caching allocator's new device segments."""
+
+    def __init__(self, qa: VideoQA) -> None:
+        self.qa, self.report = qa, {}
+        self.gc_s, self._gc_start = 0.0, 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_s += time.perf_counter() - self._gc_start
+
+    def __enter__(self) -> PrefillWatch:
+        import gc
+
+        forward, watch = self.qa._forward_text, self
+
+        def timed_forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+            if watch.report or self.qa.device.type != "cuda":  # only the first call: the question's tokens
+                return forward(*args, **kwargs)
+            segments = torch.cuda.memory_stats(self.qa.device).get("segment.all.allocated", 0)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            watch.gc_s, t0 = 0.0, time.perf_counter()
+            start.record()
+            out = forward(*args, **kwargs)
+            end.record()
+            end.synchronize()
+            watch.report = {"watched_wall_ms": 1e3 * (time.perf_counter() - t0), "device_ms": start.elapsed_time(end),
+                            "gc_ms": 1e3 * watch.gc_s,
+                            "new_segments": torch.cuda.memory_stats(self.qa.device).get("segment.all.allocated", 0) - segments}
+            return out
+
+        self.qa._forward_text = timed_forward  # type: ignore[method-assign]
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import gc
+
+        gc.callbacks.remove(self._on_gc)
+        del self.qa._forward_text
+
+
 def three_questions(qa: VideoQA, video_tokens: int, args: argparse.Namespace) -> dict[str, Any]:
     """`adaspark ask video q1 q2 q3`, after the vision tower: each question's wait and the peak memory."""
     prompt = video_prompt(qa, video_tokens)
@@ -294,16 +406,17 @@ def three_questions(qa: VideoQA, video_tokens: int, args: argparse.Namespace) ->
             torch.cuda.reset_peak_memory_stats(qa.device)
         rows = []
         for question in QUESTIONS:
-            steps, result = answer_steps(qa, prefix, question, args.ask_tokens)
+            with PrefillWatch(qa) as watch:
+                steps, result = answer_steps(qa, prefix, question, args.ask_tokens)
             t = result["timing"]
             reused = result["video_prefill_reused"]
             # the first question's prefill_s also holds the video's language-model prefill
             own = t["prefill_s"] if reused else t["prefill_s"] - (prefix.seconds - prefix.vision_seconds)
             rows.append({"question": question, "first_token_s": t["first_token_s"], "question_prefill_s": own,
-                         "reused": reused, "decode_ms_per_token": statistics.median(steps)})
+                         "reused": reused, "decode_ms_per_token": statistics.median(steps), **watch.report})
             log(f"  {question!r}: first token after {t['first_token_s'] * 1e3:.1f} ms"
                 f"{' (video prefill reused)' if result['video_prefill_reused'] else ' (video prefill included)'}, "
-                f"decode {rows[-1]['decode_ms_per_token']:.2f} ms/token")
+                f"decode {rows[-1]['decode_ms_per_token']:.2f} ms/token; its prefill: {watch.report}")
     questions_peak = peak_bytes(qa.device)
     cache = prefix.cache.nbytes()
     out = {"mode": args.mode, "video_tokens": prompt.video_tokens, "prefix_tokens": prompt.length, "questions": rows,
@@ -351,12 +464,19 @@ def main() -> int:
             torch.cuda.empty_cache()
         save()
     if args.ask_size:
-        log(f"== three questions at {args.ask_size} video tokens ({args.mode}) ==")
-        try:
-            results["three_questions"] = three_questions(qa, args.ask_size, args)
-        except Exception as e:  # noqa: BLE001
-            traceback.print_exc()
-            results["skipped"].append({"three_questions": args.ask_size, "why": f"{type(e).__name__}: {str(e)[:300]}"})
+        import gc
+
+        # twice: as the process is after loading, and after gc.freeze() (the collector then no longer walks the
+        # model's and the libraries' objects, whose full collections are the suspected pauses in a question)
+        for key, note in (("three_questions", ""), ("three_questions_gc_frozen", ", after gc.freeze()")):
+            log(f"== three questions at {args.ask_size} video tokens ({args.mode}{note}) ==")
+            if note:
+                gc.freeze()
+            try:
+                results[key] = three_questions(qa, args.ask_size, args)
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                results["skipped"].append({key: args.ask_size, "why": f"{type(e).__name__}: {str(e)[:300]}"})
     save()
     report(results)
     differ = any(not r["same_answers"] for r in results["sizes"].values())
@@ -372,15 +492,22 @@ def report(results: dict[str, Any]) -> None:
                   f"{s['ask_ms_per_token']:.2f} | {r['weight_gb']:.2f} + {r['kv_gb']:.2f} | {s['effective_gbs']:.0f} |")
         if not r["same_answers"]:
             print(f"| {r['video_tokens']} | the step kinds gave different answers |")
-    three = results.get("three_questions")
+    for key in ("three_questions", "three_questions_gc_frozen"):
+        three = results.get(key)
+        if three:
+            print(f"\n{key}:", end="")
+            report_questions(three)
+    for s in results["skipped"]:
+        print(f"skipped: {s}")
+
+
+def report_questions(three: dict[str, Any]) -> None:
     if three:
         print(f"\nthree questions at {three['video_tokens']} video tokens ({three['mode']}): video prefill "
               f"{three['video_prefill_s']:.2f} s; cache {three['cache_gb']:.2f} GB; peak {three['peak_questions_gb']:.2f} GB")
         for q in three["questions"]:
             print(f"  first token {q['first_token_s'] * 1e3:9.1f} ms (own prefill {q['question_prefill_s'] * 1e3:.1f} ms), "
                   f"decode {q['decode_ms_per_token']:.2f} ms/token  {q['question']}")
-    for s in results["skipped"]:
-        print(f"skipped: {s}")
 
 
 if __name__ == "__main__":

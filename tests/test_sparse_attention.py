@@ -419,45 +419,25 @@ def test_triton_selection_kernel_in_interpreter():
 
 
 # ----------------------------------------------------------------------------------------------
-# dense attention for a few queries over a long cache (decode steps, question prefills on CUDA)
+# decode steps and question prefills over a long (preallocated, masked) cache
 
 
 @pytest.mark.parametrize("hq,hkv", [(4, 2), (3, 3), (4, 1)], ids=["gqa", "mha", "mqa"])
 @pytest.mark.parametrize("n", [1, 5])
 @pytest.mark.parametrize("masked", [False, True])
-def test_small_query_attention_matches_sdpa(hq, hkv, n, masked):
-    from adaspark_cli.attention.small_query import attention_small_query
-
-    torch.manual_seed(11)
-    length, d = 40, 8
-    q, k, v = torch.randn(hq, n, d), torch.randn(hkv, length, d), torch.randn(hkv, length, d)
-    causal = torch.arange(length)[None, :] <= torch.arange(length - n, length)[:, None]
-    mask = causal & (torch.rand(n, length) > 0.3) if masked else None
-    if mask is not None:
-        mask[:, -1] = True  # every query keeps at least a key
-    want = torch.nn.functional.scaled_dot_product_attention(
-        q[None], k.repeat_interleave(hq // hkv, 0)[None], v.repeat_interleave(hq // hkv, 0)[None],
-        attn_mask=(causal if mask is None else mask)[None, None], scale=0.3,
-    )[0].transpose(0, 1)
-    torch.testing.assert_close(attention_small_query(q, k, v, mask, 0.3), want, rtol=1e-5, atol=1e-5)
-
-
-# ----------------------------------------------------------------------------------------------
-# one decode step over a long (preallocated, masked) cache
-
-
-@pytest.mark.parametrize("hq,hkv", [(4, 2), (3, 3), (4, 1)], ids=["gqa", "mha", "mqa"])
-@pytest.mark.parametrize("masked", [False, True])
-def test_decode_reference_matches_sdpa(hq, hkv, masked):
+def test_decode_reference_matches_sdpa(hq, hkv, n, masked):
     from adaspark_cli.attention.decode import decode_attention_reference
 
     torch.manual_seed(5)
     length, d = 50, 8
-    q, k, v = torch.randn(hq, 1, d), torch.randn(hkv, length, d), torch.randn(hkv, length, d)
-    mask = torch.arange(length) < 37 if masked else None
+    q, k, v = torch.randn(hq, n, d), torch.randn(hkv, length, d), torch.randn(hkv, length, d)
+    causal = torch.arange(length)[None, :] <= torch.arange(length - n, length)[:, None]
+    mask = causal & (torch.rand(n, length) > 0.3) if masked else None
+    if mask is not None:
+        mask[:, 0] = True  # every query keeps at least a key
     want = torch.nn.functional.scaled_dot_product_attention(
         q[None], k.repeat_interleave(hq // hkv, 0)[None], v.repeat_interleave(hq // hkv, 0)[None],
-        attn_mask=None if mask is None else mask[None, None, None], scale=0.3,
+        attn_mask=(causal if mask is None else mask)[None, None], scale=0.3,
     )[0].transpose(0, 1)
     torch.testing.assert_close(decode_attention_reference(q, k, v, mask, 0.3), want, rtol=1e-5, atol=1e-5)
 
@@ -468,21 +448,35 @@ DECODE_CHECK = textwrap.dedent(
     from adaspark_cli.attention import decode as dec
     torch.manual_seed(0)
     # (Hq, Hkv, keys, head dim): GQA, MHA, MQA, a head dim that is not a power of two, lengths that are
-    # not multiples of the kernel's block, and enough keys for several chunks
+    # not multiples of the kernel's block, and enough keys for several chunks; one query (a decode step)
+    # and several (a question's prefill: row tiles of the group's heads x queries, partly filled)
     for hq, hkv, length, d in [(4, 2, 40, 8), (3, 3, 130, 16), (4, 1, 257, 32), (6, 2, 700, 20)]:
-        q, k, v = torch.randn(hq, 1, d), torch.randn(hkv, length, d), torch.randn(hkv, length, d)
-        prefix = torch.arange(length) < length // 5  # a filled prefix: later chunks are wholly masked
-        for mask in (None, prefix, torch.rand(length) > 0.5):
-            got = dec.decode_attention(q, k, v, mask, 0.3)
-            want = dec.decode_attention_reference(q, k, v, mask, 0.3)
-            assert got.shape == want.shape == (1, hq, d), got.shape
-            err = (got - want).abs().max().item()
-            assert err < 1e-4, (hq, hkv, length, d, err)
-    # a non-contiguous cache view (the filled part of a bigger buffer) is read through its strides
+        for n in (1, 3, 11):
+            q, k, v = torch.randn(hq, n, d), torch.randn(hkv, length, d), torch.randn(hkv, length, d)
+            filled = length // 5 + n  # a filled prefix: later chunks are wholly masked
+            causal = dec.causal_mask(n, filled, q.device)
+            prefix = torch.zeros(n, length, dtype=torch.bool)
+            prefix[:, :filled] = causal
+            holes = torch.rand(n, length) > 0.5
+            holes[:, 0] = True
+            for mask in (None, prefix, holes, prefix[-1:].expand(n, length)):
+                got = dec.decode_attention(q, k, v, mask, 0.3)
+                want = dec.decode_attention_reference(q, k, v, mask, 0.3)
+                assert got.shape == want.shape == (n, hq, d), got.shape
+                err = (got - want).abs().max().item()
+                assert err < 1e-4, (hq, hkv, length, d, n, err)
+    # a non-contiguous cache view (the filled part of a bigger buffer) and a strided query are read through
+    # their strides
     buf = torch.randn(2, 300, 8)
-    q = torch.randn(4, 1, 8)
+    q = torch.randn(5, 4, 8).transpose(0, 1)
     got = dec.decode_attention(q, buf[:, :90], buf[:, :90] * 2, None, 0.5)
     assert (got - dec.decode_attention_reference(q, buf[:, :90], buf[:, :90] * 2, None, 0.5)).abs().max() < 1e-4
+    # more rows than one program's tile (several row tiles per chunk)
+    dec.LAUNCH["prefill_rows"], rows = 16, dec.LAUNCH["prefill_rows"]
+    q, k, v = torch.randn(8, 9, 16), torch.randn(2, 200, 16), torch.randn(2, 200, 16)
+    err = (dec.decode_attention(q, k, v, None, 0.3) - dec.decode_attention_reference(q, k, v, None, 0.3)).abs().max()
+    dec.LAUNCH["prefill_rows"] = rows
+    assert err < 1e-4, err
     print("ok")
     """
 )

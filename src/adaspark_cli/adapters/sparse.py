@@ -23,9 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attention.decode import decode_attention, decode_kernel_available
+from ..attention.decode import MAX_QUERIES, decode_attention, decode_kernel_available
 from ..attention.kernels import IMPLEMENTATIONS, check_kernel, per_token, resolve_kernel, runs_dense
-from ..attention.small_query import MAX_QUERIES, attention_small_query
 from ..config import AdaSparkConfig
 from ..cubes import CubeLayout
 from ..cubes.plan import BlockPlan, build_plan
@@ -206,7 +205,7 @@ def adaspark_attention(
     Sparse where the call's queries include video tokens of the current layout (the video prefill):
     one selection step, then the implementation the settings pick, both given the same block plan;
     the statistics count the selection afterwards. Question tokens and decode steps attend densely: on
-    CUDA through kernels that read each cached key once (attention/decode.py, attention/small_query.py),
+    CUDA through kernels that read each cached key once (attention/decode.py),
     elsewhere through SDPA.
     Returns (B, Lq, Hq, D).
     """
@@ -225,12 +224,8 @@ def adaspark_attention(
             record.queries += lq
             record.text_query_keys += lq * (2 * lk - lq + 1) // 2  # sum of causal keys of positions lk-lq .. lk-1
         # a decode step or a question's tokens over a long cache: each cached key read once (CUDA)
-        if query.shape[0] == 1 and lq == 1 and decode_kernel_available(query.device):
-            mask = _query_mask(attention_mask, lq, lk)
-            out = decode_attention(query[0], key[0], value[0], None if mask is None else mask[0].contiguous(), scaling)
-            return out[None], None
-        if query.shape[0] == 1 and 1 < lq <= MAX_QUERIES and query.device.type == "cuda":
-            out = attention_small_query(query[0], key[0], value[0], _query_mask(attention_mask, lq, lk), scaling)
+        if query.shape[0] == 1 and lq <= MAX_QUERIES and decode_kernel_available(query.device):
+            out = decode_attention(query[0], key[0], value[0], _query_mask(attention_mask, lq, lk), scaling)
             return out[None], None
         return dense()
     plan = build_plan(layout, lq, lk, device=query.device)  # type: ignore[arg-type]
