@@ -58,7 +58,11 @@ def kernel_breakdown(fn) -> dict[str, float]:
 SWEEP = [dict()] + [
     dict(rows_scale=r, num_warps=w, min_programs=m)
     for r in (0.5, 1, 2, 4) for w in (4, 8) for m in (1, 4096, 16384)
-] + [dict(iters=12), dict(iters=10)]
+] + [dict(iters=12), dict(iters=10)] + [
+    # one or two warps per program: a row's reductions (softmax, each bisection step) stay within a warp
+    dict(rows_per_step=r, num_warps=w, min_programs=m)
+    for r, w in ((1, 1), (2, 1), (1, 2), (2, 2), (4, 2)) for m in (4096, 16384, 65536)
+]
 
 
 def sweep(fn, exact: torch.Tensor) -> list[dict]:

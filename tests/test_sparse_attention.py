@@ -386,7 +386,8 @@ TRITON_CHECK = textwrap.dedent(
     spans = [VideoSpan(3, (6, 6, 6)), VideoSpan(230, (3, 4, 4))]
     layout = cube_layout(spans, spans[-1].end + 4, (2, 2, 2))
     L = layout.seq_len
-    q, k = torch.randn(4, L, 16) * 3, torch.randn(2, L, 16) * 3
+    # token-major query memory, as the projections leave it (the rows' gather then runs as a kernel)
+    q, k = torch.randn(L, 4, 16).transpose(0, 1) * 3, torch.randn(2, L, 16) * 3
     plan = build_plan(layout, L, L, block=8)
     # the kernel path scores in float16 (the exact path in float32): rounding may move a cube that
     # sits on the nucleus boundary, so allow 1% either way; with float32 scores it matches exactly
@@ -416,6 +417,31 @@ def run_in_triton_interpreter(script: str, timeout: int = 300) -> None:
 
 def test_triton_selection_kernel_in_interpreter():
     run_in_triton_interpreter(TRITON_CHECK)
+
+
+ROWS_CHECK = textwrap.dedent(
+    """
+    import torch
+    from adaspark_cli.selection.triton_rows import ROW_BLOCK, gather_rows_fp16, gather_rows_fp16_reference
+    torch.manual_seed(0)
+    # rows narrower and wider than one step, a strided row view, repeated and unordered indices
+    for shape in [(50, 3, 5), (40, 2, ROW_BLOCK // 2 + 3)]:
+        src = torch.randn(*shape, dtype=torch.bfloat16)
+        rows = torch.tensor([7, 0, 49 % shape[0], 7, 3])
+        for view in (src, torch.randn(shape[0], 2 * shape[1], shape[2], dtype=torch.bfloat16)[:, : shape[1]]):
+            got = gather_rows_fp16(view, rows)
+            assert got.dtype == torch.float16 and got.shape == (5, *shape[1:])
+            assert torch.equal(got, gather_rows_fp16_reference(view, rows))
+    # a head-major tensor's token view cannot be read row by row: torch's gather, same result
+    head_major, rows = torch.randn(3, 20, 4).transpose(0, 1), torch.tensor([1, 5])
+    assert torch.equal(gather_rows_fp16(head_major, rows), gather_rows_fp16_reference(head_major, rows))
+    print("ok")
+    """
+)
+
+
+def test_row_gather_kernel_in_interpreter():
+    run_in_triton_interpreter(ROWS_CHECK)
 
 
 # ----------------------------------------------------------------------------------------------

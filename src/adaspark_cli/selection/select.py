@@ -26,6 +26,7 @@ import torch
 
 from ..cubes.plan import BlockPlan
 from .scoring import cube_mean_keys, cube_probabilities, nucleus_mask
+from .triton_rows import gather_rows_fp16
 from .triton_union import launch_union, triton_available
 
 # Scores of one chunk hold Hq x rows x candidate cubes values: 2**24 floats (64 MB in float32) for the
@@ -220,8 +221,8 @@ def _select_triton(plan: BlockPlan, query: torch.Tensor, mean_keys: torch.Tensor
     """CUDA: float16 scaled logits per chunk (one GEMM), then the fused softmax/nucleus/union kernel.
 
     The selectable rows are gathered in tile order and cast to float16 in one pass over whole token rows
-    (Hq x D each) of the projections' token-major memory; gathering along the head-major view, then
-    casting, took 3.2 ms of a 14 ms selection at 128K tokens (H200)."""
+    (Hq x D each) of the projections' token-major memory (`triton_rows.py`); gathering along the
+    head-major view, then casting, took 3.2 ms of a 14 ms selection at 128K tokens (H200)."""
     hq, _, d = query.shape
     hkv, c, _ = mean_keys.shape
     group = hq // hkv
@@ -236,7 +237,7 @@ def _select_triton(plan: BlockPlan, query: torch.Tensor, mean_keys: torch.Tensor
         tok = (plan.sel_blocks[:, None] * b + torch.arange(b, device=device)[None, :]).flatten()  # tile rows
         plan.cache["sel_rows"] = (plan.q_gather[tok], (plan.q_pos[tok] >= 0).to(torch.int8), plan.sel_cand.to(torch.int32))
     rows, valid, cand = plan.cache["sel_rows"]
-    q16 = query.transpose(0, 1).index_select(0, rows).to(torch.float16).transpose(0, 1)  # (Hq, NS*B, D) view
+    q16 = gather_rows_fp16(query.transpose(0, 1), rows).transpose(0, 1)  # (Hq, NS*B, D) view
     out = torch.zeros(hkv, ns, c_pad, dtype=torch.int32, device=device)
     for s0, s1, cc in _selection_chunks(plan, hq, BLOCK_SCORE_BUDGET["triton"]):
         ccp = -(-cc // _ALIGN) * _ALIGN
