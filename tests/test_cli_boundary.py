@@ -149,7 +149,7 @@ def test_stdout_errors_name_stdout(runner, clip, tiny_checkpoint, monkeypatch):
     def full(text):
         raise render.StdoutError(OSError(errno.ENOSPC, "No space left on device"))
 
-    monkeypatch.setattr(render, "_write", full)
+    monkeypatch.setattr(render, "write_stdout", full)
     res = invoke(runner, "ask", clip, "q?", "--model", tiny_checkpoint, "--max-frames", "2", "-q", "--dense")
     assert one_line_error(res, 1) == ("error: cannot write to stdout: no space left on the disk or device it goes to; "
                                       "free some space or redirect it elsewhere")
@@ -159,7 +159,7 @@ def test_broken_pipe_is_quiet_141(runner, clip, tiny_checkpoint, monkeypatch):
     def broken(text):
         raise render.StdoutError(BrokenPipeError(errno.EPIPE, "Broken pipe"))
 
-    monkeypatch.setattr(render, "_write", broken)
+    monkeypatch.setattr(render, "write_stdout", broken)
     res = invoke(runner, "ask", clip, "q?", "--model", tiny_checkpoint, "--max-frames", "2", "-q", "--dense")
     assert res.exit_code == 141 and res.stderr == ""
 
@@ -209,7 +209,7 @@ def test_ctrl_c_after_out_is_written_exits_0(runner, tiny_checkpoint, tmp_path, 
     def interrupted(text):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(render, "_write", interrupted)  # while printing OUT's path, after the write
+    monkeypatch.setattr(render, "write_stdout", interrupted)  # while printing OUT's path, after the write
     res = invoke(runner, "convert", tiny_checkpoint, tmp_path / "out", *CONFIG_FLAGS)
     assert res.exit_code == 0 and res.stderr.strip() == f"interrupted, but {tmp_path / 'out'} is complete"
     assert config_from_checkpoint(read_config_json(tmp_path / "out")) == CONFIG
@@ -243,7 +243,7 @@ def test_ctrl_c_before_the_rename_exits_130_and_keeps_the_old_out(runner, tiny_c
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(convert_mod, "_install", interrupted)
+    monkeypatch.setattr(convert_mod, "install_out", interrupted)
     res = invoke(runner, "convert", tiny_checkpoint, out, *CONFIG_FLAGS, "--force")
     assert res.exit_code == 130
     assert res.stderr.strip() == f"interrupted; {out} was not written (the existing one is unchanged)"
@@ -270,7 +270,7 @@ def test_main_turns_a_late_ctrl_c_into_the_commands_note(monkeypatch, capsys):
 
     monkeypatch.setattr(commands, "app", late_interrupt)
     monkeypatch.setattr(app_mod.signal, "signal", lambda *args: None)  # leave pytest's own SIGINT handler alone
-    monkeypatch.setattr(errors, "_complete", None)
+    monkeypatch.setattr(errors.state, "complete", None)
     with pytest.raises(SystemExit) as exit_info:
         app_mod.main()
     assert exit_info.value.code == 0 and capsys.readouterr().err == "interrupted, but OUT is complete\n"
@@ -295,8 +295,8 @@ def test_rich_output_into_a_broken_pipe_reaches_the_boundary(monkeypatch):
     with pytest.raises(render.StdoutError) as info:
         render.print_stdout(Table("a"))
     assert info.value.error.errno == errno.EPIPE
-    monkeypatch.setattr(render.err_console, "_file", _BrokenPipe())  # "file" would pin stderr after the test
-    monkeypatch.setattr(render.err_console, "quiet", False)
+    # the same kind of console as render's own stderr one, writing into the broken pipe
+    monkeypatch.setattr(render, "err_console", type(render.err_console)(file=_BrokenPipe(), highlight=False))
     with pytest.raises(BrokenPipeError):
         render.note("a note on a stderr nobody reads")
 
