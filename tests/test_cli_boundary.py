@@ -56,6 +56,46 @@ def test_h_is_help_on_every_command(runner, command):
     assert short.exit_code == 0 and short.stdout == long.stdout and "-h, --help" in short.stdout
 
 
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        pytest.param(["ask", "clip.mp4", "q?", "--kernel", "fast"],
+                     "error: --kernel 'fast' is not a kernel; use --kernel auto, reference, gathered, flex, fa4", id="kernel"),
+        pytest.param(["eval", "--decoder", "av"], "error: --decoder 'av' is not a decoder; use --decoder auto, decord, pyav",
+                     id="decoder"),
+        pytest.param(["profile", "clip.mp4", "--device", "gpu"],
+                     "error: --device 'gpu' is not a device; use --device auto, cpu, mps, cuda or cuda:N", id="device"),
+        pytest.param(["ask", "clip.mp4", "q?", "--bogus"], "error: No such option: --bogus (see adaspark ask -h)",
+                     id="unknown-option"),
+        pytest.param(["ask"], "error: Missing argument 'VIDEO' (see adaspark ask -h)", id="missing-argument"),
+        pytest.param(["convert", "src", "out", "--fps", "x"], "error: Invalid value for '--fps': ", id="not-a-number"),
+    ],
+)
+def test_usage_errors_found_while_parsing_are_one_line(runner, monkeypatch, args, expected):
+    from adaspark_cli import qa
+
+    monkeypatch.setattr(qa, "load_video_qa", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert one_line_error(invoke(runner, *args), 2).startswith(expected)
+
+
+@pytest.mark.parametrize("command", ["ask", "profile", "convert", "eval", "batch"])
+def test_help_lists_the_values_of_choice_flags(runner, command):
+    text = invoke(runner, command, "-h").stdout
+    assert "--decoder <auto|decord|pyav>" in text and "--device <auto|cpu|mps|cuda|cuda:N>" in text
+    assert ("--kernel <auto|reference|gathered|flex|fa4>" in text) == (command in ("ask", "profile", "batch"))
+
+
+def test_device_check_is_the_librarys():
+    from adaspark_cli.api import check_device
+    from adaspark_cli.errors import AdasparkError
+
+    for good in ("auto", "cpu", "mps", "cuda", "cuda:3"):
+        check_device(good)
+    for bad in ("gpu", "cuda:", "cuda:x", "CPU", None):
+        with pytest.raises(AdasparkError, match="is not a device; use --device auto, cpu, mps, cuda or cuda:N"):
+            check_device(bad)
+
+
 # --- questions --------------------------------------------------------------------------------------------
 
 
