@@ -43,13 +43,10 @@ CPU smoke run (tiny shapes, all three parts, CPU "replicas" and a CPU/disk devic
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,76 +54,26 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # spawned workers import this file by path
 
-from _common import TEXT_7B, VISION_7B, VISION_TINY  # this folder is on sys.path; it puts src/ there too
-from _common import TEXT_TINY as TEXT_SMOKE
-from _common import environment as common_environment
+from _batch_jobs import QUESTION, busy_seconds, comparable, first_token, make_jobs, per_replica, synthetic_open
+from _batch_model import release, smoke_cap, write_checkpoint
+from _common import environment as common_environment  # this folder is on sys.path; it puts src/ there too
+from _common import log_stamped, out_file, write_json
+from _gpu_monitor import start_dmon, stop_dmon
 
+from adaspark_cli.attention.kernels import KERNELS
 from adaspark_cli.jobs import VideoJob, VideoOutcome
+from adaspark_cli.placement import STRATEGIES
 from adaspark_cli.qa import batch as qa_batch
-from adaspark_cli.video.stream import FrameChunk, PacketIndex, VideoStream
 
-QUESTION = "What happens in the video?"
-CLOCK_KEYS = {"prefill_seconds", "video_prefill_seconds", "decode_seconds", "timing", "replica"}
-TOKENS_PER_PAIR = 256  # 448x448 frames: 16x16 merged tokens per frame pair
-T0 = time.perf_counter()
+log = log_stamped
 
 
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
-
-
-# ------------------------------------------------------------------------- synthetic videos
-
-
-_NAME = re.compile(r"synthetic-(\d+)f-(\d+)px-(\d+)us-(\d+)\.mp4")
-_BASE: dict[tuple[int, int], np.ndarray] = {}
-
-
-def job_name(frames: int, side: int, decode_us: int, seed: int) -> str:
-    """The job's path carries what its stream needs (also in a spawned worker, which re-imports this file)."""
-    return f"synthetic-{frames}f-{side}px-{decode_us}us-{seed}.mp4"
-
-
-@dataclasses.dataclass
-class SyntheticStream(VideoStream):
-    """A pipelined stream whose chunk threads synthesise frames instead of decoding them."""
-
-    seed: int = 0
-    decode_us_per_frame: int = 0
-
-    def _decode_chunk(self, planned: np.ndarray, first: int, stop: int, size: tuple[int, int] | None) -> FrameChunk:
-        indices = planned[first:stop].copy()
-        h, w = size or (self.height, self.width)
-        base = _base_frames(len(indices), h, w)
-        frames = np.bitwise_xor(base, np.uint8((self.seed * 37 + first // 2 + 1) % 255 + 1))
-        if self.decode_us_per_frame:
-            time.sleep(self.decode_us_per_frame * len(indices) / 1e6)  # charged decode (PyAV releases the GIL too)
-        return FrameChunk(frames=frames, indices=indices, first=first)
-
-
-def _base_frames(n: int, h: int, w: int) -> np.ndarray:
-    key = (h, w)
-    if key not in _BASE or _BASE[key].shape[0] < n:
-        _BASE[key] = np.random.default_rng(0).integers(0, 256, size=(max(n, 32), h, w, 3), dtype=np.uint8)
-    return _BASE[key][:n]
-
-
-def synthetic_open(replica: Any, job: VideoJob) -> VideoStream:
-    match = _NAME.fullmatch(job.path.name)
-    if match is None:
-        raise ValueError(f"{job.path.name} is not a synthetic job name")
-    frames, side, decode_us, seed = (int(g) for g in match.groups())
-    fps = 2.0
-    return SyntheticStream(path=job.path, width=side, height=side, source_fps=fps, total_frames=frames,
-                           indices=np.arange(frames, dtype=np.int64), timestamps=np.arange(frames) / fps,
-                           duration=frames / fps, backend="synthetic", packets=PacketIndex(pts=[], gop_start=[]),
-                           seed=seed, decode_us_per_frame=decode_us)
+# ------------------------------------------------------------------------- the replicas' patches
 
 
 _real_answer = qa_batch.Replica.answer
@@ -147,91 +94,7 @@ qa_batch.Replica.open = synthetic_open  # type: ignore[method-assign]
 qa_batch.Replica.answer = tagged_answer  # type: ignore[method-assign]
 
 
-def make_jobs(n: int, video_tokens: int, side: int, decode_us: int, prefix: str = "v", first_seed: int = 0
-              ) -> list[VideoJob]:
-    frames = 2 * max(1, video_tokens // ((side // 28) ** 2))
-    return [VideoJob(id=f"{prefix}{i:02d}", video=job_name(frames, side, decode_us, first_seed + i),
-                     path=Path(job_name(frames, side, decode_us, first_seed + i)), questions=(QUESTION,), fps=2.0,
-                     max_frames=frames, max_pixels=side * side) for i in range(n)]
-
-
-# ------------------------------------------------------------------------------ checkpoint
-
-
-def write_checkpoint(folder: Path, smoke: bool, vision: str) -> dict[str, Any]:
-    """The random 7B-shaped (or tiny) checkpoint with the bundled processor, built on the GPU (CPU for smoke)."""
-    from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from adaspark_cli.qa import bundled_model_dir
-
-    processor = AutoProcessor.from_pretrained(bundled_model_dir())
-    tok = processor.tokenizer
-    text = dict(TEXT_SMOKE if smoke else TEXT_7B, bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
-                eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
-    vis = VISION_TINY if (smoke or vision == "tiny") else VISION_7B
-    config = Qwen2_5_VLConfig(text_config=text, vision_config={**vis, "out_hidden_size": text["hidden_size"]},
-                              image_token_id=processor.image_token_id, video_token_id=processor.video_token_id,
-                              vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-                              vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
-    device = torch.device("cpu" if smoke or not torch.cuda.is_available() else "cuda")
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    start = time.perf_counter()
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    params = sum(p.numel() for p in model.parameters())
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    info = {"folder": str(folder), "parameters": params, "dtype": str(dtype), "vision": "tiny" if vis is VISION_TINY
-            else "7b", "gb": sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e9,
-            "write_s": time.perf_counter() - start}
-    log(f"checkpoint: {params / 1e9:.2f} B parameters, {info['gb']:.1f} GB in {info['write_s']:.1f} s -> {folder}")
-    return info
-
-
 # ---------------------------------------------------------------------------------- helpers
-
-
-def comparable(outcome: VideoOutcome) -> Any:
-    """An outcome's answers without the clocks and the replica tag (what two runs must agree on)."""
-    return outcome.error, [{k: v for k, v in a.items() if k not in CLOCK_KEYS} for a in outcome.answers]
-
-
-def first_token(outcome: VideoOutcome) -> float | None:
-    return outcome.answers[0]["timing"]["first_token_s"] if outcome.answers else None
-
-
-def busy_seconds(outcome: VideoOutcome) -> float:
-    """The replica's own time on a video: the first question's time to first token (prepare, vision
-    tower, prefill) and every answer's decode and later questions' prefill; not the time it waited in
-    the prefetch queue (which `outcome.seconds` includes)."""
-    total = 0.0
-    for i, a in enumerate(outcome.answers):
-        total += (a["timing"]["first_token_s"] if i == 0 else a["prefill_seconds"]) + a["decode_seconds"]
-    return total
-
-
-def per_replica(outcomes: list[VideoOutcome]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for o in outcomes:
-        device = o.answers[0]["replica"] if o.answers else "failed"
-        row = out.setdefault(device, {"videos": 0, "busy_s": 0.0})
-        row["videos"] += 1
-        row["busy_s"] += busy_seconds(o)
-    return out
-
-
-def release(*objects: Any) -> None:
-    del objects
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def settings_for(args: argparse.Namespace, ckpt: Path, device: str) -> qa_batch.ModelSettings:
@@ -296,7 +159,7 @@ def part_gpus(args: argparse.Namespace, ckpt: Path, devices: list[str]) -> dict[
     warm = make_jobs(warm_count, args.video_tokens, args.side, args.decode_us, prefix="warm", first_seed=900)
     runs: dict[str, Any] = {}
     answers: dict[str, dict[str, Any]] = {}
-    dmon = start_dmon(args)
+    dmon = start_dmon(None if args.smoke else out_file(args.out, "bench_batch_dmon.txt"))
     for label, run, warm_jobs in (("gpus_1", lambda s: qa_batch.run_local(s, warm[:1] + jobs), warm[:1]),
                                   (f"gpus_{n}", lambda s: qa_batch.run_workers(s, warm + jobs, devices), warm)):
         settings = settings_for(args, ckpt, devices[0])
@@ -396,47 +259,6 @@ def prefill_speedup(qa: Any, prompt: Any, repeats: int) -> dict[str, float]:
     return out
 
 
-def smoke_cap(ckpt: Path) -> tuple[tuple[int | str, int], ...]:
-    """A CPU memory cap that keeps some layers in memory and streams the others from disk (the smoke's split)."""
-    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
-
-    from adaspark_cli.placement import LAYER, DeviceMapSpec, Placement, plan_device_map
-
-    config = AutoConfig.from_pretrained(ckpt)
-    total = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
-    for percent in range(100, 10, -5):
-        cap = (("cpu", total * percent // 100),)
-        plan = Placement(plan_device_map(Qwen2_5_VLForConditionalGeneration, config, DeviceMapSpec("auto", cap),
-                                         torch.float32))
-        values = {plan.raw(LAYER.format(i)) for i in range(config.text_config.num_hidden_layers)}
-        if values == {"cpu", "disk"}:
-            return cap
-    raise RuntimeError("no CPU cap splits the smoke model between memory and disk")
-
-
-def start_dmon(args: argparse.Namespace) -> Any:
-    if args.smoke or shutil.which("nvidia-smi") is None or not args.out:
-        return None
-    path = Path(args.out) / "bench_batch_dmon.txt"
-    handle = open(path, "w")
-    return subprocess.Popen(["nvidia-smi", "dmon", "-s", "u", "-d", "1"], stdout=handle, stderr=subprocess.STDOUT), path
-
-
-def stop_dmon(dmon: Any) -> dict[str, Any] | None:
-    """Mean SM utilisation per GPU over the samples where any GPU was busy."""
-    if dmon is None:
-        return None
-    process, path = dmon
-    process.terminate()
-    process.wait(timeout=10)
-    sm: dict[str, list[int]] = {}
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) > 1 and parts[0].isdigit() and parts[1].isdigit():
-            sm.setdefault(parts[0], []).append(int(parts[1]))
-    return {"file": path.name, "mean_sm_percent": {gpu: statistics.mean(v) for gpu, v in sm.items() if v}}
-
-
 # ------------------------------------------------------------------------------------- main
 
 
@@ -456,9 +278,9 @@ def main() -> int:
     ap.add_argument("--decode-ms-per-frame", type=float, default=0.0, help="simulated decode charged per frame")
     ap.add_argument("--side", type=int, default=448, help="frame side in pixels (multiple of 28)")
     ap.add_argument("--vision", choices=("7b", "tiny"), default="7b", help="the vision tower's shapes")
-    ap.add_argument("--kernel", default="auto")
+    ap.add_argument("--kernel", choices=KERNELS, default="auto")
     ap.add_argument("--dm-tokens", type=int, default=32768, help="video tokens of the device-map part")
-    ap.add_argument("--strategy", default="auto", help="--device-map strategy of the device-map part")
+    ap.add_argument("--strategy", choices=STRATEGIES, default="auto", help="--device-map strategy of the device-map part")
     ap.add_argument("--repeats", type=int, default=3, help="timed prefills per mode in the device-map part")
     ap.add_argument("--gpus", type=int, default=2, help="replicas of the gpus part")
     ap.add_argument("--workdir", default=None, help="where the random checkpoint is written and kept, and reused by a "
@@ -474,9 +296,7 @@ def main() -> int:
     log(f"environment: {json.dumps(results['env'])}")
 
     def save() -> None:
-        if args.out:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / "bench_batch.json").write_text(json.dumps(results, indent=1))
+        write_json(results, out_file(args.out, "bench_batch.json"))
 
     cuda = torch.cuda.is_available() and not args.smoke
     visible = torch.cuda.device_count() if cuda else 0

@@ -45,142 +45,34 @@ from typing import Any
 import torch
 
 from _common import (  # this folder is on sys.path when run as a script; it puts src/ there too
-    HEAD_DIM_7B,
-    TEXT_7B,
-    TEXT_TINY,
-    VISION_TINY,
     elapsed,
     environment,
     log_stamped,
     out_file,
-    random_model,
-    time_ms,
     wall_seconds,
     write_json,
 )
+from _kernel_table import check_kernels, kernel_table
+from _prefill_model import (  # noqa: F401  (GRID_HW, TEXT_*: bench_decode_step and profile_selection take them from here)
+    CUBE,
+    GRID_HW,
+    TEXT_AFTER,
+    TEXT_BEFORE,
+    Inputs,
+    build_model,
+    make_inputs,
+    prefill,
+)
 
 from adaspark_cli.adapters import sparsify
-from adaspark_cli.adapters.positions import mrope_position_ids
-from adaspark_cli.attention import IMPLEMENTATIONS
 from adaspark_cli.attention.fa4 import fa4_available
 from adaspark_cli.config import AdaSparkConfig
-from adaspark_cli.cubes import VideoSpan, cube_layout, frame_pair_spans
-from adaspark_cli.cubes.plan import build_plan
-from adaspark_cli.selection import random_selection, select_per_block
+from adaspark_cli.selection import random_selection
 from adaspark_cli.stats import ModelDims, PrefillStats, prefill_flops, reduction
 
-# positions past 7B's 128000: the longest prompt here has 131K video tokens (the default rope ignores the field)
-TEXT_LONG = dict(TEXT_7B, max_position_embeddings=262144)
-VISION_ONE_BLOCK = dict(VISION_TINY, depth=1, fullatt_block_indexes=[0])  # unused: the language model alone is timed
-TEXT_8B = dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-               num_attention_heads=32, num_key_value_heads=8, head_dim=128, hidden_act="silu",
-               max_position_embeddings=262144, rms_norm_eps=1e-6, tie_word_embeddings=False,
-               rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
-                                "mrope_interleaved": True})
-TEXT_8B_SMOKE = dict(TEXT_8B, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                     rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2],
-                                      "mrope_interleaved": True})
-VISION_TINY_QWEN3 = dict(depth=3, hidden_size=32, num_heads=2, intermediate_size=64, in_channels=3, patch_size=16,
-                         spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                         deepstack_visual_indexes=[0, 1, 2])  # 8B: [8, 16, 24] of 27 blocks: LM layers 0-2
-TIMESTAMP_TOKENS = 6  # "<12.3 seconds>" in Qwen's BPE: "<", "1", "2", ".", "3", " seconds>" (about)
-TEXT_BEFORE, TEXT_AFTER = 64, 64
-GRID_HW = (16, 16)
-CUBE = (2, 8, 8)
 FORCED = [(0.5, 0.5), (0.3, 0.3), (0.2, 0.3)]
 TOP_P = [(0.9, 0.7), (0.3, 0.3)]
 log = log_stamped
-HQ, HKV, D = TEXT_7B["num_attention_heads"], TEXT_7B["num_key_value_heads"], HEAD_DIM_7B
-
-
-def build_model(smoke: bool, device: torch.device, dtype: torch.dtype, arch: str = "qwen2_5_vl") -> Any:
-    """The 7B-shaped (or, smoke, tiny) random language model (arch qwen3_vl: Qwen3-VL-8B-shaped); the special
-    token ids are the vocabulary's last four."""
-    if arch == "qwen3_vl":
-        return build_qwen3(smoke, device, dtype)
-    text = TEXT_TINY if smoke else TEXT_LONG
-    vocab = text["vocab_size"]
-    return random_model(text, {**VISION_ONE_BLOCK, "out_hidden_size": text["hidden_size"]}, device=device, dtype=dtype,
-                        image_token_id=vocab - 4, video_token_id=vocab - 3, vision_start_token_id=vocab - 2,
-                        vision_end_token_id=vocab - 1)
-
-
-def build_qwen3(smoke: bool, device: torch.device, dtype: torch.dtype) -> Any:
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    text = TEXT_8B_SMOKE if smoke else TEXT_8B
-    v = text["vocab_size"]
-    config = Qwen3VLConfig(text_config=text, vision_config={**VISION_TINY_QWEN3, "out_hidden_size": text["hidden_size"]},
-                           image_token_id=v - 4, video_token_id=v - 3, vision_start_token_id=v - 2, vision_end_token_id=v - 1)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen3VLForConditionalGeneration._from_config(
-            config, dtype=dtype, attn_implementation={"text_config": "sdpa", "vision_config": "sdpa"})
-    return model.eval()
-
-
-class Inputs:
-    """One prompt of `video_tokens` video tokens: embeddings, M-RoPE positions, the cube layout."""
-
-    deepstack: dict[str, Any] = {}  # Qwen3-VL: the language model's DeepStack inputs
-
-    def __init__(self, model: Any, video_tokens: int, device: torch.device) -> None:
-        t = max(1, video_tokens // (GRID_HW[0] * GRID_HW[1]))
-        span = VideoSpan(TEXT_BEFORE, (t, *GRID_HW))
-        self.seq = TEXT_BEFORE + span.num_tokens + TEXT_AFTER
-        self.video_tokens = span.num_tokens
-        self.layout = cube_layout([span], self.seq, CUBE)
-        types = torch.zeros(self.seq, dtype=torch.long)
-        types[span.start : span.end] = 2
-        grid = torch.tensor([[t, GRID_HW[0] * 2, GRID_HW[1] * 2]])
-        positions, _ = mrope_position_ids(types, grid, [1.0], spatial_merge_size=2, tokens_per_second=2)
-        self.positions = positions[:, None].to(device)  # (3, 1, L)
-        g = torch.Generator(device=device).manual_seed(video_tokens)
-        hidden = model.config.text_config.hidden_size
-        self.embeds = (torch.randn(1, self.seq, hidden, generator=g, device=device) * 0.5).to(next(model.parameters()).dtype)
-
-
-class Qwen3Inputs(Inputs):
-    """The same, laid out as Qwen3VLProcessor does: per frame pair TIMESTAMP_TOKENS of text, <|vision_start|>,
-    16x16 video tokens, <|vision_end|>; positions from the model's get_rope_index; random DeepStack features."""
-
-    def __init__(self, model: Any, video_tokens: int, device: torch.device) -> None:
-        t = max(1, video_tokens // (GRID_HW[0] * GRID_HW[1]))
-        per_frame = GRID_HW[0] * GRID_HW[1]
-        segment = TIMESTAMP_TOKENS + 1 + per_frame + 1
-        self.seq = TEXT_BEFORE + t * segment + TEXT_AFTER
-        types = torch.zeros(self.seq, dtype=torch.long)
-        for i in range(t):
-            start = TEXT_BEFORE + i * segment + TIMESTAMP_TOKENS + 1
-            types[start : start + per_frame] = 2
-        grid = torch.tensor([[t, GRID_HW[0] * 2, GRID_HW[1] * 2]])
-        self.layout = cube_layout(frame_pair_spans(types, grid, 2), self.seq, CUBE)
-        self.video_tokens = self.layout.num_video_tokens
-        positions, _ = model.model.get_rope_index(torch.zeros(1, self.seq, dtype=torch.long), types[None], video_grid_thw=grid)
-        self.positions = positions.to(device)  # (3, 1, L)
-        g = torch.Generator(device=device).manual_seed(video_tokens)
-        hidden = model.config.text_config.hidden_size
-        dtype = next(model.parameters()).dtype
-        self.embeds = (torch.randn(1, self.seq, hidden, generator=g, device=device) * 0.5).to(dtype)
-        levels = len(model.config.vision_config.deepstack_visual_indexes)
-        self.deepstack = {
-            "visual_pos_masks": (types == 2)[None].to(device),
-            "deepstack_visual_embeds": [(torch.randn(self.video_tokens, hidden, generator=g, device=device) * 0.5).to(dtype)
-                                        for _ in range(levels)],
-        }
-
-
-def make_inputs(arch: str, model: Any, video_tokens: int, device: torch.device) -> Inputs:
-    return Qwen3Inputs(model, video_tokens, device) if arch == "qwen3_vl" else Inputs(model, video_tokens, device)
-
-
-def prefill(model: Any, state: Any, inp: Inputs, stats: PrefillStats | None = None) -> torch.Tensor:
-    """The language model over the prompt and the last position's logits (what a first token needs)."""
-    lm = model.model.language_model
-    with torch.no_grad(), state.forward_context(layout=inp.layout, offset=0, stats=stats):
-        out = lm(inputs_embeds=inp.embeds, position_ids=inp.positions, use_cache=False, **inp.deepstack)
-        return model.lm_head(out.last_hidden_state[:, -1:])[0, -1].float()
 
 
 class BlockTimer:
@@ -259,112 +151,6 @@ def timed_runs(model: Any, state: Any, inp: Inputs, repeats: int, timer: BlockTi
 
 
 # ---- checks --------------------------------------------------------------------------------------
-
-
-def check_kernels(device: torch.device, kernels: list[str], out: dict) -> None:
-    """Each fast kernel against the reference on the same random Selection (bf16 inputs, 4K tokens)."""
-    inp_layout = cube_layout([VideoSpan(64, (16, 16, 16))], 64 + 4096 + 64, CUBE)
-    L = inp_layout.seq_len
-    g = torch.Generator(device=device).manual_seed(1)
-    hq, hkv, d = HQ, HKV, D
-    q = torch.randn(hq, L, d, generator=g, device=device).to(torch.bfloat16)
-    k = torch.randn(hkv, L, d, generator=g, device=device).to(torch.bfloat16)
-    v = torch.randn(hkv, L, d, generator=g, device=device).to(torch.bfloat16)
-    plan = build_plan(inp_layout, L, L, device=device)
-    for density in (1.0, 0.3):
-        sel = random_selection(plan, hkv, density, seed=2)
-        ref = IMPLEMENTATIONS["reference"](q, k, v, plan, sel, d**-0.5).float()
-        for name in list(kernels):
-            try:
-                got = IMPLEMENTATIONS[name](q, k, v, plan, sel, d**-0.5).float()
-            except Exception as exc:  # this kernel cannot run here: leave it out of every timing
-                out["errors"].append(f"check {name}: {exc!r}")
-                traceback.print_exc()
-                kernels.remove(name)
-                continue
-            err = float((got - ref).abs().max())
-            out.setdefault("kernel_max_abs_err", {})[f"{name}@{density}"] = err
-            log(f"check {name} density {density}: max abs err vs reference {err:.4f}")
-            if not err < 0.05:  # bf16 inputs: about 4e-3 expected; a wrong kernel never posts a number
-                out["errors"].append(f"check {name}@{density}: max abs err {err}")
-                kernels.remove(name)
-    real = select_per_block(q, k, plan, 0.5, d**-0.5, method="exact")
-    fused = select_per_block(q, k, plan, 0.5, d**-0.5)
-    out["selection_fused_vs_exact"] = {"missing": int((real.cubes & ~fused.cubes).sum()),
-                                       "extra": int((fused.cubes & ~real.cubes).sum()), "exact_total": int(real.cubes.sum())}
-    log(f"check fused selection vs exact: {out['selection_fused_vs_exact']}")
-
-
-def fa4_call_only(q, k, v, plan, sel, scale):
-    """A closure running only FA4's block-sparse call of `attention_fa4` (for its overhead split)."""
-    from adaspark_cli.attention import fa4
-    from adaspark_cli.attention.flex import block_indices
-
-    flash_attn_func, tensors_cls, mask_mod = fa4._kernel()
-    group = q.shape[0] // k.shape[0]
-    fn_, fi_ = block_indices(sel.full, group)
-    pn_, pi_ = block_indices(sel.partial, group)
-    tensors = tensors_cls(mask_block_cnt=pn_, mask_block_idx=pi_, full_block_cnt=fn_, full_block_idx=fi_, block_size=(128, 128))
-    qt, kt, vt = (fa4._tile_order(x, g) for x, g in ((q, plan.q_gather), (k, plan.k_gather), (v, plan.k_gather)))
-    return lambda: flash_attn_func(qt, kt, vt, softmax_scale=scale, causal=False, mask_mod=mask_mod,
-                                   aux_tensors=[plan.q_pos, plan.kv_pos], block_sparse_tensors=tensors)
-
-
-def kernel_table(device: torch.device, video_tokens: int, kernels: list[str], reps: int) -> dict:
-    """One layer's attention alone: dense SDPA and FA4 dense, sparse kernels at forced densities."""
-    import torch.nn.functional as F
-
-    layout = cube_layout([VideoSpan(TEXT_BEFORE, (video_tokens // 256, *GRID_HW))], TEXT_BEFORE + video_tokens + TEXT_AFTER, CUBE)
-    L = layout.seq_len
-    g = torch.Generator(device=device).manual_seed(3)
-    hq, hkv, d = HQ, HKV, D
-    # token-major memory, as transformers' projections leave it
-    q = torch.randn(L, hq, d, generator=g, device=device).to(torch.bfloat16).transpose(0, 1)
-    k = torch.randn(L, hkv, d, generator=g, device=device).to(torch.bfloat16).transpose(0, 1)
-    v = torch.randn(L, hkv, d, generator=g, device=device).to(torch.bfloat16).transpose(0, 1)
-    plan = build_plan(layout, L, L, device=device)
-    res: dict[str, Any] = {"tokens": L}
-
-    def bench(fn) -> float:
-        return statistics.median(time_ms(fn, reps=reps, warmup=2, cuda=True))
-
-    res["sdpa_dense_ms"] = bench(
-        lambda: F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True)
-    )
-    if "fa4" in kernels:
-        from flash_attn.cute import flash_attn_func
-
-        qt, kt, vt = (x.transpose(0, 1)[None] for x in (q, k, v))
-        res["fa4_dense_ms"] = bench(lambda: flash_attn_func(qt, kt, vt, causal=True))
-    best = min(x for key, x in res.items() if key.endswith("_dense_ms"))
-    res["best_dense_ms"] = best
-    res["sparse"] = {}
-    for density in (1.0, 0.5, 0.3, 0.2):
-        sel = random_selection(plan, hkv, density, seed=4)
-        stats = PrefillStats()
-        stats.layer(0).add_attention(plan, sel, hkv)
-        a = stats.layers[0].attention
-        kept = a.attended_keys / a.causal_keys  # video queries; text queries attend densely (a few)
-        row: dict[str, Any] = {"kept_fraction": kept}
-        # tiles the kernel computes against a dense causal kernel's (the diagonal one of each query
-        # block counted whole in both): partial tiles cost a whole tile but count part of one in `kept`
-        nqb = sel.full.shape[1]
-        row["tile_fraction"] = float((sel.full | sel.partial).sum()) / (hkv * nqb * (nqb + 1) / 2)
-        row["partial_tiles_share"] = float(sel.partial.sum()) / float((sel.full | sel.partial).sum())
-        row["select_ms"] = bench(lambda: select_per_block(q, k, plan, density, d**-0.5)) if density < 1 else None
-        for name in kernels:
-            fn = IMPLEMENTATIONS[name]
-            ms = bench(lambda: fn(q, k, v, plan, sel, d**-0.5))
-            row[f"{name}_ms"] = ms
-            row[f"{name}_frac_ideal"] = best * kept / ms
-        if "fa4" in kernels:  # the kernel alone: inputs already in tile order, block lists already built
-            row["fa4_call_ms"] = bench(fa4_call_only(q, k, v, plan, sel, d**-0.5))
-            row["fa4_call_frac_ideal"] = best * kept / row["fa4_call_ms"]
-            row["fa4_call_frac_tile_ideal"] = best * row["tile_fraction"] / row["fa4_call_ms"]
-        res["sparse"][str(density)] = row
-        timings = ", ".join(f"{kk} {vv:.3f}" for kk, vv in row.items() if isinstance(vv, float))
-        log(f"kernel {L} tokens density {density}: {timings}")
-    return res
 
 
 # ---- main ------------------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def test_ask_falls_back_to_one_shot_decoding_without_usable_pts(runner, clip, ti
 
     args = [clip, "what color?", "--model", tiny_checkpoint, "--json", "--dense", "--max-new-tokens", "3", "--max-frames", "6"]
     reference = _answers(ask(runner, *args, "--decoder", "pyav"))
-    monkeypatch.setattr(stream, "_index_packets", lambda pts, keys: None)  # as for a file with missing pts
+    monkeypatch.setattr(stream, "index_packets", lambda pts, keys: None)  # as for a file with missing pts
     assert not stream.open_video_stream(clip).pipelined
     res = ask(runner, *args)
     assert "(pyav, 4.0 s video)" in res.stderr and "pipelined" not in res.stderr, res.stderr

@@ -56,6 +56,46 @@ def test_h_is_help_on_every_command(runner, command):
     assert short.exit_code == 0 and short.stdout == long.stdout and "-h, --help" in short.stdout
 
 
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        pytest.param(["ask", "clip.mp4", "q?", "--kernel", "fast"],
+                     "error: --kernel 'fast' is not a kernel; use --kernel auto, reference, gathered, flex, fa4", id="kernel"),
+        pytest.param(["eval", "--decoder", "av"], "error: --decoder 'av' is not a decoder; use --decoder auto, decord, pyav",
+                     id="decoder"),
+        pytest.param(["profile", "clip.mp4", "--device", "gpu"],
+                     "error: --device 'gpu' is not a device; use --device auto, cpu, mps, cuda or cuda:N", id="device"),
+        pytest.param(["ask", "clip.mp4", "q?", "--bogus"], "error: No such option: --bogus (see adaspark ask -h)",
+                     id="unknown-option"),
+        pytest.param(["ask"], "error: Missing argument 'VIDEO' (see adaspark ask -h)", id="missing-argument"),
+        pytest.param(["convert", "src", "out", "--fps", "x"], "error: Invalid value for '--fps': ", id="not-a-number"),
+    ],
+)
+def test_usage_errors_found_while_parsing_are_one_line(runner, monkeypatch, args, expected):
+    from adaspark_cli import qa
+
+    monkeypatch.setattr(qa, "load_video_qa", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert one_line_error(invoke(runner, *args), 2).startswith(expected)
+
+
+@pytest.mark.parametrize("command", ["ask", "profile", "convert", "eval", "batch"])
+def test_help_lists_the_values_of_choice_flags(runner, command):
+    text = invoke(runner, command, "-h").stdout
+    assert "--decoder <auto|decord|pyav>" in text and "--device <auto|cpu|mps|cuda|cuda:N>" in text
+    assert ("--kernel <auto|reference|gathered|flex|fa4>" in text) == (command in ("ask", "profile", "batch"))
+
+
+def test_device_check_is_the_librarys():
+    from adaspark_cli.api import check_device
+    from adaspark_cli.errors import AdasparkError
+
+    for good in ("auto", "cpu", "mps", "cuda", "cuda:3"):
+        check_device(good)
+    for bad in ("gpu", "cuda:", "cuda:x", "CPU", None):
+        with pytest.raises(AdasparkError, match="is not a device; use --device auto, cpu, mps, cuda or cuda:N"):
+            check_device(bad)
+
+
 # --- questions --------------------------------------------------------------------------------------------
 
 
@@ -149,7 +189,7 @@ def test_stdout_errors_name_stdout(runner, clip, tiny_checkpoint, monkeypatch):
     def full(text):
         raise render.StdoutError(OSError(errno.ENOSPC, "No space left on device"))
 
-    monkeypatch.setattr(render, "_write", full)
+    monkeypatch.setattr(render, "write_stdout", full)
     res = invoke(runner, "ask", clip, "q?", "--model", tiny_checkpoint, "--max-frames", "2", "-q", "--dense")
     assert one_line_error(res, 1) == ("error: cannot write to stdout: no space left on the disk or device it goes to; "
                                       "free some space or redirect it elsewhere")
@@ -159,7 +199,7 @@ def test_broken_pipe_is_quiet_141(runner, clip, tiny_checkpoint, monkeypatch):
     def broken(text):
         raise render.StdoutError(BrokenPipeError(errno.EPIPE, "Broken pipe"))
 
-    monkeypatch.setattr(render, "_write", broken)
+    monkeypatch.setattr(render, "write_stdout", broken)
     res = invoke(runner, "ask", clip, "q?", "--model", tiny_checkpoint, "--max-frames", "2", "-q", "--dense")
     assert res.exit_code == 141 and res.stderr == ""
 
@@ -209,7 +249,7 @@ def test_ctrl_c_after_out_is_written_exits_0(runner, tiny_checkpoint, tmp_path, 
     def interrupted(text):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(render, "_write", interrupted)  # while printing OUT's path, after the write
+    monkeypatch.setattr(render, "write_stdout", interrupted)  # while printing OUT's path, after the write
     res = invoke(runner, "convert", tiny_checkpoint, tmp_path / "out", *CONFIG_FLAGS)
     assert res.exit_code == 0 and res.stderr.strip() == f"interrupted, but {tmp_path / 'out'} is complete"
     assert config_from_checkpoint(read_config_json(tmp_path / "out")) == CONFIG
@@ -243,7 +283,7 @@ def test_ctrl_c_before_the_rename_exits_130_and_keeps_the_old_out(runner, tiny_c
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(convert_mod, "_install", interrupted)
+    monkeypatch.setattr(convert_mod, "install_out", interrupted)
     res = invoke(runner, "convert", tiny_checkpoint, out, *CONFIG_FLAGS, "--force")
     assert res.exit_code == 130
     assert res.stderr.strip() == f"interrupted; {out} was not written (the existing one is unchanged)"
@@ -270,7 +310,7 @@ def test_main_turns_a_late_ctrl_c_into_the_commands_note(monkeypatch, capsys):
 
     monkeypatch.setattr(commands, "app", late_interrupt)
     monkeypatch.setattr(app_mod.signal, "signal", lambda *args: None)  # leave pytest's own SIGINT handler alone
-    monkeypatch.setattr(errors, "_complete", None)
+    monkeypatch.setattr(errors.state, "complete", None)
     with pytest.raises(SystemExit) as exit_info:
         app_mod.main()
     assert exit_info.value.code == 0 and capsys.readouterr().err == "interrupted, but OUT is complete\n"
@@ -295,8 +335,8 @@ def test_rich_output_into_a_broken_pipe_reaches_the_boundary(monkeypatch):
     with pytest.raises(render.StdoutError) as info:
         render.print_stdout(Table("a"))
     assert info.value.error.errno == errno.EPIPE
-    monkeypatch.setattr(render.err_console, "_file", _BrokenPipe())  # "file" would pin stderr after the test
-    monkeypatch.setattr(render.err_console, "quiet", False)
+    # the same kind of console as render's own stderr one, writing into the broken pipe
+    monkeypatch.setattr(render, "err_console", type(render.err_console)(file=_BrokenPipe(), highlight=False))
     with pytest.raises(BrokenPipeError):
         render.note("a note on a stderr nobody reads")
 

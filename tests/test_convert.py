@@ -324,7 +324,7 @@ def test_disk_full_while_copying_leaves_nothing(tiny_checkpoint, tmp_path, monke
 def test_interrupted_convert_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
     src = sharded_copy(tiny_checkpoint, tmp_path / "src")
     before = tree(src)
-    original = convert_mod._link_or_copy
+    original = convert_mod.link_or_copy
     calls = []
 
     def interrupted(a, b):
@@ -333,7 +333,7 @@ def test_interrupted_convert_leaves_nothing(tiny_checkpoint, tmp_path, monkeypat
             raise KeyboardInterrupt
         return original(a, b)
 
-    monkeypatch.setattr(convert_mod, "_link_or_copy", interrupted)
+    monkeypatch.setattr(convert_mod, "link_or_copy", interrupted)
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint(src, tmp_path / "out", CONFIG)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"] and tree(src) == before
@@ -504,7 +504,7 @@ def test_convert_cli_ctrl_c_exits_130_and_leaves_nothing(runner, tiny_checkpoint
     def interrupted(a, b):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(convert_mod, "_link_or_copy", interrupted)
+    monkeypatch.setattr(convert_mod, "link_or_copy", interrupted)
     res = convert_cli(runner, tiny_checkpoint, tmp_path / "out", "-q")
     assert res.exit_code == 130 and "interrupted" in res.stderr and "Traceback" not in res.stderr
     assert list(tmp_path.iterdir()) == []

@@ -85,18 +85,18 @@ def test_stream_seeks_over_groups_without_wanted_frames(make_video, monkeypatch:
     # 2 frames from 96 with a keyframe every 8: the worker must seek to the right group and decode only it.
     # Frames 24 and 72 are keyframes, so a seek to the right place decodes one frame each; a seek by the wrong
     # timestamp lands a group early (a keyframe's dts in mp4) or late (its pts in MPEG-TS, then retried)
-    from adaspark_cli.video import stream as stream_module
+    from adaspark_cli.video import reader
 
     path = make_video(codec=codec, fps=24.0, n_frames=96, width=96, height=64, gop=8)
     decoded = []
-    real_decoded_frames = stream_module.decoded_frames
+    real_decoded_frames = reader.decoded_frames
 
     def counting(container, stream):
         for frame in real_decoded_frames(container, stream):
             decoded.append(frame.pts)
             yield frame
 
-    monkeypatch.setattr(stream_module, "decoded_frames", counting)
+    monkeypatch.setattr(reader, "decoded_frames", counting)
     indices, frames, _ = _read_stream(path, fps=0.5, workers=1)
     assert indices.tolist() == [24, 72]
     assert [vf.read_frame_index(f) for f in frames] == [24, 72]
@@ -253,7 +253,7 @@ def test_open_video_picks_the_reader(make_video, qa: VideoQA, monkeypatch: pytes
     piped = qa.prepare_video(auto, max_pixels=112 * 84)
     assert piped.video_embeds is not None and piped.pixel_values_videos is None and piped.frames == 8
     # packets without usable pts: decoded in one go by decode_video's auto choice instead
-    monkeypatch.setattr(stream_module, "_index_packets", lambda pts, keys: None)
+    monkeypatch.setattr(stream_module, "index_packets", lambda pts, keys: None)
     fallback = open_video(path, fps=4.0)
     assert isinstance(fallback, DecodedVideo) and fallback.indices.tolist() == auto.indices.tolist()
 

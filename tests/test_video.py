@@ -304,7 +304,7 @@ def test_auto_falls_back_to_pyav_when_decord_cannot_open(make_video, decord_firs
     def broken_open(_path: Path):
         raise RuntimeError("Error reading video...")  # what decord raises when FFmpeg cannot open a file
 
-    monkeypatch.setattr(decode_mod, "_open_decord", broken_open)
+    monkeypatch.setattr(decode_mod, "open_decord", broken_open)
     video = decode_video(path, backend="auto")
     assert video.backend == "pyav"
     assert video.indices.tolist() == [6, 18, 30, 42]
@@ -317,7 +317,7 @@ def test_auto_falls_back_to_pyav_when_decord_cannot_open(make_video, decord_firs
 
 def test_auto_falls_back_to_pyav_when_decord_cannot_read(make_video, decord_first, monkeypatch: pytest.MonkeyPatch) -> None:
     path = make_video(codec="vp9", fps=24.0, n_frames=48, width=96, height=64)
-    decord = decode_mod._import_decord()
+    decord = decode_mod.import_decord()
 
     class FailingReader:
         def __len__(self) -> int:
@@ -326,7 +326,7 @@ def test_auto_falls_back_to_pyav_when_decord_cannot_read(make_video, decord_firs
         def get_batch(self, indices):
             raise decord.DECORDError("[13:02:10] /src/threaded_decoder.cc:218: Check failed: Error sending packet.")
 
-    monkeypatch.setattr(decode_mod, "_open_decord", lambda _path: FailingReader())
+    monkeypatch.setattr(decode_mod, "open_decord", lambda _path: FailingReader())
     assert decode_video(path).backend == "pyav"
     with pytest.raises(VideoError) as exc:
         decode_video(path, backend="decord")
@@ -342,7 +342,7 @@ def test_auto_uses_pyav_when_decord_is_not_installed(make_video, decord_first, m
     def no_decord():
         raise VideoError("the decord backend is unavailable (No module named 'decord'); pip install decord2")
 
-    monkeypatch.setattr(decode_mod, "_import_decord", no_decord)
+    monkeypatch.setattr(decode_mod, "import_decord", no_decord)
     assert decode_video(path).backend == "pyav"
     with pytest.raises(VideoError) as exc:
         decode_video(path, backend="decord")

@@ -79,10 +79,10 @@ def test_containers_give_the_right_frames_on_every_path(folder: Path, codec: str
 def test_decord_really_misreads_mpeg_ts(folder: Path) -> None:
     # why decord is refused for MPEG-TS: asked for frame 3 it returns another frame, without an error; if a
     # future decord reads it right, this fails and the restriction in video/decode.py can go
-    from adaspark_cli.video.decode import _import_decord
+    from adaspark_cli.video.decode import import_decord
 
     path = vf.write_video(folder / "why", codec="h264-ts", n_frames=48, width=W, height=H, gop=12)
-    decord = _import_decord()
+    decord = import_decord()
     frame = decord.VideoReader(str(path), ctx=decord.cpu(0))[3].asnumpy()
     assert vf.read_frame_index(frame) != 3
 

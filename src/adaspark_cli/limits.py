@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from typing import Any
 
 from .errors import AdasparkError
 
 DEFAULT_MAX_PIXELS = 448 * 448  # per frame: a 16 x 16 token grid per frame pair
 MIN_PIXELS = 4 * 28 * 28  # never upscale small frames beyond the 2 x 2 token minimum
+DECODERS = ("auto", "decord", "pyav")  # the video decoders (--decoder)
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what --device takes
 
 
 def is_real(x: Any) -> bool:
@@ -46,6 +49,17 @@ def check_max_pixels(max_pixels: int, error: type[AdasparkError] = AdasparkError
 def check_max_new_tokens(max_new_tokens: int, error: type[AdasparkError] = AdasparkError) -> None:
     if max_new_tokens < 1:
         raise error(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+
+
+def check_decoder(decoder: Any, error: type[AdasparkError] = AdasparkError) -> None:
+    if not isinstance(decoder, str) or decoder not in DECODERS:
+        raise error(f"unknown --decoder {decoder!r}; use --decoder {', '.join(DECODERS[:-1])} or {DECODERS[-1]}")
+
+
+def check_device(device: Any, error: type[AdasparkError] = AdasparkError) -> None:
+    """auto, cpu, mps, cuda or cuda:N (whether that device exists is known only once torch loads)."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise error(f"--device {device!r} is not a device; use --device auto, cpu, mps, cuda or cuda:N")
 
 
 def format_bytes(n: float) -> str:

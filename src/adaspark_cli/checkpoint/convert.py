@@ -167,8 +167,10 @@ def _check_space(out_parent: Path, weights: list[Path], side: list[Path]) -> Non
         )
 
 
-def _link_or_copy(src: Path, dst: Path) -> bool:
-    """Hard-link `src` (symlinks followed, as in the HF cache) to `dst`, else copy it; True when linked."""
+def link_or_copy(src: Path, dst: Path) -> bool:
+    """Hard-link `src` (symlinks followed, as in the HF cache) to `dst`, else copy it; True when linked.
+
+    `convert_checkpoint` places each file through this module-level name (tests interrupt a conversion here)."""
     real = os.path.realpath(src)
     try:
         os.link(real, dst)
@@ -188,8 +190,10 @@ def _umask() -> int:
     return mask
 
 
-def _install(tmp: Path, out: Path, force: bool) -> None:
-    """Rename `tmp` to `out`; an existing `out` (only with force) is moved aside first and removed after."""
+def install_out(tmp: Path, out: Path, force: bool) -> None:
+    """Rename `tmp` to `out`; an existing `out` (only with force) is moved aside first and removed after.
+
+    `convert_checkpoint`'s last step, through this module-level name (tests interrupt a conversion here)."""
     if not os.path.lexists(out):
         os.rename(tmp, out)  # fails if OUT appeared meanwhile and is not an empty directory
         return
@@ -246,7 +250,7 @@ def convert_checkpoint(
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; OUT gets a normal directory's mode
         for file in weights:
-            if _link_or_copy(file, tmp / file.name):
+            if link_or_copy(file, tmp / file.name):
                 linked += 1
             else:
                 copied += 1
@@ -259,7 +263,7 @@ def convert_checkpoint(
             if (tmp / file.name).stat().st_size != file.stat().st_size:
                 raise CheckpointError(f"copy of {file.name} in {tmp} has the wrong size; check the disk and retry")
         verify_checkpoint(tmp)
-        _install(tmp, out, force)
+        install_out(tmp, out, force)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(exc, out) from None

@@ -55,6 +55,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -83,17 +84,9 @@ SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 
-# The chat template of Qwen/Qwen2.5-VL-7B-Instruct (default system prompt, images and videos as
-# <|vision_start|><|image_pad|/video_pad|><|vision_end|>, optional "Picture n:"/"Video n:" ids).
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}"
+# A message's list content in Qwen's chat templates (Qwen2.5-VL and Qwen3-VL alike): images and videos as
+# <|vision_start|><|image_pad|/video_pad|><|vision_end|>, optional "Picture n:"/"Video n:" ids, and text.
+CONTENT_TEMPLATE = (
     "{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
     "{% set image_count.value = image_count.value + 1 %}"
@@ -106,7 +99,20 @@ CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}"
     "{% endif %}"
     "{% endfor %}"
-    "<|im_end|>\n"
+)
+
+# The chat template of Qwen/Qwen2.5-VL-7B-Instruct (default system prompt, then the messages)
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}"
+    + CONTENT_TEMPLATE
+    + "<|im_end|>\n"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -256,6 +262,24 @@ class ModelSpec:
     full_attention_blocks: tuple[int, ...] | None = None  # vision blocks with full attention (None: the last)
 
 
+class VisionTokenIds(TypedDict):
+    image_token_id: int
+    video_token_id: int
+    vision_start_token_id: int
+    vision_end_token_id: int
+
+
+def vision_token_ids(ids: dict[str, int]) -> VisionTokenIds:
+    """The config's image / video / vision start / end token ids (Qwen2.5-VL's and Qwen3-VL's alike) from the
+    tokenizer's `ids` (151655, 151656, 151652, 151653 in the real checkpoints)."""
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
 def model_config(tokenizer, spec: ModelSpec):
     """The `Qwen2_5_VLConfig` of `spec` with the tokenizer's special token ids."""
     from transformers import Qwen2_5_VLConfig
@@ -312,10 +336,7 @@ def model_config(tokenizer, spec: ModelSpec):
     return Qwen2_5_VLConfig(  # type: ignore[call-arg]  # bos/eos/pad ids: config kwargs its typed signature omits
         text_config=text_config,
         vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],  # 151655
-        video_token_id=ids["<|video_pad|>"],  # 151656
-        vision_start_token_id=ids["<|vision_start|>"],  # 151652
-        vision_end_token_id=ids["<|vision_end|>"],  # 151653
+        **vision_token_ids(ids),
         bos_token_id=ids["<|endoftext|>"],  # 151643
         eos_token_id=ids["<|im_end|>"],  # 151645
         pad_token_id=ids["<|endoftext|>"],  # 151643

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .tiny import SPECIAL_TOKENS, VOCAB_MULTIPLE, build_tiny_tokenizer
+from .tiny import CONTENT_TEMPLATE, SPECIAL_TOKENS, VOCAB_MULTIPLE, build_tiny_tokenizer, vision_token_ids
 
 BUNDLED_TOKENIZER_DIR = Path(__file__).resolve().parents[3] / "models" / "adaspark-synth-small"
 
@@ -31,19 +31,8 @@ QWEN3_CHAT_TEMPLATE = (
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
+    + CONTENT_TEMPLATE
+    + "{% endif %}"
     "<|im_end|>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -143,10 +132,7 @@ def tiny_qwen3_config(
     return cls(
         text_config=text_config,
         vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],  # 151655
-        video_token_id=ids["<|video_pad|>"],  # 151656
-        vision_start_token_id=ids["<|vision_start|>"],  # 151652
-        vision_end_token_id=ids["<|vision_end|>"],  # 151653
+        **vision_token_ids(ids),
         tie_word_embeddings=False,
     )
 

@@ -77,7 +77,6 @@ def ask(
     opt.check_max_new_tokens(max_new_tokens)
     opt.check_answer_sampling(temperature, seed)
     opt.check_sampling(fps, max_frames)
-    opt.check_choices(decoder=decoder, kernel=kernel, device=device)
     opt.check_max_pixels(max_pixels)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
     spread = opt.device_map_spec(device_map, max_memory, device)

@@ -81,7 +81,7 @@ def batch(
         adaspark batch 'archive/**/*.mp4' -q "Summarize." --out answers.jsonl --gpus 4
     """
     jobs, out_path = _check_flags(input, questions or [], out, force, fps, max_frames, max_pixels, max_new_tokens,
-                                  decoder, kernel, device, gpus, cpu_workers, retry_failed)
+                                  device, gpus, cpu_workers, retry_failed)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
     spread = _device_map(device_map, max_memory, device, gpus, ray, cpu_workers)
 
@@ -122,12 +122,11 @@ def batch(
 
 
 def _check_flags(input: str, questions: list[str], out: str, force: bool, fps: float, max_frames: int,
-                 max_pixels: int, max_new_tokens: int, decoder: str, kernel: str, device: str,
+                 max_pixels: int, max_new_tokens: int, device: str,
                  gpus: int | None, cpu_workers: int | None, retry_failed: bool) -> tuple[list[Any], Path | None]:
     """Every flag, and the jobs read from INPUT, before anything heavy loads (usage errors, exit 2)."""
     opt.check_max_new_tokens(max_new_tokens)
     opt.check_sampling(fps, max_frames)
-    opt.check_choices(decoder=decoder, kernel=kernel, device=device)
     opt.check_max_pixels(max_pixels)
     opt.check_at_least("--gpus", gpus, 1)
     opt.check_at_least("--cpu-workers", cpu_workers, 1)

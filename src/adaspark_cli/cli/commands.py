@@ -12,11 +12,13 @@ from ..api import __version__
 from .ask import ask
 from .batch import batch
 from .convert import convert
+from .errors import OneLineUsageGroup
 from .eval import eval_command
 from .profile import profile
 
 app = typer.Typer(
     name="adaspark",
+    cls=OneLineUsageGroup,
     help="Video question answering with AdaSpark: adaptive cube-sparse attention and token-sparse FFN "
     "for Qwen2.5-VL and Qwen3-VL (arXiv 2604.08077).",
     no_args_is_help=True,

@@ -73,7 +73,6 @@ def convert(
         opt.check_video_path(video, "--calibrate")
     question = opt.check_question(question, "--question")
     opt.check_sampling(fps, max_frames)
-    opt.check_choices(decoder=decoder, device=device)
     opt.check_max_pixels(max_pixels)
     if target_reduction is not None and not 0.0 < target_reduction < 1.0:
         raise UsageError(f"--target-reduction must be between 0 and 1 (0.57 = 57% fewer FLOPs), got {target_reduction:g}")

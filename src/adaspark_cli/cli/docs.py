@@ -63,7 +63,7 @@ error go to stderr; `-q` hides the notes, progress and the tables on stderr. Eve
 |---|---|
 | 0 | done; for `convert`: OUT is complete (also after a Ctrl-C that came too late to stop it, with a note) |
 | 1 | an error of the input or the machine: the video, the model, the disk, stdout that cannot be written (e.g. `> /dev/full`, or closed with `>&-`); for `batch`: at least one video failed (its record carries the error; the others were answered) |
-| 2 | a usage error: a bad flag value or combination, a bad `batch` manifest (the message names the line), a missing argument, an empty or too long question (at most {max_chars:,} characters), a second video given as a question, a URL as VIDEO |
+| 2 | a usage error: a bad flag value or combination (a value outside a flag's set, e.g. `--kernel`, `--decoder`, `--device`, whose values the help lists), an unknown option or command, a bad `batch` manifest (the message names the line), a missing argument, an empty or too long question (at most {max_chars:,} characters), a second video given as a question, a URL as VIDEO |
 | 130 | interrupted (Ctrl-C at any moment, start-up included); for `convert`: OUT was not written |
 | 141 | stdout's reader went away (`\\| head -c1`): no message, as for a program killed by SIGPIPE |
 

@@ -1,7 +1,8 @@
 """The CLI's one error boundary: every failure of a command becomes one line on stderr and an exit code.
 
 - a bad flag value or combination (UsageError, or a library error raised inside `usage()`): exit 2, as
-  Click's own usage errors;
+  Typer's own usage errors (an unknown option, a missing argument, a value Typer cannot parse, a flag's
+  parser refusing it: FlagError), which `OneLineUsageGroup` prints as one line too, not Click's usage block;
 - a library error (AdasparkError: the video, the model, the disk): exit 1;
 - Ctrl-C: "interrupted", exit 130; once the work is done and cannot be undone (mark_complete: convert's
   OUT in place), the command's note and exit 0;
@@ -20,10 +21,12 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from ..api import AdasparkError
 from .interrupt import EXIT_INTERRUPTED, exit_interrupted
@@ -40,6 +43,43 @@ DEBUG_ENV = "ADASPARK_DEBUG"
 
 class UsageError(AdasparkError):
     """A flag value or combination is invalid; the message names the flag and a valid value."""
+
+
+class FlagError(typer.BadParameter):
+    """A flag's parser refused its value (options.choice / options.checked); the message is the whole line."""
+
+
+def _usage_line(exc: typer.TyperException) -> str:
+    if isinstance(exc, FlagError):
+        return exc.message
+    ctx = getattr(exc, "ctx", None)  # Typer's own message names the flag, not a fix: point at the help
+    return exc.format_message().rstrip(".") + (f" (see {ctx.command_path} -h)" if ctx is not None else "")
+
+
+@contextmanager
+def _one_line_usage() -> Iterator[None]:
+    try:
+        yield
+    except typer.TyperException as exc:
+        if exc.exit_code != EXIT_USAGE:
+            raise
+        print_error(_usage_line(exc))
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+class OneLineUsageGroup(TyperGroup):
+    """The app's group: a usage error found while Typer parses the command line (an unknown command or
+    option, a missing argument, a bad value) is one line on stderr with exit 2, as the commands' own."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        if not args:  # no_args_is_help: the help, as Typer prints it
+            return super().make_context(info_name, args, parent, **extra)
+        with _one_line_usage():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage():  # the command is resolved and its flags parsed in here
+            return super().invoke(ctx)
 
 
 @contextmanager
@@ -76,32 +116,35 @@ def print_error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
-_complete: str | None = None  # set by mark_complete: the command's work is done
+@dataclass
+class CommandState:
+    """What the running command has told the boundary (reset when a command starts)."""
+
+    complete: str | None = None  # set by mark_complete: the command's work is done
+    interrupt_reported: bool = False  # interrupted() has printed its line
+
+
+state = CommandState()
 
 
 def mark_complete(message: str) -> None:
     """The command's work is done and cannot be undone (convert's OUT is in place): a Ctrl-C from now on
     prints `message` and exits 0, here and in `main`, instead of 130."""
-    global _complete
-    _complete = message
+    state.complete = message
 
 
 def complete_message() -> str | None:
-    return _complete
-
-
-_interrupt_reported = False  # interrupted() has printed its line
+    return state.complete
 
 
 def interrupt_reported() -> bool:
-    return _interrupt_reported
+    return state.interrupt_reported
 
 
 def interrupted(message: str = "interrupted", code: int = EXIT_INTERRUPTED) -> NoReturn:
     """One line on stderr and exit `code` (130 unless the work was already complete)."""
-    global _interrupt_reported
     err_console.print(escape(message), style="yellow", soft_wrap=True)
-    _interrupt_reported = True
+    state.interrupt_reported = True
     raise typer.Exit(code)
 
 
@@ -123,8 +166,7 @@ def handle_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        global _complete, _interrupt_reported
-        _complete, _interrupt_reported = None, False
+        state.complete, state.interrupt_reported = None, False
         if signal.getsignal(signal.SIGINT) is exit_interrupted:  # set by main while the app loaded
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a Ctrl-C is a KeyboardInterrupt again
         try:
@@ -147,8 +189,8 @@ def handle_errors(command: F) -> F:
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             _end_partial_line()
-            if _complete is not None:
-                interrupted(_complete, code=0)
+            if state.complete is not None:
+                interrupted(state.complete, code=0)
             interrupted()
         except Exception as exc:  # an adaspark bug: one line unless debugging
             if _debug():

@@ -110,7 +110,6 @@ def eval_command(
     opt.check_at_least("--limit", limit, 1)
     opt.check_at_least("--per-cell", per_cell, 1)
     opt.check_at_least("--workers", workers, 1)
-    opt.check_choices(decoder=decoder, device=device)
     opt.check_max_pixels(max_pixels)
     overrides = opt.sparsity_overrides(cube, top_p, attn_top_p, ffn_top_p, layers)
     grid = (parse_tasks(tasks), parse_lengths(lengths), parse_depths(depths)) if suite_path is None else None

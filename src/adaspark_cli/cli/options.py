@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import typer
 from .. import api
 from ..api import MAX_CUBE_SIDE, parse_cube, parse_layers, validate_top_p
 from .defaults import DECODERS, DEFAULT_MAX_PIXELS, KERNELS, MAX_SEED
-from .errors import UsageError, usage
+from .errors import FlagError, UsageError, usage
 
 # A question is prefilled densely after the video (before issue 13 its KV cache was copied per question):
 # 100,000 characters took 1:41 and 6.4 GB with the bundled model on a 2-core CPU. 10,000 characters is roughly 2,500 tokens.
@@ -20,20 +21,49 @@ MAX_QUESTION_CHARS = 10_000
 VIDEO_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .flv .wmv .3gp .ogv .gif".split()
 )
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # A URL given as a path: the Path argument has already folded "https://" to "https:/"
 _URL = re.compile(r"[a-z][a-z0-9+.-]+:/", re.IGNORECASE)
+
+
+
+def choice(flag: str, noun: str, values: tuple[str, ...]) -> dict[str, Any]:
+    """typer.Option arguments for a flag with a fixed set of values: Typer checks it while parsing (exit 2, a
+    one-line error naming the flag and the values) and the help lists the values."""
+
+    def parse(value: str) -> str:
+        if value not in values:
+            raise FlagError(f"{flag} {value!r} is not {noun}; use {flag} {', '.join(values)}")
+        return value
+
+    return {"parser": parse, "metavar": f"<{'|'.join(values)}>"}
+
+
+def checked(check: Callable[[str], Any], metavar: str) -> dict[str, Any]:
+    """typer.Option arguments for a flag that a library function checks (the same check a Python caller gets):
+    its error is the one-line usage error."""
+
+    def parse(value: str) -> str:
+        try:
+            check(value)
+        except api.AdasparkError as exc:
+            raise FlagError(str(exc)) from None
+        return value
+
+    return {"parser": parse, "metavar": metavar}
+
 
 MODEL = typer.Option(
     None, "--model", "-m", help="Qwen2.5-VL or Qwen3-VL checkpoint: a local directory or a Hugging Face hub id (cache and "
     "HF_HUB_OFFLINE honoured). Default: $ADASPARK_MODEL, else the bundled model.", show_default=False
 )
-DEVICE = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
-DEVICE_MAP = typer.Option(None, "--device-map", metavar="STRATEGY", help="Spread the model's layers over the visible "
-                          "GPUs through accelerate, for a model too large for one: auto or balanced (even shares), "
-                          "balanced_low_0 (less on GPU 0) or sequential (fill GPU 0 first). What fits no GPU stays "
-                          "in CPU memory, then on disk, and is copied in for each forward (slow). Replaces --device; "
-                          "needs pip install accelerate.", show_default=False)
+DEVICE = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, mps, cuda or cuda:N.",
+                      **checked(lambda device: api.check_device(device), "<auto|cpu|mps|cuda|cuda:N>"))
+DEVICE_MAP = typer.Option(None, "--device-map", **checked(lambda strategy: api.parse_device_map(strategy), "STRATEGY"),
+                          help="Spread the model's layers over the visible GPUs through accelerate, for a model "
+                          "too large for one: auto or balanced (even shares), balanced_low_0 (less on GPU 0) or "
+                          "sequential (fill GPU 0 first). What fits no GPU stays in CPU memory, then on disk, and "
+                          "is copied in for each forward (slow). Replaces --device; needs pip install accelerate.",
+                          show_default=False)
 MAX_MEMORY = typer.Option(None, "--max-memory", metavar="DEVICE=SIZE,...", help="With --device-map: the most "
                           "weights each device takes, e.g. '0=40GiB,1=70GiB,cpu=200GiB' (GPU index or cpu; KB, MB, "
                           "GB, KiB, MiB, GiB, TB). Default: what each device has free.", show_default=False)
@@ -57,16 +87,19 @@ MAX_FRAMES = typer.Option(256, "--max-frames", help="At most this many frames, s
 MAX_PIXELS = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Pixels per frame after resizing (multiples of "
                           "28x28 px; 448x448 = 16x16 tokens per frame pair). As in qwen-vl-utils, a very long video "
                           "also gets at most ~115K video tokens in all.")
-DECODER = typer.Option("auto", "--decoder", help="Video decoder: auto (decord where seeking to keyframes pays, else "
-                       "PyAV reading sequentially; each falls back to the other), decord or pyav.")
-ASK_DECODER = typer.Option("auto", "--decoder", help="Video decoder: auto (pipelined: 2 worker threads decode and "
-                           "resize 32 frames at a time, seeking by timestamp, while the vision tower runs on the "
-                           "previous chunk; a file without usable timestamps is read in one go instead, with decord "
-                           "where seeking to keyframes pays, else PyAV), decord or pyav (every sampled frame is read "
-                           "first with that library, then the vision tower runs; no fallback).")
-KERNEL = typer.Option("auto", "--kernel", help="Sparse attention kernel: auto (on CUDA FlashAttention-4 where "
-                      "installed, else FlexAttention; on the CPU the gathered block kernel; all select per 128-token "
-                      "query tile), reference (the exact per-token method), gathered, flex or fa4.")
+DECODER = typer.Option("auto", "--decoder", **choice("--decoder", "a decoder", DECODERS),
+                       help="Video decoder: auto (decord where seeking to keyframes pays, else PyAV reading "
+                       "sequentially; each falls back to the other), decord or pyav.")
+ASK_DECODER = typer.Option("auto", "--decoder", **choice("--decoder", "a decoder", DECODERS),
+                           help="Video decoder: auto (pipelined: 2 worker threads decode and resize 32 frames at a "
+                           "time, seeking by timestamp, while the vision tower runs on the previous chunk; a file "
+                           "without usable timestamps is read in one go instead, with decord where seeking to "
+                           "keyframes pays, else PyAV), decord or pyav (every sampled frame is read first with that "
+                           "library, then the vision tower runs; no fallback).")
+KERNEL = typer.Option("auto", "--kernel", **choice("--kernel", "a kernel", KERNELS),
+                      help="Sparse attention kernel: auto (on CUDA FlashAttention-4 where installed, else "
+                      "FlexAttention; on the CPU the gathered block kernel; all select per 128-token query tile), "
+                      "reference (the exact per-token method), gathered, flex or fa4.")
 JSON = typer.Option(False, "--json", help="Print one JSON object per question on stdout instead of the streamed answer.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No notes, progress or tables on stderr.")
 REPORT_QUIET = typer.Option(False, "--quiet", "-q", help="No notes or progress on stderr; with --json, no tables "
@@ -126,33 +159,20 @@ def check_answer_sampling(temperature: float, seed: int | None) -> None:
             raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {seed}; e.g. --seed 0")
 
 
-def check_choices(decoder: str | None = None, kernel: str | None = None, device: str | None = None) -> None:
-    """--decoder, --kernel and --device against their choices."""
-    if decoder is not None and decoder not in DECODERS:
-        raise UsageError(f"--decoder {decoder!r} is not a decoder; use --decoder {', '.join(DECODERS)}")
-    if kernel is not None and kernel not in KERNELS:
-        raise UsageError(f"--kernel {kernel!r} is not a kernel; use --kernel {', '.join(KERNELS)}")
-    if device is not None and not _DEVICE.fullmatch(device):
-        raise UsageError(f"--device {device!r} is not a device; use --device auto, cpu, cuda or cuda:N")
-
-
 def device_map_spec(device_map: str | None, max_memory: str | None, device: str) -> Any:
-    """--device-map and --max-memory as a placement.DeviceMapSpec (None without --device-map); usage errors
-    for bad values and combinations, a one-line library error when accelerate is missing."""
-    DeviceMapSpec, parse_device_map = api.DeviceMapSpec, api.parse_device_map
-    parse_max_memory, require_accelerate = api.parse_max_memory, api.require_accelerate
-
+    """--device-map (a strategy, checked while parsing) and --max-memory as a placement.DeviceMapSpec (None
+    without --device-map); usage errors for bad values and combinations, a one-line library error when
+    accelerate is missing."""
     if device_map is None:
         if max_memory is not None:
             raise UsageError("--max-memory caps the devices of --device-map; add --device-map auto")
         return None
     with usage():
-        strategy = parse_device_map(device_map)
-        caps = parse_max_memory(max_memory) if max_memory is not None else ()
+        caps = api.parse_max_memory(max_memory) if max_memory is not None else ()
     if device != "auto":
         raise UsageError(f"--device-map places the model's layers itself; drop --device {device}")
-    require_accelerate()
-    return DeviceMapSpec(strategy=strategy, max_memory=caps)
+    api.require_accelerate()
+    return api.DeviceMapSpec(strategy=device_map, max_memory=caps)
 
 
 def check_max_pixels(max_pixels: int) -> None:

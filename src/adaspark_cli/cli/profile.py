@@ -66,7 +66,6 @@ def profile(
     opt.check_video_path(video)
     question = opt.check_questions([question], "profile")[0]
     opt.check_sampling(fps, max_frames)
-    opt.check_choices(decoder=decoder, kernel=kernel, device=device)
     opt.check_max_pixels(max_pixels)
     opt.check_at_least("--warmup", warmup, 1)
     opt.check_at_least("--repeats", repeats, 1)

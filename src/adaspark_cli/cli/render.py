@@ -17,7 +17,7 @@ from rich.table import Table
 from ..api import format_bytes
 
 
-class _Console(Console):
+class PipeConsole(Console):
     """A Rich console whose broken pipe reaches the error boundary (Rich itself would exit 1 on the spot)."""
 
     def on_broken_pipe(self) -> None:
@@ -25,7 +25,7 @@ class _Console(Console):
         raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
 
-err_console = _Console(stderr=True, highlight=False)
+err_console = PipeConsole(stderr=True, highlight=False)  # notes, progress and tables
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -46,7 +46,8 @@ def printable(text: str) -> str:
 _line_open = False  # stdout holds a partial line (an answer still streaming)
 
 
-def _write(text: str) -> None:
+def write_stdout(text: str) -> None:
+    """Every answer and JSON line goes through here (a StdoutError when stdout cannot take it)."""
     global _line_open
     try:
         sys.stdout.write(text)
@@ -60,19 +61,19 @@ def _write(text: str) -> None:
 def end_partial_line() -> None:
     """End a partial answer line (after Ctrl-C), so that the shell prompt starts on its own line."""
     if _line_open:
-        _write("\n")
+        write_stdout("\n")
 
 
 def write_answer_piece(text: str) -> None:
-    _write(printable(text))
+    write_stdout(printable(text))
 
 
 def write_json(obj: Any) -> None:
-    _write(json.dumps(obj) + "\n")
+    write_stdout(json.dumps(obj) + "\n")
 
 
 def write_line(text: str) -> None:
-    _write(text + "\n")
+    write_stdout(text + "\n")
 
 
 def write_report(data: Any, tables: Sequence[RenderableType], *, json_out: bool, quiet: bool) -> None:
@@ -90,7 +91,7 @@ def write_report(data: Any, tables: Sequence[RenderableType], *, json_out: bool,
 
 def print_stdout(renderable: RenderableType) -> None:
     """A table as the command's output, on stdout (at 100 columns when stdout is not a terminal)."""
-    console = _Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 100)
+    console = PipeConsole(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 100)
     try:
         console.print(renderable)
         sys.stdout.flush()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .. import __version__
@@ -52,14 +52,7 @@ class CalibrationPoint:
     top1_agreement: float  # mean over videos
 
     def to_dict(self) -> dict[str, float]:
-        return {
-            "attn_top_p": self.attn_top_p,
-            "ffn_top_p": self.ffn_top_p,
-            "reduction": self.reduction,
-            "kl": self.kl,
-            "kl_mean": self.kl_mean,
-            "top1_agreement": self.top1_agreement,
-        }
+        return asdict(self)  # every field, in order
 
 
 @dataclass(frozen=True)

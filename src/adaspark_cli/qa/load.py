@@ -15,6 +15,7 @@ from ..attention.kernels import check_kernel
 from ..checkpoint import load_model, read_config_json, resolve_model_path
 from ..config import AdaSparkConfig, config_from_checkpoint
 from ..errors import AdasparkError, CheckpointError, ConfigError
+from ..limits import check_device
 from ..placement import EMBEDDING, VISION, DeviceMapSpec, Placement, pin_cuda_devices
 from .session import VideoQA
 
@@ -73,10 +74,8 @@ def _named_env(exc: CheckpointError | ConfigError, name: str) -> CheckpointError
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise AdasparkError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    check_device(device)
+    dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AdasparkError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return dev

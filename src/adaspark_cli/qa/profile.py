@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,14 +60,7 @@ class Fidelity:
     first_token_sparse: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kl": self.kl,
-            "kl_mean": self.kl_mean,
-            "top1_agreement": self.top1_agreement,
-            "positions": self.positions,
-            "first_token_dense": self.first_token_dense,
-            "first_token_sparse": self.first_token_sparse,
-        }
+        return asdict(self)  # every field, in order
 
 
 def logit_fidelity(dense: torch.Tensor, sparse: torch.Tensor) -> Fidelity:

@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import VideoError
-from ..limits import check_fps, check_max_frames
+from ..limits import DECODERS, check_decoder, check_fps, check_max_frames
 from .checks import check_path, reason, video_error
 from .frames import MAX_REPLACED_FRACTION, Picker, check_replaced, damage_note, decoded_frames, opened, read_counted, to_rgb
 from .plan import Plan, Timeline, plan_frames, sample_indices, sample_times
 from .probe import Probe, check_frame_count, no_frames_error, probe_video, truncated_error
 
-BACKENDS = ("auto", "decord", "pyav")
+BACKENDS = DECODERS  # --decoder
 
 __all__ = [
     "BACKENDS",
@@ -97,8 +97,7 @@ def decode_video(
 def _decode(path: str | Path, *, fps: float, max_frames: int, backend: str) -> DecodedVideo:
     check_fps(fps, VideoError)
     check_max_frames(max_frames, VideoError)
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise video_error(f"unknown --decoder {backend!r}; use --decoder {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}")
+    check_decoder(backend, VideoError)
     path = check_path(path)
     # one header read and packet scan with PyAV gives the same errors (not a video, no video stream)
     # whichever backend decodes; decord alone logs to stderr instead
@@ -171,7 +170,8 @@ def _result(
 _decord_module: Any = None
 
 
-def _import_decord() -> Any:
+def import_decord() -> Any:
+    """The decord module, quietened; a one-line VideoError when it cannot load (tests replace this name)."""
     global _decord_module
     if _decord_module is None:
         try:
@@ -186,9 +186,9 @@ def _import_decord() -> Any:
     return _decord_module
 
 
-def _open_decord(path: Path) -> Any:
-    """A decord VideoReader on the CPU (split out so tests can make decord fail)."""
-    decord = _import_decord()
+def open_decord(path: Path) -> Any:
+    """A decord VideoReader on the CPU (a module-level name, so tests can make decord fail)."""
+    decord = import_decord()
     return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
 
 
@@ -207,7 +207,7 @@ def _decode_decord(path: Path, probe: Probe, plan: Plan) -> DecodedVideo:
             " use --decoder pyav or --decoder auto"
         )
     try:
-        reader = _open_decord(path)
+        reader = open_decord(path)
     except VideoError:
         raise
     except Exception as exc:  # RuntimeError, DECORDError, AssertionError (frame count 0)

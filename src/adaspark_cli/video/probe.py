@@ -3,7 +3,7 @@
 `probe_video` reads the header (frame rate, frame count, coded size, container) and then demuxes every packet
 of the video stream once, without decoding (0.1 s for a 10-minute 854x480 H.264 file): every packet's pts,
 dts, keyframe flag and duration in decode order (`Scan`), from which the sampling plan (`plan.py`) and the
-pipelined reader's seek points (`stream.py`) are built. The same pass finds the keyframe interval (packet
+pipelined reader's seek points (`packets.py`) are built. The same pass finds the keyframe interval (packet
 flags) and the display rotation (the first frame that decodes: FFmpeg attaches the stream's display matrix
 to every frame).
 """

@@ -1,7 +1,9 @@
 """Pipelined decoding (issue 6, part 2): the sampled frames of a video in chunks, decoded and resized by
 background threads while the caller works on the previous chunk.
 
-`open_video_stream` probes the file and demuxes it once (packets only, nothing decoded: 0.1 s for a
+Three modules: this one (`VideoStream`: chunks in order from worker threads, and opening a file into one),
+`packets.py` (the packet index built from the probe's demux pass) and `reader.py` (one chunk's seeking,
+decoding and resizing). `open_video_stream` probes the file and demuxes it once (packets only, nothing decoded: 0.1 s for a
 10-minute 854x480 H.264 file), which gives the exact frame count, every frame's pts and the keyframes.
 `VideoStream.chunks` then hands out chunks of ``chunk_frames`` sampled frames, in order. Each chunk is
 decoded by a worker thread (PyAV, one decoder thread each) that seeks to the keyframe before the
@@ -42,7 +44,6 @@ counting frames as `decode_video`'s PyAV backend does.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import time
 from collections import deque
@@ -50,7 +51,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -58,34 +58,19 @@ from ..errors import VideoError
 from ..limits import check_fps, check_max_frames
 from .checks import check_path, video_error
 from .decode import DecodedVideo, decode_planned, decode_video
-from .frames import Picker, check_replaced, damage_note, decoded_frames, opened, read_counted, to_rgb
+from .frames import check_replaced, damage_note
+from .packets import PacketIndex, index_packets, with_seek_points
 from .plan import Plan, plan_frames
-from .probe import Probe, Scan, check_frame_count, probe_video
+from .probe import Probe, check_frame_count, probe_video
+from .reader import Converter, FrameChunk, decode_chunk, frame_converter, read_sequential_chunks, resize_frames
 
 DEFAULT_CHUNK_FRAMES = 32  # 16 frame pairs; 588x336 RGB: 19 MB per chunk
 DEFAULT_WORKERS = 2
 
-__all__ = ["DEFAULT_CHUNK_FRAMES", "FrameChunk", "VideoStream", "open_video", "open_video_stream", "resize_frames"]
-
-
-@dataclass(frozen=True)
-class FrameChunk:
-    """Consecutive sampled frames of one video."""
-
-    frames: np.ndarray  # (n, H, W, 3) uint8 RGB, at the size asked for
-    indices: np.ndarray  # (n,) int64 source frame indices (a damaged one replaced by the frame shown instead)
-    first: int  # position of the first frame among all sampled frames
-    replaced: int = 0  # sampled frames that fell in a damaged stretch and were replaced by the nearest decodable
-    lost: int = 0  # source frames the decoder skipped (damaged) while reading this chunk
-
-
-@dataclass(frozen=True)
-class PacketIndex:
-    """What one demux pass tells about the video stream, in display order."""
-
-    pts: list[int]  # pts of display frame i
-    gop_start: list[int]  # display index of the keyframe to seek to before decoding display frame i
-    seek_ts: dict[int, int] = field(default_factory=dict)  # keyframe display index -> timestamp to seek to
+__all__ = [
+    "DEFAULT_CHUNK_FRAMES", "FrameChunk", "PacketIndex", "VideoStream", "index_packets", "open_video", "open_video_stream",
+    "resize_frames",
+]
 
 
 @dataclass
@@ -197,14 +182,14 @@ class VideoStream:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adaspark-decode") as pool:
             try:
                 for first in firsts:
-                    pending.append(pool.submit(self._decode_chunk, planned, first, first + chunk_frames, size))
+                    pending.append(pool.submit(self.decode_chunk, planned, first, first + chunk_frames, size))
                     if len(pending) > workers:
                         break
                 while pending:
                     chunk = pending.popleft().result()
                     following = next(firsts, None)
                     if following is not None:
-                        pending.append(pool.submit(self._decode_chunk, planned, following, following + chunk_frames, size))
+                        pending.append(pool.submit(self.decode_chunk, planned, following, following + chunk_frames, size))
                     yield chunk
             finally:  # the consumer stopped early or a chunk failed: drop the queued work
                 for future in pending:
@@ -216,99 +201,17 @@ class VideoStream:
 
     # ---- workers -------------------------------------------------------------------------------
 
-    def _decode_chunk(self, planned: np.ndarray, first: int, stop: int, size: tuple[int, int] | None) -> FrameChunk:
-        """Decode sampled frames first..stop-1: seek to their group of pictures, skip groups with none.
+    def decode_chunk(self, planned: np.ndarray, first: int, stop: int, size: tuple[int, int] | None) -> FrameChunk:
+        """Sampled frames first..stop-1 of the plan, decoded by seeking (a worker thread's job; a subclass may
+        produce the frames otherwise, as benchmarks/bench_batch.py's synthetic stream does)."""
+        assert self.packets is not None
+        return decode_chunk(self.path, self.packets, planned, first, stop, self._converter(size))
 
-        (Each group decodes from its keyframe, or, in the first group of pictures, from the file's start.)"""
-        packets = self.packets
-        assert packets is not None
-        wanted = planned[first:stop].tolist()
-        images: list[np.ndarray] = []
-        chosen: list[int] = []
-        replaced = lost = 0
-        with opened(self.path, "NONE") as (container, stream):  # parallel across chunks instead (module doc)
-            slot = 0
-            while slot < len(wanted):
-                gop = packets.gop_start[wanted[slot]]
-                # frames of this group of pictures that are wanted; the next group starts a new seek
-                last = slot
-                while last + 1 < len(wanted) and packets.gop_start[wanted[last + 1]] == gop:
-                    last += 1
-                picker = self._decode_group(container, stream, gop, wanted[slot : last + 1], size)
-                images.extend(picker.images)  # type: ignore[arg-type]
-                chosen.extend(picker.chosen)
-                replaced += picker.replaced
-                lost += picker.lost
-                slot = last + 1
-        position = {p: i for i, p in enumerate(packets.pts)}  # Picker only takes frames with a packet's pts
-        indices = np.asarray([position[p] for p in chosen], dtype=np.int64)
-        return FrameChunk(frames=np.stack(images), indices=indices, first=first, replaced=replaced, lost=lost)
-
-    def _decode_group(
-        self, container: Any, stream: Any, gop: int, group: list[int], size: tuple[int, int] | None
-    ) -> Picker:
-        """The frames `group` (display indices of one group of pictures), decoded after a seek.
-
-        A seek may land after the wanted frames (MPEG-TS seeks by dts and has no index; a damaged keyframe
-        decodes to nothing; MPEG-PS gives the first frames after a seek pts no packet had): then the group is
-        decoded again from the keyframe before, at worst from the file's start without seeking. What is still
-        missing from there is damage, and `Picker` replaces it.
-        """
-        packets = self.packets
-        assert packets is not None
-        wanted = [packets.pts[i] for i in group]
-        first_gop = packets.gop_start[0]
-        starts = list(dict.fromkeys([gop, packets.gop_start[gop - 1] if gop > 0 else gop, first_gop]))
-        for start in starts:
-            if start == first_gop:
-                return self._decode_from_start(wanted, size)
-            picker = Picker(wanted, packets.pts, None, self._converter(size))
-            try:
-                container.seek(packets.seek_ts[start], stream=stream, backward=True, any_frame=False)
-            except Exception:  # the container cannot seek there: try an earlier keyframe
-                continue
-            picker.read(decoded_frames(container, stream))
-            if picker.done and picker.first_pts is not None and picker.first_pts <= min(wanted):
-                return picker
-        raise AssertionError("unreachable: the last start is the file's first keyframe")
-
-    def _decode_from_start(self, wanted: list[int], size: tuple[int, int] | None) -> Picker:
-        """Decode from the first packet, as a player starts (a fresh container: no seek to get wrong)."""
-        packets = self.packets
-        assert packets is not None
-        picker = Picker(wanted, packets.pts, packets.pts[0], self._converter(size))
-        with opened(self.path, "NONE") as (container, stream):
-            picker.read(decoded_frames(container, stream))
-        if not picker.done:
-            raise video_error(
-                f"video is corrupt: none of the {len(packets.pts)} frames of {self.path} can be decoded; re-encode it"
-            )
-        return picker
-
-    def _converter(self, size: tuple[int, int] | None) -> Any:
-        rotation, coded = self.rotation, self.coded_size  # one size for every chunk, whatever a frame claims
-
-        def convert(frame: Any) -> np.ndarray:
-            image = to_rgb(frame, rotation, coded)
-            return image if size is None else resize_frames(image[None], size)[0]
-
-        return convert
+    def _converter(self, size: tuple[int, int] | None) -> Converter:
+        return frame_converter(self.rotation, self.coded_size, size)
 
     def _sequential_chunks(self, size: tuple[int, int] | None, chunk_frames: int) -> list[FrameChunk]:
-        """Fallback without usable pts: decode from the start counting frames, as decode_video's PyAV backend
-        does, in the caller's thread (no overlap, all frames at once; rare: raw streams, broken muxers)."""
-        wanted = self.indices.tolist()
-        convert = self._converter(size)
-        frames, count = read_counted(self.path, wanted, lambda frame, _first_size: convert(frame))
-        if len(frames) < len(wanted):
-            raise video_error(
-                f"video is truncated or corrupt: {self.path} (frame {wanted[len(frames)]} is missing, only {count}"
-                " decodable); re-download or re-encode it"
-            )
-        return [
-            FrameChunk(frames=np.stack(frames[i : i + chunk_frames]), indices=self.indices[i : i + chunk_frames].copy(), first=i)
-            for i in range(0, len(frames), chunk_frames)
-        ]
+        return read_sequential_chunks(self.path, self.indices, chunk_frames, self._converter(size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,9 +257,9 @@ def _open(path: str | Path, *, fps: float, max_frames: int) -> tuple[VideoStream
     probe, scan = probe_video(path)  # not a video, no video stream, unknown frame rate, a still image
     check_frame_count(path, probe, len(scan.pts))  # no frames, or fewer than the header promises
     plan = plan_frames(scan, probe, fps=fps, max_frames=max_frames)
-    packets = _index_packets(scan.pts, scan.keys)
+    packets = index_packets(scan.pts, scan.keys)
     if packets is not None:
-        packets = _with_seek_points(packets, scan, by_dts=not probe.indexed)
+        packets = with_seek_points(packets, scan, by_dts=not probe.indexed)
     width, height = scan.width, scan.height
     if not (width and height):
         raise video_error(f"cannot tell the frame size of {path} (the stream header is damaged); re-encode it")
@@ -380,57 +283,3 @@ def _open(path: str | Path, *, fps: float, max_frames: int) -> tuple[VideoStream
         _times=timeline.times,
     )
     return stream, probe, plan
-
-
-def _index_packets(pts: list[int | None], keys: list[bool]) -> PacketIndex | None:
-    """Display order from pts; None (read sequentially) when pts are missing or repeated."""
-    if any(p is None for p in pts) or len(set(pts)) != len(pts):
-        return None
-    known = [p for p in pts if p is not None]  # all of them (checked above)
-    decode_position = sorted(range(len(known)), key=lambda i: known[i])  # display index -> decode position
-    display_index = {d: i for i, d in enumerate(decode_position)}
-    # decoding can always begin at the first packet, flagged or not (a damaged keyframe loses its flag)
-    key_positions = [d for d, key in enumerate(keys) if key or d == 0]
-    gop_start: list[int] = []
-    for i, d in enumerate(decode_position):
-        # a frame's references follow the last keyframe before it in DECODE order
-        k = bisect.bisect_right(key_positions, d) - 1
-        if i < display_index[key_positions[k]] and k > 0:
-            k -= 1  # a leading picture of an open GOP also needs the group before
-        gop_start.append(display_index[key_positions[k]])
-    return PacketIndex(pts=[int(known[d]) for d in decode_position], gop_start=gop_start)
-
-
-def _with_seek_points(packets: PacketIndex, scan: Scan, *, by_dts: bool) -> PacketIndex:
-    """The timestamp to seek to for each keyframe: its pts in an indexed container (mp4, mkv: the index is
-    searched by pts, and a keyframe's dts would find the keyframe before), its dts in MPEG-TS / MPEG-PS (FFmpeg
-    searches those by dts, and a keyframe's pts lands a group of pictures late)."""
-    seek_ts: dict[int, int] = {}
-    if by_dts:
-        position = {p: d for d, p in enumerate(scan.pts)}
-        for start in set(packets.gop_start):
-            dts = scan.dts[position[packets.pts[start]]]
-            seek_ts[start] = int(dts) if dts is not None else packets.pts[start]
-    else:
-        seek_ts = {start: packets.pts[start] for start in set(packets.gop_start)}
-    return dataclasses.replace(packets, seek_ts=seek_ts)
-
-
-# --------------------------------------------------------------------------------------------
-# conversion
-
-
-def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(n, H, W, 3) uint8 -> (n, h, w, 3) uint8 with the call the Qwen2-VL video processor makes.
-
-    transformers' processor resizes uint8 (n, 3, H, W) tensors with torchvision's bicubic, antialiased
-    resize; doing the same here gives bit-identical frames, and the processor skips a same-size resize.
-    """
-    import torch
-    import torchvision.transforms.v2.functional as tvF
-
-    if frames.shape[1:3] == tuple(size):
-        return frames
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    resized = tvF.resize(video, list(size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
-    return resized.permute(0, 2, 3, 1).contiguous().numpy()
