@@ -63,12 +63,12 @@ def fa4_call_only(q, k, v, plan, sel, scale):
     from adaspark_cli.attention import fa4
     from adaspark_cli.attention.flex import block_indices
 
-    flash_attn_func, tensors_cls, mask_mod = fa4._kernel()
+    flash_attn_func, tensors_cls, mask_mod = fa4.fa4_kernel()
     group = q.shape[0] // k.shape[0]
     fn_, fi_ = block_indices(sel.full, group)
     pn_, pi_ = block_indices(sel.partial, group)
     tensors = tensors_cls(mask_block_cnt=pn_, mask_block_idx=pi_, full_block_cnt=fn_, full_block_idx=fi_, block_size=(128, 128))
-    qt, kt, vt = (fa4._tile_order(x, g) for x, g in ((q, plan.q_gather), (k, plan.k_gather), (v, plan.k_gather)))
+    qt, kt, vt = (fa4.tile_order(x, g) for x, g in ((q, plan.q_gather), (k, plan.k_gather), (v, plan.k_gather)))
     return lambda: flash_attn_func(qt, kt, vt, softmax_scale=scale, causal=False, mask_mod=mask_mod,
                                    aux_tensors=[plan.q_pos, plan.kv_pos], block_sparse_tensors=tensors)
 

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from _common import environment, log_stamped, out_file, sync, write_json  # this folder is on sys.path; puts src/ there too
-from bench_prefill import GRID_HW, build_model
+from _prefill_model import GRID_HW, build_model
 
 from adaspark_cli.adapters import sparsify
 from adaspark_cli.adapters.sparse import ATTN_NAME

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from _common import environment, time_ms  # this folder is on sys.path when run as a script; it puts src/ there too
-from bench_prefill import CUBE, GRID_HW, TEXT_AFTER, TEXT_BEFORE
+from _prefill_model import CUBE, GRID_HW, TEXT_AFTER, TEXT_BEFORE
 
 from adaspark_cli.cubes import VideoSpan, cube_layout
 from adaspark_cli.cubes.plan import build_plan

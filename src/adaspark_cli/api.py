@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     "merged_config": "config", "parse_cube": "config", "parse_layers": "config", "validate_top_p": "config",
     "DEFAULT_MAX_PIXELS": "limits", "MIN_PIXELS": "limits", "check_fps": "limits", "check_max_frames": "limits",
     "check_max_pixels": "limits", "check_max_new_tokens": "limits", "format_bytes": "limits",
-    "DECODERS": "limits", "check_decoder": "limits", "check_device": "limits",
+    "DECODERS": "limits", "check_decoder": "limits", "check_device": "limits", "KERNELS": "limits",
     # videos
     "open_video": "video.stream", "open_video_stream": "video.stream", "VideoStream": "video.stream",
     "decode_video": "video.decode", "DecodedVideo": "video.decode",
@@ -87,6 +87,7 @@ if TYPE_CHECKING:  # what type checkers and editors see ("as": re-exported); at 
     from .jobs import read_manifest as read_manifest
     from .limits import DECODERS as DECODERS
     from .limits import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
+    from .limits import KERNELS as KERNELS
     from .limits import MIN_PIXELS as MIN_PIXELS
     from .limits import check_decoder as check_decoder
     from .limits import check_device as check_device

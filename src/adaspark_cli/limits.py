@@ -16,6 +16,7 @@ from .errors import AdasparkError
 DEFAULT_MAX_PIXELS = 448 * 448  # per frame: a 16 x 16 token grid per frame pair
 MIN_PIXELS = 4 * 28 * 28  # never upscale small frames beyond the 2 x 2 token minimum
 DECODERS = ("auto", "decord", "pyav")  # the video decoders (--decoder)
+KERNELS = ("auto", "reference", "gathered", "flex", "fa4")  # --kernel: "auto" and attention.kernels.IMPLEMENTATIONS
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what --device takes
 
 
@@ -54,6 +55,11 @@ def check_max_new_tokens(max_new_tokens: int, error: type[AdasparkError] = Adasp
 def check_decoder(decoder: Any, error: type[AdasparkError] = AdasparkError) -> None:
     if not isinstance(decoder, str) or decoder not in DECODERS:
         raise error(f"unknown --decoder {decoder!r}; use --decoder {', '.join(DECODERS[:-1])} or {DECODERS[-1]}")
+
+
+def check_kernel(kernel: Any, error: type[AdasparkError] = AdasparkError) -> None:
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        raise error(f"unknown attention kernel {kernel!r}; use --kernel {' / '.join(KERNELS)}")
 
 
 def check_device(device: Any, error: type[AdasparkError] = AdasparkError) -> None:

@@ -50,7 +50,8 @@ def fa4_available() -> bool:
 
 
 @functools.cache
-def _kernel() -> tuple[Any, Any, Any]:
+def fa4_kernel() -> tuple[Any, Any, Any]:
+    """FA4's function, its block-sparse tensors type and the causal mask_mod in original positions (compiled once)."""
     import cutlass
     import cutlass.cute as cute
     from flash_attn.cute import flash_attn_func, utils
@@ -66,7 +67,7 @@ def _kernel() -> tuple[Any, Any, Any]:
     return flash_attn_func, BlockSparseTensorsTorch, causal_in_original_positions
 
 
-def _tile_order(x: torch.Tensor, gather: torch.Tensor) -> torch.Tensor:
+def tile_order(x: torch.Tensor, gather: torch.Tensor) -> torch.Tensor:
     """(H, L, D) -> (1, Lp, H, D) contiguous in tile order (one gather, no extra transpose copy when the
     projections left x token-major, as transformers' attention does)."""
     return x.transpose(0, 1).index_select(0, gather)[None]
@@ -83,7 +84,7 @@ def attention_fa4(
     """Returns (Lq, Hq, D) in query's dtype."""
     if plan.block != TILE:
         raise ValueError(f"FA4's block-sparse tiles are {TILE} tokens; the plan uses {plan.block}")
-    flash_attn_func, BlockSparseTensors, mask_mod = _kernel()
+    flash_attn_func, BlockSparseTensors, mask_mod = fa4_kernel()
     hq, hkv = query.shape[0], key.shape[0]
     full, partial = block_structure(plan, selection)
     full_num, full_idx = block_indices(full, hq // hkv)
@@ -93,7 +94,7 @@ def attention_fa4(
         block_size=(TILE, TILE),
     )
     out = flash_attn_func(
-        _tile_order(query, plan.q_gather), _tile_order(key, plan.k_gather), _tile_order(value, plan.k_gather),
+        tile_order(query, plan.q_gather), tile_order(key, plan.k_gather), tile_order(value, plan.k_gather),
         softmax_scale=scaling, causal=False, mask_mod=mask_mod, aux_tensors=[plan.q_pos, plan.kv_pos],
         block_sparse_tensors=tensors,
     )

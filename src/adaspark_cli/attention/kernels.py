@@ -15,8 +15,10 @@ from collections.abc import Callable
 
 import torch
 
+from .. import limits
 from ..cubes.plan import BlockPlan
 from ..errors import ConfigError
+from ..limits import KERNELS
 from ..selection import Selection
 from .fa4 import attention_fa4, fa4_available
 from .flex import attention_flex
@@ -30,7 +32,7 @@ IMPLEMENTATIONS: dict[str, AttentionFn] = {
     "flex": attention_flex,
     "fa4": attention_fa4,
 }
-KERNELS = ("auto", *IMPLEMENTATIONS)  # the --kernel choices
+assert KERNELS == ("auto", *IMPLEMENTATIONS), "limits.KERNELS lists the --kernel choices: keep it in step"
 CUDA_ONLY = ("flex", "fa4")
 
 # A layer whose selection keeps more than this fraction of the causal key blocks runs dense SDPA
@@ -41,8 +43,7 @@ DENSE_ABOVE = {"cuda": 0.85, "cpu": 0.75}
 
 def check_kernel(kernel: str) -> None:
     """Raise ConfigError unless `kernel` is one of KERNELS (the --kernel choices)."""
-    if kernel not in KERNELS:
-        raise ConfigError(f"unknown attention kernel {kernel!r}; use --kernel {' / '.join(KERNELS)}")
+    limits.check_kernel(kernel, ConfigError)
 
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:

@@ -8,11 +8,10 @@ equals the library's.
 
 from __future__ import annotations
 
-from ..api import DECODERS, DEFAULT_MAX_PIXELS, MIN_PIXELS  # noqa: F401  (torch-free: imported, not copied)
+from ..api import DECODERS, DEFAULT_MAX_PIXELS, KERNELS, MIN_PIXELS  # noqa: F401  (torch-free: imported, not copied)
 
 DEFAULT_QUESTION = "Describe the video."  # qa.profile.DEFAULT_QUESTION
 DEFAULT_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3)  # qa.calibrate.DEFAULT_GRID
-KERNELS = ("auto", "reference", "gathered", "flex", "fa4")  # attention.kernels.KERNELS
 TASKS = ("retrieval", "ordering", "counting", "motion")  # synth.scene.TASKS
 MIN_FRAMES, MAX_FRAMES = 16, 4096  # synth.scene.MIN_FRAMES, MAX_FRAMES
 DEFAULT_LENGTHS = (16, 64, 256, 1024)  # synth.suite.DEFAULT_LENGTHS
