@@ -2,7 +2,8 @@
 
 Phase 1 (dense) trains every weight with teacher forcing on the answer tokens only (the answer and its
 ``<|im_end|>``; the prompt's labels are -100), AdamW, bf16 autocast on CUDA, batches of videos of one length
-(right-padded). Phase 2 (AdaSpark, method.md section 4: "light fine-tuning with the sparsity active")
+(right-padded); with ``aux_weight`` the dense targets of `aux.py` are learned beside the answer (their heads
+are not saved). Phase 2 (AdaSpark, method.md section 4: "light fine-tuning with the sparsity active")
 continues from phase 1 with `sparsify(model, config)` enabled in every training forward: the reference
 AdaS-Attn (masked SDPA over the selected cubes) and the gathered AdaS-FFN with mean compensation are
 differentiable in the kept paths (selection itself is a hard, gradient-free choice), one sequence per

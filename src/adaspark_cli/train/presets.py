@@ -13,6 +13,8 @@ from ..synth.scene import TASKS
 PRESETS: dict[str, ModelSpec] = {
     # the size of the tests' tiny checkpoint (build_tiny_checkpoint): for CPU smoke tests only
     "tiny": ModelSpec(2, 64, 4, 2, 128, 2, 32, 2, 64, max_positions=32768, full_attention_blocks=(0, 1)),
+    # ~1 M parameters: CPU learnability experiments (docs/training.md), a vision tower wide enough to tell shapes
+    "mini": ModelSpec(3, 128, 4, 2, 384, 2, 96, 2, 256, max_positions=32768, full_attention_blocks=(0, 1)),
     # ~6 M parameters (12 MB in bf16): the bundled trained model
     "small": ModelSpec(4, 256, 4, 2, 768, 4, 192, 3, 512, max_positions=32768, full_attention_blocks=(1, 3)),
     # ~7.6 M parameters (15.2 MB in bf16: one safetensors file under 16 MiB): small with 6 decoder layers, so
