@@ -47,7 +47,7 @@ else
           --aux-weight 1)
   # stage 1: 440 s of training (+ start, checks and saving: about 500 s of the 540)
   s1=(--preset base --lengths 16,32,64 --length-weights 1,1,2 --lr 2e-3 --warmup 200
-      --needle-share 0.5,0.25,0,0 --time-budget "${STAGE1_BUDGET:-440}")
+      --needle-share 1,0.5,0.25,0 --time-budget "${STAGE1_BUDGET:-440}")
   # stage 2: 420 s, 85 % dense at up to 256 frames, then the AdaSpark fine-tune (16 videos a step, batch 1 each)
   s2=(--lengths 16,32,64,128,256 --length-weights 1,1,1,2,2 --lr 1e-3 --warmup 100 --needle-share 0.25,0,0,0
       --time-budget "${STAGE2_BUDGET:-420}" --dense-share 0.85 --sparse-lengths 32,64,128 --sparse-batch 16
@@ -73,6 +73,7 @@ if [ "$stage" = stage1 ]; then
   "$py" -m adaspark_cli.train --out "$work/stage1" "${common[@]}" "${s1[@]}" --steps 1000000 --sparse-steps 0 \
     --seed 1 2>&1 | tee -a "$log" || status=$?
   keep "$work/stage1/dense" "$out/stage1/dense"
+  keep_file "$work/stage1/aux_heads.pt" "$out/stage1/aux_heads.pt"  # stage 2 picks them up beside dense/
   keep_file "$work/stage1/train_log.json" "$out/stage1_train_log.json"
 else
   if [ -z "$init" ]; then

@@ -241,6 +241,8 @@ def test_aux_targets_follow_the_video_tokens(tiny):
 
 
 def test_aux_training_saves_only_the_model(tmp_path):
+    from dataclasses import replace
+
     cfg = TrainConfig(preset="tiny", steps=2, sparse_steps=1, batch=2, lengths=(16,), warmup=1, log_every=1,
                       aux_weight=1.0, cube=(1, 2, 2), sparse_batch=1)
     record = train(cfg, tmp_path / "run", device="cpu", log=lambda s: None)
@@ -249,6 +251,11 @@ def test_aux_training_saves_only_the_model(tmp_path):
     for name in ("dense", "adaspark"):
         saved = load_video_qa(str(tmp_path / "run" / name), device="cpu").qa.model.state_dict()
         assert set(saved) == set(fresh.state_dict()), name
+        assert not list((tmp_path / "run" / name).glob("aux*"))
+    lines: list[str] = []  # a continuation picks the heads up from beside the checkpoint
+    train(replace(cfg, init=str(tmp_path / "run" / "dense"), steps=1, sparse_steps=0), tmp_path / "run2",
+          device="cpu", log=lines.append)
+    assert any("auxiliary heads from" in line for line in lines)
 
 
 def test_gpu_training_script_runs_both_stages_on_the_cpu(tmp_path):
@@ -267,7 +274,9 @@ def test_gpu_training_script_runs_both_stages_on_the_cpu(tmp_path):
         files = [p for p in (tmp_path / stage).rglob("*") if p.is_file()]
         assert len(files) <= 8 and all(p.stat().st_size < 16 * 2**20 for p in files)
         assert all(len(p.relative_to(tmp_path / stage).parts) <= 3 for p in files)
-    assert "stage 2 continues from" in (tmp_path / "stage2" / "stage2.log").read_text()
+    log2 = (tmp_path / "stage2" / "stage2.log").read_text()
+    assert "stage 2 continues from" in log2 and "auxiliary heads from" in log2
+    assert (tmp_path / "stage1" / "stage1" / "aux_heads.pt").is_file()
     for name in ("dense", "adaspark"):
         with tarfile.open(tmp_path / "stage2" / "processor.tar") as tar:
             tar.extractall(tmp_path / "stage2" / name, filter="data")

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..synth.labels import COLOR_CLASSES, PATCH_CLASSES, STATE_FIELDS
 
+AUX_HEADS_FILE = "aux_heads.pt"  # the heads' weights, beside (never inside) a run's checkpoint folders
 AUX_KEYS = ("aux_patch_shape", "aux_patch_color", "aux_state", "aux_state_index")
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..config import AdaSparkConfig
-from .aux import AuxHeads
+from .aux import AUX_HEADS_FILE, AuxHeads
 from .data import Encoder, batches
 from .losses import answer_accuracy, dense_loss, sparse_loss
 from .presets import PRESETS, TrainConfig, build_model
@@ -164,7 +164,7 @@ def _dense_phase(run: _Run) -> None:
     params = list(run.model.parameters())
     heads = None
     if cfg.aux_weight > 0:  # dense targets beside the answer; the heads stay out of the checkpoint
-        heads = AuxHeads(run.model.config.text_config.hidden_size).to(run.device)
+        heads = _aux_heads(run)
         params += list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     stream = batches(run.encoder, cfg, cfg.seed, collated=True)
@@ -209,11 +209,23 @@ def _dense_phase(run: _Run) -> None:
     record["dense_data_wait_seconds"] = waited
     record["dense_seconds"] = time.perf_counter() - run.start
     run.save("dense", None)
+    if heads is not None and run.out_dir is not None:  # beside the checkpoint, for a run continuing with --init
+        torch.save(heads.state_dict(), run.out_dir / AUX_HEADS_FILE)
     if cfg.check_items:
         log(f"dense check (teacher-forced greedy, {cfg.check_items} items): {run.check('dense_check')}")
         if cfg.curriculum:
             check = run.check("dense_check_curriculum", curriculum=True)
             log(f"dense check on training videos (curriculum): {check}")
+
+
+def _aux_heads(run: _Run) -> AuxHeads:
+    """Fresh heads, or those a run before left beside the --init checkpoint (its folder's parent)."""
+    heads = AuxHeads(run.model.config.text_config.hidden_size)
+    saved = None if run.cfg.init is None else Path(run.cfg.init).parent / AUX_HEADS_FILE
+    if saved is not None and saved.is_file():
+        heads.load_state_dict(torch.load(saved, map_location="cpu"))
+        run.log(f"auxiliary heads from {saved}")
+    return heads.to(run.device)
 
 
 def _aux_summary(record: dict[str, Any], last: int) -> str:
