@@ -227,3 +227,98 @@ def test_parallel_suite_writing_gives_the_same_files(tmp_path):
     assert [d for d, _, _ in seen] == [1, 2, 3] and {i for _, _, i in seen} == {item.id for item in suite.items}
     with pytest.raises(ValueError, match="workers"):
         write_suite(suite, tmp_path / "c", workers=0)
+
+
+def _labels_from_ids(scene, ids):
+    """Per-token majority needle shape and color recomputed from the drawn object-id map."""
+    from adaspark_cli.synth.labels import MIN_PIXELS, TOKEN_PX
+    from adaspark_cli.synth.scene import NEEDLE_SHAPES
+
+    base = len(scene.distractors)
+    n, h, w = ids.shape
+    shape = np.zeros((n // 2, h // TOKEN_PX, w // TOKEN_PX), dtype=np.int64)
+    color = np.zeros_like(shape)
+    for t in range(n // 2):
+        for r in range(h // TOKEN_PX):
+            for c in range(w // TOKEN_PX):
+                cell = ids[2 * t : 2 * t + 2, r * TOKEN_PX : (r + 1) * TOKEN_PX, c * TOKEN_PX : (c + 1) * TOKEN_PX]
+                for key, out, names in ((lambda nd: nd.shape, shape, NEEDLE_SHAPES), (lambda nd: nd.color, color, COLORS)):
+                    px = {name: 0 for name in names}
+                    for i, nd in enumerate(scene.needles):
+                        px[key(nd)] += int((cell == base + i).sum())
+                    best = max(names, key=lambda k: (px[k], -names.index(k)))
+                    out[t, r, c] = 1 + names.index(best) if px[best] >= MIN_PIXELS else 0
+    return shape, color
+
+
+def _answer_from_tokens(scene, patch_shape):
+    """The answer as a viewer of the model's tokens (2 frames x 28 x 28 px each, which needle covers it) gets it."""
+    from adaspark_cli.synth.scene import NEEDLE_SHAPES
+
+    def on(shape):
+        return (patch_shape == 1 + NEEDLE_SHAPES.index(shape)).any(axis=(1, 2))
+
+    if scene.task == "ordering":
+        return min(scene.target, key=lambda s: int(np.argmax(on(s))))
+    if scene.task == "counting":
+        return str(_runs(on(scene.target[0])))
+    if scene.task == "motion":
+        pairs = np.nonzero(on("ball"))[0]
+        (y0, x0), (y1, x1) = (np.argwhere(patch_shape[p] > 0).mean(axis=0) for p in (pairs[0], pairs[-1]))
+        if abs(x1 - x0) >= abs(y1 - y0):
+            return "right" if x1 > x0 else "left"
+        return "down" if y1 > y0 else "up"
+    return None  # retrieval: the color is in patch_color
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("n_frames", [16, 64, 256])
+def test_every_answer_is_visible_at_the_models_token_grid(task, n_frames):
+    """Answerable from what the model sees: per 28 px x 2 frame token, the needle drawn there (recomputed from
+    the pixels) gives the answer; and `scene_labels` computes those token labels exactly."""
+    from adaspark_cli.synth.labels import scene_labels
+    from adaspark_cli.synth.scene import COLORS as NAMES
+
+    for seed in range(3):
+        for depth in (0.0, 0.5, 1.0):
+            scene = sample_scene(task, n_frames, depth, seed)
+            labels = scene_labels(scene)
+            shape, color = _labels_from_ids(scene, render_frames(scene, with_ids=True)[1])
+            np.testing.assert_array_equal(labels.patch_shape, shape)
+            np.testing.assert_array_equal(labels.patch_color, color)
+            a = question_answer(scene)[1]
+            if task == "retrieval":
+                from adaspark_cli.synth.scene import NEEDLE_SHAPES
+
+                target = shape == 1 + NEEDLE_SHAPES.index(scene.target[0])
+                assert {NAMES[c - 1] for c in color[target]} == {a}
+            else:
+                assert _answer_from_tokens(scene, shape) == a, (task, n_frames, depth, seed)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_last_state_row_answers_the_question(task):
+    """The running state (`synth.labels.state_labels`) holds every task's answer after the last frame pair."""
+    from adaspark_cli.synth.labels import STATE_FIELDS, state_labels
+    from adaspark_cli.synth.scene import DIRECTIONS
+
+    names = [name for name, _ in STATE_FIELDS]
+    for n in (16, 128):
+        for seed in range(5):
+            for share in (0.0, 0.5):
+                hold = hold_for_share(task, n, share) if share else None
+                scene = sample_scene(task, n, 0.4, seed, hold=hold)
+                state = state_labels(scene)
+                assert state.shape == (n // 2, len(STATE_FIELDS))
+                assert (np.diff(state[:, : len(names) - 1], axis=0) >= 0).all()  # nothing seen is ever unseen
+                last = dict(zip(names, state[-1].tolist()))
+                a = question_answer(scene)[1]
+                if task == "retrieval":
+                    got = COLORS[last[f"color_{scene.target[0]}"] - 1]
+                elif task == "ordering":
+                    got = min(scene.target, key=lambda s: last[f"rank_{s}"])
+                elif task == "counting":
+                    got = str(last[f"count_{scene.target[0]}"])
+                else:
+                    got = DIRECTIONS[last["direction"] - 1]
+                assert got == a, (task, n, seed, share)

@@ -208,3 +208,80 @@ def test_a_non_finite_gradient_skips_the_step():
     model(torch.ones(1, 3)).sum().backward()
     assert clipped_step(model, opt)
     assert not torch.equal(before[0], model.weight)
+
+
+def test_aux_targets_follow_the_video_tokens(tiny):
+    """Dense targets line up with the video tokens of a padded batch (odd lengths too), the state rows sit on
+    the last token of each frame pair, and the heads' loss trains the vision tower and the decoder."""
+    from adaspark_cli.synth.labels import scene_labels
+    from adaspark_cli.train import collate
+    from adaspark_cli.train.aux import AuxHeads
+
+    model, _, encoder = tiny
+    scenes = [sample_scene("counting", 16, 0.5, 1), sample_scene("motion", 17, 0.3, 2),
+              sample_scene("ordering", 32, 0.7, 3)]
+    examples = [encoder.encode(render_frames(s), *question_answer(s), scene_labels(s)) for s in scenes]
+    batch = collate(examples, encoder.tok.pad_token_id, raw_frames=True)
+    video = batch["input_ids"] == model.config.video_token_id
+    assert batch["aux_patch_shape"].shape == batch["aux_patch_color"].shape == (int(video.sum()),)
+    assert batch["aux_state"].shape[0] == batch["aux_state_index"].shape[0] == 8 + 9 + 16
+    assert batch["aux_state_index"][:9].tolist() == [16 * k - 1 for k in range(1, 9)] + [128 + 15]
+    assert (batch["aux_patch_shape"] > 0).any()
+    heads = AuxHeads(model.config.text_config.hidden_size)
+    parts: dict[str, float] = {}
+    model.zero_grad()
+    dense_loss(model, batch, encoder.tok.pad_token_id, torch.device("cpu"), heads=heads, aux_weight=1.0,
+               parts=parts).backward()
+    assert {"answer", "aux", "aux_patch", "aux_state"} <= set(parts)
+    assert np.isfinite([parts[k] for k in ("answer", "aux", "aux_patch", "aux_state")]).all()
+    for name, param in [("vision", model.model.visual.patch_embed.proj.weight), ("state head", heads.state.weight),
+                        ("decoder", model.model.language_model.layers[0].mlp.down_proj.weight)]:
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    model.zero_grad()
+
+
+def test_aux_training_saves_only_the_model(tmp_path):
+    from dataclasses import replace
+
+    cfg = TrainConfig(preset="tiny", steps=2, sparse_steps=1, batch=2, lengths=(16,), warmup=1, log_every=1,
+                      aux_weight=1.0, cube=(1, 2, 2), sparse_batch=1)
+    record = train(cfg, tmp_path / "run", device="cpu", log=lambda s: None)
+    assert len(record["dense_aux"]) == 2 and np.isfinite(record["dense_aux"]).all()
+    fresh, _ = build_model(PRESETS["tiny"])
+    for name in ("dense", "adaspark"):
+        saved = load_video_qa(str(tmp_path / "run" / name), device="cpu").qa.model.state_dict()
+        assert set(saved) == set(fresh.state_dict()), name
+        assert not list((tmp_path / "run" / name).glob("aux*"))
+    lines: list[str] = []  # a continuation picks the heads up from beside the checkpoint
+    train(replace(cfg, init=str(tmp_path / "run" / "dense"), steps=1, sparse_steps=0), tmp_path / "run2",
+          device="cpu", log=lines.append)
+    assert any("auxiliary heads from" in line for line in lines)
+
+
+def test_gpu_training_script_runs_both_stages_on_the_cpu(tmp_path):
+    """benchmarks/train_gpu.sh --smoke: stage 1, then stage 2 resuming from it; OUT within the device limits."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ADASPARK_TRAIN_DIR": str(tmp_path / "work"), "SMOKE_BUDGET": "3", "PYTHON": sys.executable}
+    for stage in ("stage1", "stage2"):
+        done = subprocess.run(["bash", str(root / "benchmarks/train_gpu.sh"), stage, str(tmp_path / stage), "--smoke"],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        files = [p for p in (tmp_path / stage).rglob("*") if p.is_file()]
+        assert len(files) <= 8 and all(p.stat().st_size < 16 * 2**20 for p in files)
+        assert all(len(p.relative_to(tmp_path / stage).parts) <= 3 for p in files)
+    log2 = (tmp_path / "stage2" / "stage2.log").read_text()
+    assert "stage 2 continues from" in log2 and "auxiliary heads from" in log2
+    assert (tmp_path / "stage1" / "stage1" / "aux_heads.pt").is_file()
+    for name in ("dense", "adaspark"):
+        with tarfile.open(tmp_path / "stage2" / "processor.tar") as tar:
+            tar.extractall(tmp_path / "stage2" / name, filter="data")
+        assert load_video_qa(str(tmp_path / "stage2" / name), device="cpu").qa.model is not None
+    bad = subprocess.run(["bash", str(root / "benchmarks/train_gpu.sh"), "stage2", str(tmp_path / "x"), "--smoke"],
+                         env={**env, "ADASPARK_TRAIN_DIR": str(tmp_path / "empty")}, capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert bad.returncode == 2 and "run stage1 first or pass --init DIR" in bad.stderr

@@ -16,6 +16,7 @@ from .scene import PALETTE, Scene, Track
 
 BACKGROUND_ID = -1
 _GRAIN_FRAMES = 8  # per-frame grain cycles through this many precomputed fields
+_CHUNK = 64  # frames whose background is gathered at once
 
 
 @lru_cache(maxsize=256)
@@ -92,14 +93,21 @@ def render_frames(
     n = stop - start
     frames = np.empty((n, h, w, 3), dtype=np.uint8)
     ids = np.full((n, h, w), BACKGROUND_ID, dtype=np.int16) if with_ids else None
-    rows0, cols0 = np.arange(h), np.arange(w)
     tracks: list[Track] = [*scene.distractors, *scene.needles]  # needles drawn last: on top
+    for c0 in range(0, n, _CHUNK):  # the drifting background of many frames in one gather
+        c1 = min(n, c0 + _CHUNK)
+        ts = np.arange(start + c0, start + c1)
+        oy = np.round(scene.drift[1] * ts).astype(np.int64) % th  # round half to even, like round()
+        ox = np.round(scene.drift[0] * ts).astype(np.int64) % tw
+        rows = (np.arange(h)[None, :] + oy[:, None]) % th
+        cols = (np.arange(w)[None, :] + ox[:, None]) % tw
+        flat = rows[:, :, None] * tw + cols[:, None, :]
+        bg = np.take(tex.ravel(), flat).astype(np.int16) + grain[ts % _GRAIN_FRAMES, :, :, 0]
+        gray = np.clip(bg, 0, 255).astype(np.uint8)
+        for channel in range(3):  # one channel at a time: much faster than numpy's broadcast into the last axis
+            frames[c0:c1, :, :, channel] = gray
     for i, t in enumerate(range(start, stop)):
-        oy = int(round(scene.drift[1] * t)) % th
-        ox = int(round(scene.drift[0] * t)) % tw
-        bg = tex[np.ix_((rows0 + oy) % th, (cols0 + ox) % tw)].astype(np.int16)[..., None] + grain[t % _GRAIN_FRAMES]
         frame = frames[i]
-        frame[:] = np.clip(bg, 0, 255).astype(np.uint8)
         for obj_id, track in enumerate(tracks):
             if not track.visible(t):
                 continue

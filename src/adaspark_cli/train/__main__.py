@@ -43,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--cube", default="x".join(map(str, d.cube)))
     p.add_argument("--attn-top-p", type=float, default=d.attn_top_p)
     p.add_argument("--ffn-top-p", type=float, default=d.ffn_top_p)
-    p.add_argument("--time-budget", type=float, default=None, help="seconds for both phases (dense gets 85 %%)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds for both phases (dense gets --dense-share of them, all without an AdaSpark phase)")
+    p.add_argument("--dense-share", type=float, default=d.dense_share)
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--device", default=None)
     p.add_argument("--save-dtype", default="float32", choices=["float32", "bfloat16"])
@@ -56,7 +58,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "0 = the held-out duration. Checks report held-out-like items and training-like ones")
     p.add_argument("--no-clutter", action="store_true",
                    help="curriculum: no distractor shapes and no decoy needles in training videos")
+    p.add_argument("--aux-weight", type=float, default=d.aux_weight,
+                   help="dense auxiliary targets at every video token (what each token shows, what the video "
+                        "has shown so far) at this weight beside the answer loss; 0 = off (train/aux.py)")
     p.add_argument("--sparse-lengths", default=None)
+    p.add_argument("--sparse-batch", type=int, default=None, help="videos per AdaSpark step (default: --batch)")
     p.add_argument("--init", default=None, help="continue from this checkpoint folder (its sizes; --preset ignored)")
     p.add_argument("--no-batched-vision", action="store_true",
                    help="keep transformers' per-window vision attention loop (what the first H100 run used)")
@@ -72,11 +78,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sparse_lr=args.sparse_lr, warmup=args.warmup, lengths=tuple(int(x) for x in args.lengths.split(",")),
         length_weights=None if args.length_weights is None else tuple(float(x) for x in args.length_weights.split(",")),
         seed=args.seed, cube=tuple(int(x) for x in args.cube.split("x")),  # type: ignore[arg-type]
-        attn_top_p=args.attn_top_p, ffn_top_p=args.ffn_top_p, time_budget_s=args.time_budget, workers=args.workers,
+        attn_top_p=args.attn_top_p, ffn_top_p=args.ffn_top_p, time_budget_s=args.time_budget,
+        dense_share=args.dense_share, workers=args.workers,
         save_dtype=args.save_dtype, check_items=args.check_items, check_every=args.check_every, log_every=args.log_every,
-        needle_share=shares, clutter=not args.no_clutter, tasks=tasks,
+        needle_share=shares, clutter=not args.no_clutter, tasks=tasks, aux_weight=args.aux_weight,
         batched_vision=not args.no_batched_vision,
-        init=args.init,
+        init=args.init, sparse_batch=args.sparse_batch,
         sparse_lengths=None if args.sparse_lengths is None else tuple(int(x) for x in args.sparse_lengths.split(",")),
     )
     train(cfg, args.out, device=args.device, log=lambda s: print(s, flush=True))

@@ -18,6 +18,7 @@ from ..adapters.patches import video_patches
 from ..adapters.positions import mrope_position_ids
 from ..cubes import CubeLayout, cube_layout, video_spans
 from ..qa.prompt import PromptFormat
+from ..synth.labels import SceneLabels, scene_labels
 from ..synth.render import render_frames
 from ..synth.suite import iter_training_items
 from .presets import TrainConfig
@@ -37,6 +38,7 @@ class Example:
     grid: torch.Tensor  # (1, 3) video_grid_thw
     prefix_len: int  # up to and including <|vision_end|>
     answer: str = ""
+    aux: dict[str, torch.Tensor] | None = None  # dense targets (`train.aux`): patch_shape, patch_color, state
 
     @property
     def pixel_values(self) -> torch.Tensor:
@@ -64,7 +66,7 @@ class Encoder:
         self.im_end = self.tok.convert_tokens_to_ids("<|im_end|>")
         self.video_pad = model_config.video_token_id
 
-    def encode(self, frames: np.ndarray, question: str, answer: str = "") -> Example:
+    def encode(self, frames: np.ndarray, question: str, answer: str = "", labels: SceneLabels | None = None) -> Example:
         merge = self.cfg.vision_config.spatial_merge_size
         patch, temporal = self.cfg.vision_config.patch_size, self.cfg.vision_config.temporal_patch_size
         n, height, width = frames.shape[:3]
@@ -75,17 +77,24 @@ class Encoder:
         a_ids = torch.tensor(list(self.tok(answer, add_special_tokens=False)["input_ids"]) + [self.im_end]
                              if answer else [], dtype=torch.long)
         ids = torch.cat([prefix, q_ids, a_ids]).long()
-        labels = torch.full_like(ids, IGNORE)
+        token_labels = torch.full_like(ids, IGNORE)
         if a_ids.numel():
-            labels[-a_ids.numel() :] = a_ids
+            token_labels[-a_ids.numel() :] = a_ids
         types = (ids == self.video_pad).long() * 2
         # temporal_patch_size / sampled fps: every frame is kept, so 2 / fps seconds per frame pair
         positions, _ = mrope_position_ids(
             types, grid, [2.0 / self.fps], spatial_merge_size=merge,
             tokens_per_second=self.cfg.vision_config.tokens_per_second,
         )
-        return Example(ids, labels, types, positions, torch.from_numpy(np.ascontiguousarray(frames)), grid,
-                       int(prefix.numel()), answer)
+        aux = None
+        if labels is not None:  # the model's video tokens run (pair, row, column) like the label arrays
+            aux = {"patch_shape": torch.from_numpy(labels.patch_shape.reshape(-1)),
+                   "patch_color": torch.from_numpy(labels.patch_color.reshape(-1)),
+                   "state": torch.from_numpy(labels.state)}
+            if aux["patch_shape"].numel() != n_video:
+                raise ValueError(f"{aux['patch_shape'].numel()} patch labels for {n_video} video tokens")
+        return Example(ids, token_labels, types, positions, torch.from_numpy(np.ascontiguousarray(frames)), grid,
+                       int(prefix.numel()), answer, aux)
 
     def layout(self, ex: Example, cube: tuple[int, int, int]) -> CubeLayout:
         """Cube layout over the whole sequence (question and answer tokens are text: dense)."""
@@ -111,12 +120,29 @@ def collate(examples: Sequence[Example], pad_id: int, *, raw_frames: bool = Fals
             pos[:, i, n:] = torch.arange(int(e.positions.max()) + 1, int(e.positions.max()) + 1 + length - n)
     batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": pos,
              "video_grid_thw": torch.cat([e.grid for e in examples])}
+    if all(e.aux is not None for e in examples):
+        batch.update(_collate_aux(examples))
     if raw_frames:
         batch["frames"] = torch.cat([e.frames for e in examples])
         batch["frame_counts"] = torch.tensor([int(e.frames.shape[0]) for e in examples])
     else:
         batch["pixel_values_videos"] = torch.cat([e.pixel_values for e in examples])
     return batch
+
+
+def _collate_aux(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    """The dense targets of a batch, concatenated in the order of its video tokens (batch, then time); the state
+    rows belong to the last video token of each frame pair (``aux_state_index`` into that order)."""
+    index, offset = [], 0
+    for e in examples:
+        assert e.aux is not None
+        n_video, pairs = int(e.aux["patch_shape"].numel()), int(e.aux["state"].shape[0])
+        per_pair = n_video // pairs
+        index.append(offset + torch.arange(1, pairs + 1) * per_pair - 1)
+        offset += n_video
+    cat = {k: torch.cat([e.aux[k] for e in examples]) for k in ("patch_shape", "patch_color", "state")}  # type: ignore[index]
+    return {"aux_patch_shape": cat["patch_shape"], "aux_patch_color": cat["patch_color"], "aux_state": cat["state"],
+            "aux_state_index": torch.cat(index)}
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -147,7 +173,8 @@ def example_stream(encoder: Encoder, cfg: TrainConfig, seed: int) -> Iterator[li
         batch = []
         for _ in range(batch_size(cfg, n)):
             scene, q, a = next(streams[n])
-            batch.append(encoder.encode(render_frames(scene), q, a))  # type: ignore[arg-type]
+            labels = scene_labels(scene) if cfg.aux_weight > 0 else None
+            batch.append(encoder.encode(render_frames(scene), q, a, labels))  # type: ignore[arg-type]
         yield batch
 
 

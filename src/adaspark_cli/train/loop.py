@@ -2,7 +2,8 @@
 
 Phase 1 (dense) trains every weight with teacher forcing on the answer tokens only (the answer and its
 ``<|im_end|>``; the prompt's labels are -100), AdamW, bf16 autocast on CUDA, batches of videos of one length
-(right-padded). Phase 2 (AdaSpark, method.md section 4: "light fine-tuning with the sparsity active")
+(right-padded); with ``aux_weight`` the dense targets of `aux.py` are learned beside the answer (their heads
+are not saved). Phase 2 (AdaSpark, method.md section 4: "light fine-tuning with the sparsity active")
 continues from phase 1 with `sparsify(model, config)` enabled in every training forward: the reference
 AdaS-Attn (masked SDPA over the selected cubes) and the gathered AdaS-FFN with mean compensation are
 differentiable in the kept paths (selection itself is a hard, gradient-free choice), one sequence per
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 from ..config import AdaSparkConfig
+from .aux import AUX_HEADS_FILE, AuxHeads
 from .data import Encoder, batches
 from .losses import answer_accuracy, dense_loss, sparse_loss
 from .presets import PRESETS, TrainConfig, build_model
@@ -55,9 +57,9 @@ def _vision_backward_works(model: Any, device: torch.device) -> bool:
     return True
 
 
-def clipped_step(model: Any, opt: torch.optim.Optimizer) -> bool:
-    """Clip the gradient norm to 1 and step, unless the gradient is not finite (then drop it)."""
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+def clipped_step(model: Any, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter] | None = None) -> bool:
+    """Clip the gradient norm (of ``params``, default the model's) to 1 and step, unless it is not finite (then drop it)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters() if params is None else params, 1.0)
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         return False
@@ -66,9 +68,9 @@ def clipped_step(model: Any, opt: torch.optim.Optimizer) -> bool:
 
 
 def _optimizer_step(model: Any, opt: torch.optim.Optimizer, record: dict[str, Any], where: str,
-                    log: Callable[[str], None]) -> bool:
+                    log: Callable[[str], None], params: list[torch.nn.Parameter] | None = None) -> bool:
     """`clipped_step`, counting and logging a skipped one: one bad batch must not turn every weight into NaN."""
-    if clipped_step(model, opt):
+    if clipped_step(model, opt, params):
         return True
     record["skipped_steps"] = record.get("skipped_steps", 0) + 1
     log(f"{where}: non-finite gradient, step skipped")
@@ -159,14 +161,20 @@ def _dense_phase(run: _Run) -> None:
     """Phase 1: every weight, the model unmodified; saved before the final checks (a run killed later keeps it)."""
     cfg, record, log = run.cfg, run.record, run.log
     budget = cfg.time_budget_s
-    opt = torch.optim.AdamW(run.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    params = list(run.model.parameters())
+    heads = None
+    if cfg.aux_weight > 0:  # dense targets beside the answer; the heads stay out of the checkpoint
+        heads = _aux_heads(run)
+        params += list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     stream = batches(run.encoder, cfg, cfg.seed, collated=True)
-    dense_budget = None if budget is None else 0.85 * budget
+    share = _dense_share(cfg)
+    dense_budget = None if budget is None else share * budget
     pad_id = run.encoder.tok.pad_token_id
     waited = 0.0  # seconds the GPU loop spent waiting for batches: is rendering the limit?
     try:
         for step in range(cfg.steps):
-            if run.over(0.85):
+            if run.over(share):
                 log(f"dense: time budget reached at step {step}")
                 break
             frac = 0.0 if dense_budget is None else (time.perf_counter() - run.start) / dense_budget
@@ -175,16 +183,21 @@ def _dense_phase(run: _Run) -> None:
             t0 = time.perf_counter()
             batch = next(stream)
             waited += time.perf_counter() - t0
-            loss = dense_loss(run.model, batch, pad_id, run.device)
+            parts: dict[str, float] = {}
+            loss = dense_loss(run.model, batch, pad_id, run.device, heads=heads, aux_weight=cfg.aux_weight,
+                              parts=parts)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if _optimizer_step(run.model, opt, record, f"dense step {step}", log):
-                record["dense"].append(float(loss.detach()))
+            if _optimizer_step(run.model, opt, record, f"dense step {step}", log, params):
+                record["dense"].append(parts["answer"])  # the answer loss alone: comparable with aux off
+                for key in ("aux", "needle_token_acc", "state_acc"):
+                    if key in parts:
+                        record.setdefault(f"dense_{key}", []).append(parts[key])
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 recent = record["dense"][-cfg.log_every :] or [float("nan")]
                 elapsed = time.perf_counter() - run.start
-                log(f"dense step {step}: loss {sum(recent) / len(recent):.4f} ({elapsed:.0f} s, "
-                    f"{waited:.0f} s waiting for data)")
+                log(f"dense step {step}: loss {sum(recent) / len(recent):.4f}" + _aux_summary(record, cfg.log_every)
+                    + f" ({elapsed:.0f} s, {waited:.0f} s waiting for data)")
             if cfg.check_items and cfg.check_every and step and step % cfg.check_every == 0:
                 _check_during_dense(run, step)
     except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # keep what was learned: a one-shot GPU run
@@ -196,11 +209,41 @@ def _dense_phase(run: _Run) -> None:
     record["dense_data_wait_seconds"] = waited
     record["dense_seconds"] = time.perf_counter() - run.start
     run.save("dense", None)
+    if heads is not None and run.out_dir is not None:  # beside the checkpoint, for a run continuing with --init
+        torch.save(heads.state_dict(), run.out_dir / AUX_HEADS_FILE)
     if cfg.check_items:
         log(f"dense check (teacher-forced greedy, {cfg.check_items} items): {run.check('dense_check')}")
         if cfg.curriculum:
             check = run.check("dense_check_curriculum", curriculum=True)
             log(f"dense check on training videos (curriculum): {check}")
+
+
+def _aux_heads(run: _Run) -> AuxHeads:
+    """Fresh heads, or those a run before left beside the --init checkpoint (its folder's parent)."""
+    heads = AuxHeads(run.model.config.text_config.hidden_size)
+    saved = None if run.cfg.init is None else Path(run.cfg.init).parent / AUX_HEADS_FILE
+    if saved is not None and saved.is_file():
+        heads.load_state_dict(torch.load(saved, map_location="cpu"))
+        run.log(f"auxiliary heads from {saved}")
+    return heads.to(run.device)
+
+
+def _aux_summary(record: dict[str, Any], last: int) -> str:
+    """", aux L (needle tokens A %, state B %)" over the last steps: are the dense targets being learned?"""
+    if not record.get("dense_aux"):
+        return ""
+
+    def mean(key: str) -> float:
+        values = [v for v in record.get(key, [])[-last:] if v == v]  # NaN: no needle in that batch
+        return sum(values) / len(values) if values else float("nan")
+
+    return (f", aux {mean('dense_aux'):.4f} (needle tokens {mean('dense_needle_token_acc'):.0%}, "
+            f"state {mean('dense_state_acc'):.0%})")
+
+
+def _dense_share(cfg: TrainConfig) -> float:
+    """The dense phase's share of the time budget: all of it when no AdaSpark phase follows."""
+    return cfg.dense_share if cfg.sparse_steps > 0 else 1.0
 
 
 def _check_during_dense(run: _Run, step: int) -> None:
@@ -224,7 +267,9 @@ def _sparse_phase(run: _Run) -> None:
     if cfg.check_items:  # the training-free baseline: dense weights, AdaSpark on
         log(f"training-free adaspark check: {run.check('training_free_check', state=state)}")
     opt = torch.optim.AdamW(run.model.parameters(), lr=cfg.sparse_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sparse_stream = batches(run.encoder, replace(cfg, lengths=cfg.sparse_lengths or cfg.lengths, length_weights=None),
+    sparse_cfg = replace(cfg, lengths=cfg.sparse_lengths or cfg.lengths, length_weights=None,
+                         batch=cfg.sparse_batch or cfg.batch, aux_weight=0.0)  # sparse_loss reads the answer only
+    sparse_stream = batches(run.encoder, sparse_cfg,
                             cfg.seed + 1)
     phase_start = time.perf_counter()
     phase_budget = None if budget is None else max(1.0, budget - (phase_start - run.start))

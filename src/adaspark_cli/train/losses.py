@@ -10,19 +10,33 @@ import torch
 
 from ..synth.render import render_frames
 from ..synth.suite import iter_training_items
+from .aux import AuxHeads, aux_loss, pop_aux
 from .data import IGNORE, Encoder, Example, collate, model_inputs
 from .presets import TrainConfig
 
 
 def dense_loss(model: Any, batch: Sequence[Example] | dict[str, torch.Tensor], pad_id: int,
-               device: torch.device) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens of a padded batch (the model unmodified).
+               device: torch.device, *, heads: AuxHeads | None = None, aux_weight: float = 0.0,
+               parts: dict[str, float] | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of a padded batch (the model unmodified), plus
+    ``aux_weight`` x the `AuxHeads` loss where ``heads`` are given and the batch has dense targets.
 
-    ``batch``: examples, or what `collate` made of them."""
+    ``batch``: examples, or what `collate` made of them; ``parts`` receives the two terms' values."""
     batch = model_inputs(batch if isinstance(batch, dict) else collate(batch, pad_id), device)
+    targets = pop_aux(batch)
+    use_aux = heads is not None and aux_weight > 0 and bool(targets)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(**batch, use_cache=False)
-    return out.loss  # type: ignore[no-any-return]
+        out = model(**batch, use_cache=False, output_hidden_states=use_aux)
+    loss = out.loss
+    if parts is not None:
+        parts["answer"] = float(loss.detach())
+    if use_aux:
+        assert heads is not None
+        extra = aux_loss(heads, out, batch["input_ids"] == model.config.video_token_id, targets, parts)
+        if parts is not None:
+            parts["aux"] = float(extra.detach())
+        loss = loss + aux_weight * extra
+    return loss  # type: ignore[no-any-return]
 
 
 def sparse_loss(model: Any, encoder: Encoder, examples: Sequence[Example], state: Any, cube: tuple[int, int, int],
@@ -32,6 +46,7 @@ def sparse_loss(model: Any, encoder: Encoder, examples: Sequence[Example], state
     loss_sum = 0.0
     for e in examples:
         batch = model_inputs(collate([e], encoder.tok.pad_token_id), device)
+        pop_aux(batch)
         batch.pop("attention_mask")  # one unpadded sequence: causal SDPA / the sparse path
         labels = batch.pop("labels")
         layout = encoder.layout(e, cube).to(device)
