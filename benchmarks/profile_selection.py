@@ -65,7 +65,10 @@ SWEEP = [dict()] + [
 ]
 
 
-def sweep(fn, exact: torch.Tensor) -> list[dict]:
+SWEEP_SHORT = [dict(), dict(num_warps=4, min_programs=4096)]  # --short: the default against the one before it
+
+
+def sweep(fn, exact: torch.Tensor, choices: list[dict] = SWEEP) -> list[dict]:
     """The union kernel's launch choices (triton_union.launch_union's keywords), each timed on the same
     selection; the first row is the default. rows_scale multiplies the default rows per step."""
     from adaspark_cli.selection import select as select_module
@@ -74,7 +77,7 @@ def sweep(fn, exact: torch.Tensor) -> list[dict]:
     original = select_module.launch_union
     rows = []
     try:
-        for choice in SWEEP:
+        for choice in choices:
             kw = dict(choice)
             scale = kw.pop("rows_scale", None)
 
@@ -93,7 +96,7 @@ def sweep(fn, exact: torch.Tensor) -> list[dict]:
     return rows
 
 
-def one_size(size: int, top_p: float, device: torch.device) -> dict:
+def one_size(size: int, top_p: float, device: torch.device, short: bool = False) -> dict:
     q, k, plan = inputs(size, device)
     scale = 128**-0.5
     fn = lambda: select_per_block(q, k, plan, top_p, scale)  # noqa: E731
@@ -105,7 +108,7 @@ def one_size(size: int, top_p: float, device: torch.device) -> dict:
     top = ", ".join(f"{name} {ms:.2f}" for name, ms in list(row["kernels_ms"].items())[:6])
     print(f"{size} video tokens: selection {row['select_ms']:.2f} ms; kernels (ms): {top}; "
           f"fused vs exact {row['fused_vs_exact']}", file=sys.stderr)
-    row["sweep"] = sweep(fn, exact)
+    row["sweep"] = sweep(fn, exact, SWEEP_SHORT if short else SWEEP)
     best = min(row["sweep"], key=lambda r: r["ms"])
     print(f"  launch sweep: best {best}; default {row['sweep'][0]}", file=sys.stderr)
     return row
@@ -116,12 +119,14 @@ def main() -> int:
     ap.add_argument("--sizes", default="32,64,128", help="video tokens in thousands (1024s)")
     ap.add_argument("--top-p", type=float, default=0.5)
     ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--short", action="store_true", help="time only the default launch and the previous one (each "
+                    "launch choice compiles its kernels: the whole sweep takes minutes)")
     args = ap.parse_args()
     device = torch.device("cuda")
     res = {"env": environment(True, packages=("triton",)), "top_p": args.top_p, "sizes": {}}
     print(json.dumps(res["env"]), file=sys.stderr)
     for size in (int(s) * 1024 for s in args.sizes.split(",")):
-        res["sizes"][str(size)] = one_size(size, args.top_p, device)
+        res["sizes"][str(size)] = one_size(size, args.top_p, device, args.short)
         torch.cuda.empty_cache()
         if args.out:
             Path(args.out, "profile_selection.json").write_text(json.dumps(res, indent=1))

@@ -16,7 +16,11 @@ from typing import Any
 
 TOP_P_SLACK = 1e-4  # the bisection nucleus aims at mass p + slack, so float rounding errs towards more cubes
 
-MIN_PROGRAMS = 4096  # about 30 per SM of an H200: keeps every SM busy while each program keeps its union
+# one warp per program keeps a row's reductions (softmax, each bisection step) within the warp, and many
+# programs per SM hide their latency: 1.00 / 2.99 ms against 1.07 / 3.58 ms for 4 warps and 4,096 programs
+# at 32K / 64K video tokens (H200, benchmarks/profile_selection.py, 2026-12-02)
+NUM_WARPS = 1
+MIN_PROGRAMS = 16384
 _TRITON: dict[str, Any] = {}
 
 
@@ -84,7 +88,7 @@ def _get_kernel():
 
 def launch_union(
     logits, cand, valid, out, top_p: float, group: int, block: int, *,
-    rows_per_step: int | None = None, num_warps: int = 4, iters: int = 12, min_programs: int = MIN_PROGRAMS,
+    rows_per_step: int | None = None, num_warps: int = NUM_WARPS, iters: int = 12, min_programs: int = MIN_PROGRAMS,
 ) -> None:
     """logits: (Hq, n, ccp) float16 scaled, n = nb*block; cand: (nb,) int32; valid: (n,) int8;
     out: (Hkv, nb, >= ccp) int32 view, zeros, OR-ed into. The keywords are launch choices (benchmarks
