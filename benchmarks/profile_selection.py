@@ -65,7 +65,7 @@ SWEEP = [dict()] + [
 ]
 
 
-SWEEP_SHORT = [dict(), dict(num_warps=4, min_programs=4096)]  # --short: the default against the one before it
+SWEEP_SHORT = [dict(), dict(num_warps=4, min_programs=4096)]  # --short: the default against 4 warps at every width
 
 
 def sweep(fn, exact: torch.Tensor, choices: list[dict] = SWEEP) -> list[dict]:

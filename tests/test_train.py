@@ -240,6 +240,37 @@ def test_aux_targets_follow_the_video_tokens(tiny):
     model.zero_grad()
 
 
+def test_aux_heads_read_layer_inputs_and_leave_the_vision_tower_alone(tiny):
+    """The heads read what output_hidden_states would give (the embeddings and what enters the last decoder
+    layer), through hooks: the flag itself would reach the vision tower and send its fast path back to
+    transformers' loop over attention windows (10x slower training on an H200)."""
+    from adaspark_cli.synth.labels import scene_labels
+    from adaspark_cli.train import collate
+    from adaspark_cli.train.aux import AuxHeads, layer_inputs
+    from adaspark_cli.train.data import model_inputs
+
+    model, _, encoder = tiny
+    batch = model_inputs(collate(_examples(encoder), encoder.tok.pad_token_id), torch.device("cpu"))
+    flags = []
+    hook = model.model.visual.register_forward_pre_hook(
+        lambda _m, _a, kwargs: flags.append(kwargs.get("output_hidden_states")), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            want = model(**batch, use_cache=False, output_hidden_states=True).hidden_states
+            with layer_inputs(model.model.language_model.layers) as got:
+                model(**batch, use_cache=False)
+            torch.testing.assert_close(got["embeds"], want[0])
+            torch.testing.assert_close(got["last"], want[-2])
+            flags.clear()
+            heads = AuxHeads(model.config.text_config.hidden_size)
+            examples = [encoder.encode(render_frames(s), *question_answer(s), scene_labels(s))
+                        for s in (sample_scene("counting", 16, 0.5, 1), sample_scene("motion", 16, 0.3, 2))]
+            dense_loss(model, examples, encoder.tok.pad_token_id, torch.device("cpu"), heads=heads, aux_weight=1.0)
+    finally:
+        hook.remove()
+    assert flags and not any(flags), flags
+
+
 def test_aux_training_saves_only_the_model(tmp_path):
     from dataclasses import replace
 

@@ -16,11 +16,12 @@ from typing import Any
 
 TOP_P_SLACK = 1e-4  # the bisection nucleus aims at mass p + slack, so float rounding errs towards more cubes
 
-# one warp per program keeps a row's reductions (softmax, each bisection step) within the warp, and many
-# programs per SM hide their latency: 1.00 / 2.99 ms against 1.07 / 3.58 ms for 4 warps and 4,096 programs
-# at 32K / 64K video tokens (H200, benchmarks/profile_selection.py, 2026-12-02)
-NUM_WARPS = 1
-MIN_PROGRAMS = 16384
+# Up to 512 candidate cubes, one warp per program keeps a row's reductions (softmax, each bisection step)
+# within the warp and many programs per SM hide their latency: 1.00 / 2.99 ms a selection against 1.07 /
+# 3.58 ms with 4 warps and 4,096 programs at 32K / 64K video tokens; at 1,024 cubes (128K tokens) a row no
+# longer fits one warp's registers: 15.2 ms against 9.0 (H200, benchmarks/profile_selection.py, 2026-12-02)
+ONE_WARP_MAX_CUBES = 512
+MIN_PROGRAMS = 4096  # about 30 per SM of an H200: keeps every SM busy while each program keeps its union
 _TRITON: dict[str, Any] = {}
 
 
@@ -88,7 +89,7 @@ def _get_kernel():
 
 def launch_union(
     logits, cand, valid, out, top_p: float, group: int, block: int, *,
-    rows_per_step: int | None = None, num_warps: int = NUM_WARPS, iters: int = 12, min_programs: int = MIN_PROGRAMS,
+    rows_per_step: int | None = None, num_warps: int | None = None, iters: int = 12, min_programs: int | None = None,
 ) -> None:
     """logits: (Hq, n, ccp) float16 scaled, n = nb*block; cand: (nb,) int32; valid: (n,) int8;
     out: (Hkv, nb, >= ccp) int32 view, zeros, OR-ed into. The keywords are launch choices (benchmarks
@@ -99,8 +100,13 @@ def launch_union(
     hq, n, ccp = logits.shape
     hkv, nb = out.shape[0], out.shape[1]
     cpad = triton.next_power_of_2(max(ccp, 16))
-    if rows_per_step is None:  # measured on an H200 (benchmarks/profile_selection.py): one row per step from 1024 cubes
-        rows_per_step = 1 if cpad >= 1024 else 2048 // cpad
+    if rows_per_step is None:  # measured on an H200 (benchmarks/profile_selection.py): one row per step, at any width
+        rows_per_step = 1
+    one_warp = cpad <= ONE_WARP_MAX_CUBES
+    if num_warps is None:
+        num_warps = 1 if one_warp else 4
+    if min_programs is None:
+        min_programs = 4 * MIN_PROGRAMS if one_warp else MIN_PROGRAMS
     block_t = max(1, min(16, rows_per_step, block & -block))  # a power of two that divides block
     parts = 1  # programs per block: enough of them to fill the card, each with as many rows as it can
     while parts * 2 * block_t <= block and nb * hkv * parts < min_programs:

@@ -10,7 +10,7 @@ import torch
 
 from ..synth.render import render_frames
 from ..synth.suite import iter_training_items
-from .aux import AuxHeads, aux_loss, pop_aux
+from .aux import AuxHeads, aux_loss, layer_inputs, pop_aux
 from .data import IGNORE, Encoder, Example, collate, model_inputs
 from .presets import TrainConfig
 
@@ -25,14 +25,15 @@ def dense_loss(model: Any, batch: Sequence[Example] | dict[str, torch.Tensor], p
     batch = model_inputs(batch if isinstance(batch, dict) else collate(batch, pad_id), device)
     targets = pop_aux(batch)
     use_aux = heads is not None and aux_weight > 0 and bool(targets)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(**batch, use_cache=False, output_hidden_states=use_aux)
+    layers = model.model.language_model.layers if use_aux else []
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), layer_inputs(layers) as inputs:
+        out = model(**batch, use_cache=False)
     loss = out.loss
     if parts is not None:
         parts["answer"] = float(loss.detach())
     if use_aux:
         assert heads is not None
-        extra = aux_loss(heads, out, batch["input_ids"] == model.config.video_token_id, targets, parts)
+        extra = aux_loss(heads, inputs, batch["input_ids"] == model.config.video_token_id, targets, parts)
         if parts is not None:
             parts["aux"] = float(extra.detach())
         loss = loss + aux_weight * extra
