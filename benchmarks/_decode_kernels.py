@@ -5,6 +5,7 @@ pick attention/decode.py's LAUNCH on the card."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -57,37 +58,37 @@ def decode_kernel_sweep(qa: VideoQA, prefix: VideoPrefix, reps: int = 30) -> dic
     k, v = keys[:, :n][None], values[:, :n][None]
     sdpa_us = cuda_us(lambda: F.scaled_dot_product_attention(q[None], k, v, scale=scale, enable_gqa=True))
     out: dict[str, Any] = {"sdpa_exact_us": sdpa_us,
-                           "kv_gb_per_layer": 2 * keys[:, :n].numel() * keys.element_size() / 1e9, "launches": []}
-    default = {key: decode.LAUNCH[key] for key in LAUNCHES[0]}
+                           "kv_gb_per_layer": 2 * keys[:, :n].numel() * keys.element_size() / 1e9}
     mask = mask[None]
-    for launch in LAUNCHES if default in LAUNCHES else [default, *LAUNCHES]:
-        decode.LAUNCH.update(launch)
-        out["launches"].append(dict(launch, us=cuda_us(lambda: decode.decode_attention(q, keys, values, mask, scale))))
-    best = min(out["launches"], key=lambda r: r["us"])
-    decode.LAUNCH.update({key: best[key] for key in default})
-    out["default"] = next(r for r in out["launches"] if all(r[key] == default[key] for key in default))
-    out["best"] = best
+    out.update(sweep_launches(LAUNCHES, lambda: {"us": cuda_us(lambda: decode.decode_attention(q, keys, values, mask, scale))}))
+    best = out["best"]
     log(f"  decode attention, one layer: SDPA on the exact length {out['sdpa_exact_us']:.1f} us; ours default "
         f"{out['default']['us']:.1f} us, best {best['us']:.1f} us ({best}); {out['kv_gb_per_layer'] * 1e3:.0f} MB of K/V")
     return out
 
 
-def cuda_mean_us(fn, reps: int) -> float:
-    """Mean device time of `fn` over `reps` calls, captured in one CUDA graph and replayed (as the graphed
-    decode step runs it: without the host's launch overhead, which alone took ~110 us a call for the two
-    Triton launches of a 64K-token layer and hid the kernels' time), after warm-up calls."""
+def captured_graph(fn: Callable[[], Any], warmup: int = 3) -> torch.cuda.CUDAGraph:
+    """`fn` captured in a CUDA graph after `warmup` eager calls on a side stream (lazy inits, the
+    allocator), replayed once."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for _ in range(3):
+        for _ in range(warmup):
             fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
+        fn()
     graph.replay()
     torch.cuda.synchronize()
+    return graph
+
+
+def cuda_mean_us(fn: Callable[[], Any], reps: int) -> float:
+    """Mean device time of `fn` over `reps` calls, captured in one CUDA graph and replayed (as the graphed
+    decode step runs it: without the host's launch overhead, which alone took ~110 us a call for the two
+    Triton launches of a 64K-token layer and hid the kernels' time)."""
+    graph = captured_graph(lambda: [fn() for _ in range(reps)])
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     s.record()
     graph.replay()
@@ -95,6 +96,22 @@ def cuda_mean_us(fn, reps: int) -> float:
     e.synchronize()
     del graph
     return 1e3 * s.elapsed_time(e) / reps
+
+
+def sweep_launches(launches: list[dict[str, Any]], time_one: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Each launch choice set in decode.LAUNCH and timed (`time_one` returns its row's measures), the current
+    choice among them; the fastest is kept in decode.LAUNCH. Returns the rows, the default and the best."""
+    from adaspark_cli.attention import decode
+
+    default = {key: decode.LAUNCH[key] for key in launches[0]}
+    rows = []
+    for launch in launches if default in launches else [default, *launches]:
+        decode.LAUNCH.update(launch)
+        rows.append(dict(launch, **time_one()))
+    best = min(rows, key=lambda r: r["us"])
+    decode.LAUNCH.update({key: best[key] for key in default})
+    return {"launches": rows, "default": next(r for r in rows if all(r[key] == default[key] for key in default)),
+            "best": best}
 
 
 def question_kernel_sweep(qa: VideoQA, prefix: VideoPrefix, n: int = 24, reps: int = 20) -> dict[str, Any]:
@@ -112,19 +129,16 @@ def question_kernel_sweep(qa: VideoQA, prefix: VideoPrefix, n: int = 24, reps: i
     mask = decode.causal_mask(n, length, qa.device)
     scale = keys.shape[-1] ** -0.5
     want = decode.decode_attention_reference(q, keys, values, mask, scale).float()
-    out: dict[str, Any] = {"queries": n, "keys": length, "launches": []}
+    out: dict[str, Any] = {"queries": n, "keys": length}
     out["gemm_us"] = cuda_mean_us(lambda: small_query_gemm(q, keys, values, mask, scale), reps)
     out["gemm_max_abs_err"] = float((small_query_gemm(q, keys, values, mask, scale).float() - want).abs().max())
-    default = {key: decode.LAUNCH[key] for key in QUESTION_LAUNCHES[0]}
-    for launch in QUESTION_LAUNCHES if default in QUESTION_LAUNCHES else [default, *QUESTION_LAUNCHES]:
-        decode.LAUNCH.update(launch)
+
+    def time_one() -> dict[str, Any]:
         err = float((decode.decode_attention(q, keys, values, mask, scale).float() - want).abs().max())
-        us = cuda_mean_us(lambda: decode.decode_attention(q, keys, values, mask, scale), reps)
-        out["launches"].append(dict(launch, us=us, max_abs_err=err))
-    best = min(out["launches"], key=lambda r: r["us"])
-    decode.LAUNCH.update({key: best[key] for key in default})
-    out["default"] = next(r for r in out["launches"] if all(r[key] == default[key] for key in default))
-    out["best"] = best
+        return {"us": cuda_mean_us(lambda: decode.decode_attention(q, keys, values, mask, scale), reps), "max_abs_err": err}
+
+    out.update(sweep_launches(QUESTION_LAUNCHES, time_one))
+    best = out["best"]
     log(f"  question prefill attention ({n} queries, one layer): batched GEMMs {out['gemm_us']:.0f} us; ours default "
         f"{out['default']['us']:.0f} us, best {best['us']:.0f} us ({best})")
     return out

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from _common import environment, log_stamped, out_file, sync, write_json  # this folder is on sys.path; puts src/ there too
-from _decode_kernels import decode_kernel_error, decode_kernel_sweep, question_kernel_sweep
+from _decode_kernels import captured_graph, decode_kernel_error, decode_kernel_sweep, question_kernel_sweep
 from _prefill_model import GRID_HW, build_model
 
 from adaspark_cli.adapters import sparsify
@@ -193,17 +193,7 @@ def reference_step_ms(qa: VideoQA, prefix: VideoPrefix, context: int, replays: i
     model.set_attn_implementation({"text_config": "sdpa"})
     try:
         with torch.inference_mode():  # as the session runs (its cache tensors are inference tensors)
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    step()
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                step()
-            graph.replay()
-            torch.cuda.synchronize()
+            graph = captured_graph(step, warmup=2)
             t0 = time.perf_counter()
             for _ in range(replays):
                 graph.replay()
