@@ -23,10 +23,8 @@ which costs the same).
    best dense alternative, each launch choice timed inside a CUDA graph; the fastest is kept for the runs.
 2. Three questions in a row at --ask-size, as `adaspark ask video q1 q2 q3` runs them (--mode:
    AdaSpark default settings, or dense): each question's time to first token (`timing.first_token_s`,
-   the first including the video prefill) and its own prefill (host and device time, garbage-collector
-   pauses, new allocator segments), decode ms/token, and peak device memory during the questions against
-   the weights plus one video cache (the target: + 5 % at most). Run twice: as loaded, and after
-   gc.freeze().
+   the first including the video prefill) and its own prefill, decode ms/token, and peak device memory
+   during the questions against the weights plus one video cache (the target: + 5 % at most).
 
 Usage (GPU machine, repository root):
     PYTHONPATH=src python3 benchmarks/bench_decode_step.py --out $OUT
@@ -212,52 +210,6 @@ def peak_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's peak RSS (Linux: KiB)
 
 
-class PrefillWatch:
-    """Where a question's prefill time goes: the first text forward of the answer (the question's tokens)
-    timed on the host and with CUDA events (device time), the Python garbage collector's pauses during
-    it, and the caching allocator's new device segments."""
-
-    def __init__(self, qa: VideoQA) -> None:
-        self.qa, self.report = qa, {}
-        self.gc_s, self._gc_start = 0.0, 0.0
-
-    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._gc_start = time.perf_counter()
-        else:
-            self.gc_s += time.perf_counter() - self._gc_start
-
-    def __enter__(self) -> PrefillWatch:
-        import gc
-
-        forward, watch = self.qa._forward_text, self
-
-        def timed_forward(*args: Any, **kwargs: Any) -> torch.Tensor:
-            if watch.report or self.qa.device.type != "cuda":  # only the first call: the question's tokens
-                return forward(*args, **kwargs)
-            segments = torch.cuda.memory_stats(self.qa.device).get("segment.all.allocated", 0)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            watch.gc_s, t0 = 0.0, time.perf_counter()
-            start.record()
-            out = forward(*args, **kwargs)
-            end.record()
-            end.synchronize()
-            watch.report = {"watched_wall_ms": 1e3 * (time.perf_counter() - t0), "device_ms": start.elapsed_time(end),
-                            "gc_ms": 1e3 * watch.gc_s,
-                            "new_segments": torch.cuda.memory_stats(self.qa.device).get("segment.all.allocated", 0) - segments}
-            return out
-
-        self.qa._forward_text = timed_forward  # type: ignore[method-assign]
-        gc.callbacks.append(self._on_gc)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import gc
-
-        gc.callbacks.remove(self._on_gc)
-        del self.qa._forward_text
-
-
 def three_questions(qa: VideoQA, video_tokens: int, args: argparse.Namespace) -> dict[str, Any]:
     """`adaspark ask video q1 q2 q3`, after the vision tower: each question's wait and the peak memory."""
     prompt = video_prompt(qa, video_tokens)
@@ -273,17 +225,16 @@ def three_questions(qa: VideoQA, video_tokens: int, args: argparse.Namespace) ->
             torch.cuda.reset_peak_memory_stats(qa.device)
         rows = []
         for question in QUESTIONS:
-            with PrefillWatch(qa) as watch:
-                steps, result = answer_steps(qa, prefix, question, args.ask_tokens)
+            steps, result = answer_steps(qa, prefix, question, args.ask_tokens)
             t = result["timing"]
             reused = result["video_prefill_reused"]
             # the first question's prefill_s also holds the video's language-model prefill
             own = t["prefill_s"] if reused else t["prefill_s"] - (prefix.seconds - prefix.vision_seconds)
             rows.append({"question": question, "first_token_s": t["first_token_s"], "question_prefill_s": own,
-                         "reused": reused, "decode_ms_per_token": statistics.median(steps), **watch.report})
+                         "reused": reused, "decode_ms_per_token": statistics.median(steps)})
             log(f"  {question!r}: first token after {t['first_token_s'] * 1e3:.1f} ms"
                 f"{' (video prefill reused)' if result['video_prefill_reused'] else ' (video prefill included)'}, "
-                f"decode {rows[-1]['decode_ms_per_token']:.2f} ms/token; its prefill: {watch.report}")
+                f"decode {rows[-1]['decode_ms_per_token']:.2f} ms/token")
     questions_peak = peak_bytes(qa.device)
     cache = prefix.cache.nbytes()
     out = {"mode": args.mode, "video_tokens": prompt.video_tokens, "prefix_tokens": prompt.length, "questions": rows,
@@ -331,19 +282,12 @@ def main() -> int:
             torch.cuda.empty_cache()
         save()
     if args.ask_size:
-        import gc
-
-        # twice: as the process is after loading, and after gc.freeze() (the collector then no longer walks the
-        # model's and the libraries' objects, whose full collections are the suspected pauses in a question)
-        for key, note in (("three_questions", ""), ("three_questions_gc_frozen", ", after gc.freeze()")):
-            log(f"== three questions at {args.ask_size} video tokens ({args.mode}{note}) ==")
-            if note:
-                gc.freeze()
-            try:
-                results[key] = three_questions(qa, args.ask_size, args)
-            except Exception as e:  # noqa: BLE001
-                traceback.print_exc()
-                results["skipped"].append({key: args.ask_size, "why": f"{type(e).__name__}: {str(e)[:300]}"})
+        log(f"== three questions at {args.ask_size} video tokens ({args.mode}) ==")
+        try:
+            results["three_questions"] = three_questions(qa, args.ask_size, args)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            results["skipped"].append({"three_questions": args.ask_size, "why": f"{type(e).__name__}: {str(e)[:300]}"})
     save()
     report(results)
     differ = any(not r["same_answers"] for r in results["sizes"].values())
@@ -359,16 +303,12 @@ def report(results: dict[str, Any]) -> None:
                   f"{s['ask_ms_per_token']:.2f} | {r['weight_gb']:.2f} + {r['kv_gb']:.2f} | {s['effective_gbs']:.0f} |")
         if not r["same_answers"]:
             print(f"| {r['video_tokens']} | the step kinds gave different answers |")
-    for key in ("three_questions", "three_questions_gc_frozen"):
-        three = results.get(key)
-        if three:
-            print(f"\n{key}:", end="")
-            report_questions(three)
+    report_questions(results.get("three_questions"))
     for s in results["skipped"]:
         print(f"skipped: {s}")
 
 
-def report_questions(three: dict[str, Any]) -> None:
+def report_questions(three: dict[str, Any] | None) -> None:
     if three:
         print(f"\nthree questions at {three['video_tokens']} video tokens ({three['mode']}): video prefill "
               f"{three['video_prefill_s']:.2f} s; cache {three['cache_gb']:.2f} GB; peak {three['peak_questions_gb']:.2f} GB")

@@ -70,7 +70,8 @@ SWEEP_SHORT = [dict(), dict(num_warps=4, min_programs=4096)]  # --short: the def
 
 def sweep(fn, exact: torch.Tensor, choices: list[dict] = SWEEP) -> list[dict]:
     """The union kernel's launch choices (triton_union.launch_union's keywords), each timed on the same
-    selection; the first row is the default. rows_scale multiplies the default rows per step."""
+    selection; the first row is the default. rows_scale: rows per step = scale x 2048 // the padded width
+    (the rule before 2026-12-02)."""
     from adaspark_cli.selection import select as select_module
     from adaspark_cli.selection import triton_union
 

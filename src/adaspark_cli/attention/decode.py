@@ -68,7 +68,6 @@ def decode_attention(
     hkv, length, _ = key.shape
     group = hq // hkv
     rows = group * n  # row r: query r // group, head r % group of the KV head's group
-    decode = n == 1
     tile = max(16, min(LAUNCH["prefill_rows"], 1 << (rows - 1).bit_length()))
     if query.stride(-1) != 1:
         query = query.contiguous()
@@ -98,7 +97,7 @@ def decode_attention(
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         mask.stride(0), mask.stride(1),
         G=group, D=d, DPAD=dpad, ROWS=tile, BLOCK=LAUNCH["block"],
-        num_warps=LAUNCH["warps" if decode else "prefill_warps"], num_stages=LAUNCH["stages"],
+        num_warps=LAUNCH["warps" if n == 1 else "prefill_warps"], num_stages=LAUNCH["stages"],
     )
     combine_kernel[(hkv * rows,)](
         part_out, part_max, part_sum, out, chunks, rows, out.stride(0), G=group, D=d, DPAD=dpad, CSTEP=16, num_warps=4,

@@ -25,7 +25,6 @@ VIDEO_SUFFIXES = frozenset(
 _URL = re.compile(r"[a-z][a-z0-9+.-]+:/", re.IGNORECASE)
 
 
-
 def choice(flag: str, noun: str, values: tuple[str, ...]) -> dict[str, Any]:
     """typer.Option arguments for a flag with a fixed set of values: Typer checks it while parsing (exit 2, a
     one-line error naming the flag and the values) and the help lists the values."""

@@ -89,19 +89,18 @@ def _get_kernel():
 
 def launch_union(
     logits, cand, valid, out, top_p: float, group: int, block: int, *,
-    rows_per_step: int | None = None, num_warps: int | None = None, iters: int = 12, min_programs: int | None = None,
+    rows_per_step: int = 1, num_warps: int | None = None, iters: int = 12, min_programs: int | None = None,
 ) -> None:
     """logits: (Hq, n, ccp) float16 scaled, n = nb*block; cand: (nb,) int32; valid: (n,) int8;
     out: (Hkv, nb, >= ccp) int32 view, zeros, OR-ed into. The keywords are launch choices (benchmarks
-    sweep them: benchmarks/profile_selection.py); the defaults are the measured best."""
+    sweep them: benchmarks/profile_selection.py); the defaults are the measured best (one row per step at
+    any width; warps and programs by width, ONE_WARP_MAX_CUBES)."""
     import triton
 
     kernel = _get_kernel()
     hq, n, ccp = logits.shape
     hkv, nb = out.shape[0], out.shape[1]
     cpad = triton.next_power_of_2(max(ccp, 16))
-    if rows_per_step is None:  # measured on an H200 (benchmarks/profile_selection.py): one row per step, at any width
-        rows_per_step = 1
     one_warp = cpad <= ONE_WARP_MAX_CUBES
     if num_warps is None:
         num_warps = 1 if one_warp else 4
