@@ -1,5 +1,6 @@
-"""The bundled trained checkpoints (issue 3): they load, answer fixed generated items correctly with and
-without sparsity, read the video better than the answer prior, and `ask` with no --model uses them."""
+"""The bundled trained checkpoints (issues 3 and 17): they load, answer fixed generated items of every task
+correctly with and without sparsity, answer every task well above its prior, and `ask` with no --model uses
+them."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from adaspark_cli.video.stream import open_video
 ROOT = Path(__file__).resolve().parents[1]
 SPARSE = ROOT / "models" / "adaspark-synth-small"
 DENSE = ROOT / "models" / "adaspark-synth-small-dense"
-# Retrieval items, 64 frames, depth 0.5 (as examples/make_demo_video.py): seeds 0, 1, 4, 6, 7 are answered
-# correctly by both checkpoints, dense and sparse; seeds 3 and 5 are not (the model gets about 2/3 right).
-KNOWN_GOOD_SEEDS = (0, 1, 4, 6, 7)
+TASKS = ("retrieval", "ordering", "counting", "motion")
+# Items of 64 frames, depth 0.5 (as examples/make_demo_video.py): of seeds 0-5, both checkpoints answer every
+# item right, dense and sparse, except counting seed 2 (wrong in all four runs; the checkpoints score 93-100 %
+# per task on the held-out suite, docs/benchmarks.md)
+KNOWN_GOOD_SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def _write_item(tmp_path: Path, task: str, n: int, depth: float, seed: int) -> t
 def test_bundled_checkpoints_are_the_default_and_small():
     assert bundled_model_dir() == SPARSE
     block = config_from_checkpoint(json.loads((SPARSE / "config.json").read_text()))
-    assert block is not None and block.cube == (2, 4, 4)
+    assert block is not None and block.cube == (8, 4, 4)  # one 128-token kernel tile at 112 px
     assert config_from_checkpoint(json.loads((DENSE / "config.json").read_text())) is None
     size = sum(f.stat().st_size for d in (SPARSE, DENSE) for f in d.iterdir())
     assert size < 100 * 2**20
@@ -55,20 +58,23 @@ def test_bundled_checkpoints_are_the_default_and_small():
         assert "Evaluation" in (d / "README.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("seed", KNOWN_GOOD_SEEDS)
-def test_fixed_items_are_answered_correctly_dense_and_sparse(loaded, tmp_path, seed):
-    video, question, expected = _write_item(tmp_path, "retrieval", 64, 0.5, seed)
+def test_fixed_items_are_answered_correctly_dense_and_sparse(loaded, tmp_path, task, seed):
+    video, question, expected = _write_item(tmp_path, task, 64, 0.5, seed)
     for name, model in loaded.items():
         for dense in (False, True):
             got = _answer(model, video, question, dense=dense)
             assert normalize_answer(got) == expected, (name, dense, question, got, expected)
 
 
-def test_retrieval_is_well_above_the_answer_prior(loaded, tmp_path):
-    """24 fresh retrieval items (6 colors: guessing scores 1/6): the sparse checkpoint must get at least half."""
-    items = [_write_item(tmp_path, "retrieval", 32, depth, 5000 + k) for k in range(8) for depth in (0.1, 0.5, 0.9)]
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_is_well_above_the_answer_prior(loaded, tmp_path, task):
+    """6 fresh items of a task at 32 frames (priors: 1/6 retrieval, 1/2 ordering, about 1/3 counting, 1/4
+    motion): the sparse checkpoint, sparse, must get at least 5 (it got 6 of 6 on each task)."""
+    items = [_write_item(tmp_path, task, 32, depth, 5000 + k) for k in range(2) for depth in (0.1, 0.5, 0.9)]
     hits = sum(normalize_answer(_answer(loaded[SPARSE.name], v, q, dense=False)) == a for v, q, a in items)
-    assert hits >= 12, f"{hits}/24"
+    assert hits >= 5, f"{task}: {hits}/6"
 
 
 def test_ask_without_model_answers_the_demo(monkeypatch):

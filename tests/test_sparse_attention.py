@@ -386,17 +386,20 @@ TRITON_CHECK = textwrap.dedent(
     spans = [VideoSpan(3, (6, 6, 6)), VideoSpan(230, (3, 4, 4))]
     layout = cube_layout(spans, spans[-1].end + 4, (2, 2, 2))
     L = layout.seq_len
-    # token-major query memory, as the projections leave it (the rows' gather then runs as a kernel)
-    q, k = torch.randn(L, 4, 16).transpose(0, 1) * 3, torch.randn(2, L, 16) * 3
     plan = build_plan(layout, L, L, block=8)
-    # the kernel path scores in float16 (the exact path in float32): rounding may move a cube that
-    # sits on the nucleus boundary, so allow 1% either way; with float32 scores it matches exactly
-    for p in (0.3, 0.8):
+    # GQA with a group of 2, a group of 3 (padded to 4 heads in the kernel's tile), MHA; token-major query
+    # memory, as the projections leave it (the rows' gather then runs as a kernel)
+    for hq, hkv, p in ((4, 2, 0.3), (4, 2, 0.8), (3, 1, 0.5), (2, 2, 0.9)):
+        q, k = torch.randn(L, hq, 16).transpose(0, 1) * 3, torch.randn(hkv, L, 16) * 3
         ex = select_per_block(q, k, plan, p, 0.25, method="exact").cubes
         tr = select_per_block(q, k, plan, p, 0.25, method="triton").cubes
+        # the kernel path scores in float16 (the exact path in float32): rounding may move a cube that
+        # sits on the nucleus boundary, so allow 1% either way; with float32 scores it matches exactly
         budget = max(2, int(ex.sum()) // 100)
         assert int((ex & ~tr).sum()) <= budget, "triton selection misses cubes of the exact union"
         assert int((tr & ~ex).sum()) <= budget, "triton selection adds cubes to the exact union"
+        every = int(select_per_block(q, k, plan, 1.0, 0.25, method="exact").cubes.sum())  # all candidates
+        assert 0.2 * every < int(ex.sum()) < every, "a check that selects nothing or everything tests nothing"
     print("ok")
     """
 )

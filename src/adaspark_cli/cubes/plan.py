@@ -2,7 +2,7 @@
 
 A block-sparse kernel works on tiles of BLOCK tokens. The plan regroups the tokens of one sequence so
 that every tile holds whole cubes of one time slab: a cube of BLOCK tokens is one tile; smaller cubes
-(the bundled model's 2x4x4 = 32 tokens) are *packed* several to a tile, consecutive cubes of the same
+(e.g. 2x4x4 = 32 tokens, the first bundled model's) are *packed* several to a tile, consecutive cubes of the same
 slab, instead of each being padded to BLOCK rows (4x the work at 32 tokens); a partial tile is padded
 (padded keys are masked, padded query rows dropped). Text runs are cut into tiles of their own. Tiles
 are ordered by their first position, so tile order follows slab order. RoPE is already applied to q
