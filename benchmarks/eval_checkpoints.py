@@ -78,7 +78,7 @@ def run_checkpoint(name: str, model: str, overrides: dict, suite, args, env: dic
     results: list[ItemResult] = []
     first = None
     for i in range(0, len(items), CHUNK):
-        if args.deadline and _common.elapsed() > args.deadline:
+        if args.deadline is not None and _common.elapsed() > args.deadline:
             break
         chunk = type(suite)(suite.seed, suite.fps, suite.size, items[i : i + CHUNK], root=suite.root)
         report = evaluate(loaded.qa, chunk)
@@ -87,7 +87,9 @@ def run_checkpoint(name: str, model: str, overrides: dict, suite, args, env: dic
         data = report_json(first, results, model, env, name, planned=len(items))
         path = out / (f"{name}.shard{args.shard[0]}.json" if args.shard else f"{name}.json")
         path.write_text(json.dumps(data, indent=1))
-    if first is not None:
+    if first is None:
+        print(f"{name}: no item ran before --deadline {args.deadline:g} s; nothing written", file=sys.stderr, flush=True)
+    else:
         print(summary(name, data), file=sys.stderr, flush=True)
 
 

@@ -102,3 +102,34 @@ def test_eval_plot_without_matplotlib_names_the_extra(runner, tiny_checkpoint, t
     res = run(runner, "--model", tiny_checkpoint, "--plot", tmp_path / "p.png")
     err = res.stderr.strip()
     assert res.exit_code == 1 and "\n" not in err and "pip install 'adaspark-cli[plot]'" in err
+
+
+def test_eval_checkpoints_shards_merge_into_the_unsharded_run(suite_dir, tiny_checkpoint, tmp_path):
+    """benchmarks/eval_checkpoints.py, which the GPU evaluations ran: two shards joined by --merge hold the
+    same items and answers as one unsharded run; a run cut by --deadline before its first chunk writes nothing."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_checkpoints.py"
+
+    def call(*args):
+        done = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    common = ("--suite", suite_dir, "--device", "cpu", "--run", f"m={tiny_checkpoint}:0.5/0.5")
+    call(*common, "--out", tmp_path / "whole")
+    for k in (0, 1):
+        call(*common, "--shard", f"{k}/2", "--out", tmp_path / "parts")
+    call(*common, "--shard", "0/2", "--deadline", "0", "--out", tmp_path / "late")
+    assert not (tmp_path / "late" / "m.shard0.json").exists()
+    merged = tmp_path / "merged.json"
+    done = call("--merge", f"{tmp_path / 'parts' / 'm.shard0.json'},{tmp_path / 'parts' / 'm.shard1.json'}", "--out", merged)
+    assert "m: 4 items" in done.stderr
+    whole = json.loads((tmp_path / "whole" / "m.json").read_text())
+    joined = json.loads(merged.read_text())
+    answers = lambda data: {r["id"]: r["answers"] for r in data["results"]}  # noqa: E731
+    assert len(whole["results"]) == 4 and answers(joined) == answers(whole)
+    assert joined["dense"]["accuracy"] == whole["dense"]["accuracy"]
+    assert joined["adaspark"]["flops_reduction"] == pytest.approx(whole["adaspark"]["flops_reduction"])
+    assert joined["config"]["cube"] == [8, 4, 4] and joined["config"]["attn_top_p"] == 0.5
