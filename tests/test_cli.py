@@ -252,3 +252,21 @@ def test_gpu_kernel_on_the_cpu_is_one_line(runner, clip, tiny_checkpoint, kernel
     assert res.exit_code == 1, res.output
     err = res.stderr.strip().splitlines()[-1]
     assert err == f"error: --kernel {kernel} needs a CUDA GPU; on the CPU use --kernel auto (gathered) or reference"
+
+
+def test_progress_off_a_terminal_is_a_line_every_half_minute(capsys):
+    """stderr captured (not a terminal): no bar, and a plain progress line only once 30 s have passed since the
+    last one, so short work stays silent and a long calibration is not."""
+    from adaspark_cli.cli.render import ProgressBar
+
+    now = [0.0]
+    with ProgressBar(clock=lambda: now[0]) as bar:
+        bar.stage("loading the model")
+        for done, t in ((1, 10.0), (2, 31.0), (3, 45.0), (4, 62.0)):
+            now[0] = t
+            bar.update("calibrating", done, 9)
+    assert capsys.readouterr().err.splitlines() == ["calibrating (2/9), 31 s", "calibrating (4/9), 62 s"]
+    with ProgressBar(enabled=False, clock=lambda: now[0]) as bar:  # --quiet
+        now[0] = 500.0
+        bar.update("calibrating", 5, 9)
+    assert capsys.readouterr().err == ""

@@ -58,6 +58,8 @@ EXIT_CODES = """\
 stdout carries answers, JSON (`--json`), `batch --out -`'s records, `convert`'s OUT path, and the tables of `profile` and `eval`
 when they are the output (without `--json`). Notes, progress bars, `ask`'s per-layer tables and every
 error go to stderr; `-q` hides the notes, progress and the tables on stderr. Every error is one line.
+When stderr is not a terminal (a log file, a pipe), the progress bars are off and a plain line such as
+`answering counting-256-d0.50-3 (41/540), 63 s` says where long work is, once every 30 seconds.
 
 | code | meaning |
 |---|---|

@@ -251,14 +251,26 @@ def calibration_table(record: dict[str, Any]) -> Table:
 
 
 class ProgressBar:
-    """A Rich progress bar on stderr; `stage(text)` for steps of unknown length, `update` as a library callback."""
+    """A Rich progress bar on stderr; `stage(text)` for steps of unknown length, `update` as a library callback.
 
-    def __init__(self, enabled: bool = True) -> None:
+    When stderr is not a terminal (a log file, a pipe, CI), the bar is off and a plain line says where the
+    work is once every LOG_EVERY_S seconds instead, so that a long calibration or evaluation is not silent
+    for minutes; work that ends sooner prints nothing."""
+
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, enabled: bool = True, clock: Any = None) -> None:
+        import time
+
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        self._bar = enabled and err_console.is_terminal
+        self._log = enabled and not self._bar
+        self._clock = clock or time.monotonic
+        self._start = self._last = self._clock()
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=err_console, transient=True, disable=not enabled or not err_console.is_terminal,
+            console=err_console, transient=True, disable=not self._bar,
         )
         self._task = self._progress.add_task("starting", total=None)
 
@@ -271,9 +283,17 @@ class ProgressBar:
 
     def stage(self, text: str) -> None:
         self._progress.update(self._task, description=escape(text), total=None, completed=0)
+        self._log_line(text)
 
     def update(self, text: str, done: int, total: int) -> None:
         self._progress.update(self._task, description=escape(text), completed=done, total=total)
+        self._log_line(f"{text} ({done}/{total})")
+
+    def _log_line(self, text: str) -> None:
+        now = self._clock()
+        if self._log and now - self._last >= self.LOG_EVERY_S:
+            self._last = now
+            print(f"{text}, {now - self._start:.0f} s", file=sys.stderr, flush=True)
 
 
 class BatchProgress:
