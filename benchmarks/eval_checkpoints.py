@@ -20,6 +20,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -75,17 +76,16 @@ def summary(name: str, data: dict) -> str:
 def run_checkpoint(name: str, model: str, overrides: dict, suite, args, env: dict, out: Path) -> None:
     loaded = load_video_qa(model, device=args.device, overrides=overrides, kernel=args.kernel)
     items = order(suite.items, args.shard)
+    path = out / (f"{name}.shard{args.shard[0]}.json" if args.shard else f"{name}.json")
     results: list[ItemResult] = []
     first = None
     for i in range(0, len(items), CHUNK):
         if args.deadline is not None and _common.elapsed() > args.deadline:
             break
-        chunk = type(suite)(suite.seed, suite.fps, suite.size, items[i : i + CHUNK], root=suite.root)
-        report = evaluate(loaded.qa, chunk)
+        report = evaluate(loaded.qa, dataclasses.replace(suite, items=tuple(items[i : i + CHUNK])))
         first = first or report
         results += report.results
         data = report_json(first, results, model, env, name, planned=len(items))
-        path = out / (f"{name}.shard{args.shard[0]}.json" if args.shard else f"{name}.json")
         path.write_text(json.dumps(data, indent=1))
     if first is None:
         print(f"{name}: no item ran before --deadline {args.deadline:g} s; nothing written", file=sys.stderr, flush=True)

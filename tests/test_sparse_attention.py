@@ -387,8 +387,8 @@ TRITON_CHECK = textwrap.dedent(
     layout = cube_layout(spans, spans[-1].end + 4, (2, 2, 2))
     L = layout.seq_len
     plan = build_plan(layout, L, L, block=8)
-    # GQA with a group of 2, a group of 3 (padded to 4 heads in the kernel's tile), MHA; token-major query
-    # memory, as the projections leave it (the rows' gather then runs as a kernel)
+    # GQA with a group of 2, a group of 3 (not a power of two), MHA; token-major query memory, as the
+    # projections leave it (the rows' gather then runs as a kernel)
     for hq, hkv, p in ((4, 2, 0.3), (4, 2, 0.8), (3, 1, 0.5), (2, 2, 0.9)):
         q, k = torch.randn(L, hq, 16).transpose(0, 1) * 3, torch.randn(hkv, L, 16) * 3
         ex = select_per_block(q, k, plan, p, 0.25, method="exact").cubes

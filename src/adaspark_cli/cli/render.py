@@ -7,7 +7,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console, RenderableType
@@ -259,14 +260,12 @@ class ProgressBar:
 
     LOG_EVERY_S = 30.0
 
-    def __init__(self, enabled: bool = True, clock: Any = None) -> None:
-        import time
-
+    def __init__(self, enabled: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._bar = enabled and err_console.is_terminal
         self._log = enabled and not self._bar
-        self._clock = clock or time.monotonic
+        self._clock = clock
         self._start = self._last = self._clock()
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -312,8 +311,6 @@ class BatchProgress:
         self._start = 0.0
 
     def __enter__(self) -> BatchProgress:
-        import time
-
         self._start = time.perf_counter()
         self._progress.start()
         return self
@@ -325,8 +322,6 @@ class BatchProgress:
         self._progress.update(self._task, description=escape(text))
 
     def advance(self, video: str) -> None:
-        import time
-
         task = self._progress.tasks[0]
         done = task.completed + 1 - self._first
         minutes = (time.perf_counter() - self._start) / 60
