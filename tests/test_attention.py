@@ -59,3 +59,27 @@ def test_cube_mean_keys_match_direct_means():
     for c in range(layout.num_cubes):
         members = (layout.cube_of_token == c).nonzero().squeeze(1)
         torch.testing.assert_close(means[:, c], k[:, members].mean(1))
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 2), (4, 4), (4, 1)], ids=["gqa", "mha", "mqa"])
+def test_batched_reference_is_each_sequence_alone(monkeypatch, hq, hkv):
+    """The training fine-tune's batches: every sequence gets exactly its own selection and attention,
+    on two videos with partial cubes, in chunks that cut across rows of the batch."""
+    torch.manual_seed(7)
+    layout = cube_layout([VideoSpan(3, (5, 3, 5)), VideoSpan(82, (3, 2, 3))], 104, (2, 2, 2))
+    b, length, d = 3, 104, 8
+    q, k, v = torch.randn(b, hq, length, d), torch.randn(b, hkv, length, d), torch.randn(b, hkv, length, d)
+    plan = build_plan(layout, length, length, block=8)
+    monkeypatch.setattr(reference_module, "SCORE_BUDGET", b * hq * length * 5)  # chunks of 5 queries
+    monkeypatch.setattr(select_module, "TOKEN_SCORE_BUDGET", b * hq * layout.num_cubes * 7)
+    batched = select_per_token(q, k, plan, 0.4, 0.35)
+    assert batched.cubes.shape == (b, hkv, length, layout.num_cubes) and batched.kv_heads == hkv
+    out = attention_reference(q, k, v, plan, batched, 0.35)
+    assert out.shape == (b, length, hq, d)
+    for i in range(b):
+        alone = select_per_token(q[i], k[i], plan, 0.4, 0.35)
+        assert torch.equal(batched.cubes[i], alone.cubes), f"sequence {i}"
+        torch.testing.assert_close(out[i], attention_reference(q[i], k[i], v[i], plan, alone, 0.35))
+    chosen = batched.cubes.sum(-1)
+    assert 0 < int(chosen.sum()) < int(select_per_token(q, k, plan, 1.0, 0.35).cubes.sum())  # sparse, not empty
+    assert not torch.equal(batched.cubes[0], batched.cubes[1])  # the rows are not one sequence repeated

@@ -77,3 +77,20 @@ def test_p_one_keeps_everything_and_is_the_dense_ffn():
     out, keep = adas_ffn_gathered(ffn, x, layout.cube_of_token, layout.num_cubes, 1.0)
     assert keep.all()
     torch.testing.assert_close(out, ffn(x))
+
+
+@pytest.mark.parametrize("top_p", [0.3, 1.0])
+def test_batched_ffn_is_each_sequence_alone(top_p):
+    """The training fine-tune's batches (sequences sharing one layout): each keeps and compensates its own cubes."""
+    from adaspark_cli.adapters.sparse import _adas_ffn_batch
+
+    torch.manual_seed(2)
+    layout = cube_layout([VideoSpan(4, (5, 3, 7)), VideoSpan(120, (2, 2, 2))], 130, (2, 2, 4))
+    x = torch.randn(3, 130, 8) * torch.rand(3, 130, 1) * 3
+    ffn = make_ffn(8, seed=2)
+    out = _adas_ffn_batch(ffn, x, layout.cube_of_token, layout.num_cubes, top_p)
+    for i in range(3):
+        alone, _ = adas_ffn_gathered(ffn, x[i], layout.cube_of_token, layout.num_cubes, top_p)
+        torch.testing.assert_close(out[i], alone)
+    if top_p < 1.0:  # the means differ between sequences: nothing was pooled across them
+        assert not torch.allclose(out[0, 4:8], out[1, 4:8])

@@ -233,13 +233,15 @@ def adaspark_attention(
         if record is not None:
             record.add_attention(plan, None, key.shape[1])
         return dense()
-    if query.shape[0] != 1:
-        raise AdasparkError("AdaS-Attn runs one sequence at a time; got a batch of several")
     settings = state.settings  # type: ignore[union-attr]
     top_p = settings.config.attn_top_p_for(module.layer_idx)
     heatmap = settings.heatmap_layer == module.layer_idx
     kernel = "reference" if heatmap else state.kernel_for(query.device)  # type: ignore[union-attr]
-    q, k, v = query[0], key[0], value[0]
+    batched = query.shape[0] != 1
+    if batched and not _batch_allowed(state, kernel, record):  # type: ignore[arg-type]
+        raise AdasparkError(BATCH_ERROR.format(op="AdaS-Attn"))
+    # the reference takes the batch as it is (training); every other path one sequence
+    q, k, v = (query, key, value) if batched else (query[0], key[0], value[0])
     if settings.selection_hook is not None:
         selection = with_blocks(settings.selection_hook(plan, module.layer_idx, k.shape[0]), plan)
     elif per_token(kernel):
@@ -254,7 +256,17 @@ def adaspark_attention(
     if fallback:
         return dense()
     out = IMPLEMENTATIONS[kernel](q, k, v, plan, selection, scaling)
-    return out[None], None
+    return (out if batched else out[None]), None
+
+
+# A batch shares one layout (right-padded sequences of one video length); statistics and the fast
+# kernels count and run one sequence.
+BATCH_ERROR = ("{op} runs one sequence at a time, except with the reference kernel and no statistics "
+               "(the training fine-tune); got a batch of several")
+
+
+def _batch_allowed(state: SparseState, kernel: str, record: Any) -> bool:
+    return kernel == "reference" and record is None and state.settings.selection_hook is None
 
 
 def _query_mask(attention_mask: Any, lq: int, lk: int) -> torch.Tensor | None:
@@ -286,9 +298,11 @@ def sparse_mlp_forward(self: HFModule, x: torch.Tensor) -> torch.Tensor:
         if record is not None:
             record.add_ffn(rows=length * x.shape[0] - video_rows, video=video_rows, kept=video_rows)
         return dense_forward(x)
-    if x.shape[0] != 1:
-        raise AdasparkError("AdaS-FFN runs one sequence at a time; got a batch of several")
     top_p = state.config.ffn_top_p_for(layer_idx)
+    if x.shape[0] != 1:
+        if not _batch_allowed(state, state.kernel_for(x.device), record):
+            raise AdasparkError(BATCH_ERROR.format(op="AdaS-FFN"))
+        return _adas_ffn_batch(dense_forward, x, host_cube.to(x.device), layout.num_cubes, top_p)  # type: ignore[union-attr]
     if state.fast_path(x.device):
         out, keep = adas_ffn_auto(dense_forward, x[0], layout, host_cube, top_p)  # type: ignore[arg-type]
     else:
@@ -297,3 +311,14 @@ def sparse_mlp_forward(self: HFModule, x: torch.Tensor) -> torch.Tensor:
         record.sparse = True
         record.add_ffn(rows=length - video_rows, video=video_rows, kept=keep.sum())
     return out[None]
+
+
+def _adas_ffn_batch(ffn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, token_cube: torch.Tensor,
+                    num_cubes: int, top_p: float) -> torch.Tensor:
+    """AdaS-FFN over (B, L, D) sequences sharing one layout: the rows laid end to end with each sequence's
+    cubes numbered apart, so that the gathered path keeps and compensates every sequence's cubes alone."""
+    b, length, width = x.shape
+    offsets = torch.arange(b, device=x.device)[:, None] * num_cubes
+    cubes = torch.where(token_cube >= 0, token_cube[None, :] + offsets, -1).reshape(-1)
+    out, _ = adas_ffn_gathered(ffn, x.reshape(b * length, width), cubes, b * num_cubes, top_p)
+    return out.reshape(b, length, -1)

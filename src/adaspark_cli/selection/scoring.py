@@ -26,15 +26,16 @@ def nucleus_mask(probs: torch.Tensor, top_p: float, candidates: torch.Tensor) ->
 def cube_mean_keys(key: torch.Tensor, layout: CubeLayout) -> torch.Tensor:
     """Mean key of every cube, after RoPE (what attention sees).
 
-    key: (Hkv, Lk, D) with Lk >= the layout's last video token. Returns (Hkv, num_cubes, D) float32.
+    key: (..., Hkv, Lk, D) with Lk >= the layout's last video token (a leading batch dim: sequences sharing
+    the layout). Returns (..., Hkv, num_cubes, D) float32.
     """
-    hkv, lk, d = key.shape
+    lk, d = key.shape[-2:]
     cube_ids = layout.cube_of_token[:lk]
-    video = cube_ids >= 0
-    sums = torch.zeros(hkv, layout.num_cubes, d, dtype=torch.float32, device=key.device)
-    sums.index_add_(1, cube_ids[video], key[:, video].float())
+    video = (cube_ids >= 0).nonzero().squeeze(1)
+    sums = torch.zeros(*key.shape[:-2], layout.num_cubes, d, dtype=torch.float32, device=key.device)
+    sums.index_add_(-2, cube_ids[video], key.index_select(-2, video).float())
     counts = torch.bincount(cube_ids[video], minlength=layout.num_cubes).clamp(min=1)
-    return sums / counts.to(sums.dtype)[None, :, None]
+    return sums / counts.to(sums.dtype)[:, None]
 
 
 def cube_probabilities(
@@ -42,14 +43,13 @@ def cube_probabilities(
 ) -> torch.Tensor:
     """Relevance distribution over candidate cubes, averaged over the query heads of each KV group.
 
-    query: (Hq, Lq, D); mean_keys: (Hkv, C, D); candidates: (Lq, C) bool.
-    Returns (Hkv, Lq, C) float32; a row with no candidate is all zero.
+    query: (..., Hq, Lq, D); mean_keys: (..., Hkv, C, D); candidates: (Lq, C) bool.
+    Returns (..., Hkv, Lq, C) float32; a row with no candidate is all zero.
     """
-    hq, lq, d = query.shape
-    hkv = mean_keys.shape[0]
-    group = hq // hkv
-    q = query.float().reshape(hkv, group, lq, d)
-    logits = torch.einsum("kgqd,kcd->kgqc", q, mean_keys) * scaling
-    logits = logits.masked_fill(~candidates[None, None], float("-inf"))
+    *lead, hq, lq, d = query.shape
+    hkv = mean_keys.shape[-3]
+    q = query.float().reshape(*lead, hkv, hq // hkv, lq, d)
+    logits = torch.einsum("...kgqd,...kcd->...kgqc", q, mean_keys) * scaling
+    logits = logits.masked_fill(~candidates, float("-inf"))
     probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all -inf row -> zeros
-    return probs.mean(dim=1)
+    return probs.mean(dim=-3)

@@ -20,6 +20,7 @@ kernels compute, a superset again of the selected cubes.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,8 @@ class Selection:
     """Cubes chosen for each query row, beyond the always-attended keys.
 
     cubes: (Hkv, R, C) bool. per_block: rows are the plan's selectable query blocks (`plan.sel_blocks`);
-    otherwise rows are the query tokens [0, Lq) of the call (rows without candidates all False).
+    otherwise rows are the query tokens [0, Lq) of the call (rows without candidates all False), and a
+    batch of sequences (only the per-token reference's, for training) has cubes (B, Hkv, R, C).
     """
 
     cubes: torch.Tensor
@@ -55,28 +57,31 @@ class Selection:
 
     @property
     def kv_heads(self) -> int:
-        return int(self.cubes.shape[0])
+        return int(self.cubes.shape[-3])
 
     def __repr__(self) -> str:  # tensors left out: tables and logs label themselves with this
         kind = "block" if self.per_block else "token"
-        h, r, c = self.cubes.shape
+        h, r, c = self.cubes.shape[-3:]
         return f"Selection(per_{kind}, top_p={self.top_p}, kv_heads={h}, rows={r}, cubes={c})"
 
 
 def select_per_token(query: torch.Tensor, key: torch.Tensor, plan: BlockPlan, top_p: float, scaling: float) -> Selection:
-    """The reference selection. query: (Hq, Lq, D) for positions [Lk - Lq, Lk); key: (Hkv, Lk, D)."""
-    hq, lq, _ = query.shape
+    """The reference selection. query: (Hq, Lq, D) for positions [Lk - Lq, Lk); key: (Hkv, Lk, D).
+
+    A leading batch dim on both (sequences sharing the plan's layout: the training fine-tune's batches)
+    gives cubes of (B, Hkv, Lq, C), each sequence's own selection."""
+    *lead, hq, lq, _ = query.shape
     layout = plan.layout.to(query.device) if plan.layout.cube_of_token.device != query.device else plan.layout
-    mean_keys = cube_mean_keys(key, layout)  # (Hkv, C, D)
-    hkv, c, _ = mean_keys.shape
-    out = torch.zeros(hkv, lq, c, dtype=torch.bool, device=query.device)
-    chunk = max(1, TOKEN_SCORE_BUDGET // max(1, hq * max(c, 1)))
+    mean_keys = cube_mean_keys(key, layout)  # (..., Hkv, C, D)
+    hkv, c = mean_keys.shape[-3:-1]
+    out = torch.zeros(*lead, hkv, lq, c, dtype=torch.bool, device=query.device)
+    chunk = max(1, TOKEN_SCORE_BUDGET // max(1, math.prod(lead) * hq * max(c, 1)))
     for start in range(0, lq, chunk):
         pos = torch.arange(plan.past + start, plan.past + min(lq, start + chunk), device=query.device)
         q_slab = layout.slab_of_token[pos]
         candidates = (layout.slab_of_cube[None, :] < q_slab[:, None]) & (q_slab >= 0)[:, None]  # (n, C)
-        probs = cube_probabilities(query[:, pos - plan.past], mean_keys, candidates, scaling)
-        out[:, pos - plan.past] = nucleus_mask(probs, top_p, candidates[None].expand(hkv, -1, -1))
+        probs = cube_probabilities(query[..., pos - plan.past, :], mean_keys, candidates, scaling)
+        out[..., pos - plan.past, :] = nucleus_mask(probs, top_p, candidates.expand(probs.shape))
     return Selection(out, per_block=False, top_p=top_p)
 
 
