@@ -157,6 +157,29 @@ def test_training_stream_defaults_are_the_held_out_distribution():
         sample_scene("ordering", 32, 0.5, 0, hold=16)  # two needles cannot each fill half the video
 
 
+def test_look_alike_retrieval_shows_both_shapes_and_leaves_the_rest_alone():
+    import itertools
+
+    from adaspark_cli.synth.suite import LOOK_ALIKE
+
+    def stream(share):
+        return list(itertools.islice(iter_training_items(8, lengths=[32, 64], look_alike=share), 120))
+
+    plain, hard = stream(0.0), stream(1.0)
+    plain_retrieval = [s for s, _, _ in plain if s.task == "retrieval"]
+    hard_retrieval = [s for s, _, _ in hard if s.task == "retrieval"]
+    assert len(hard_retrieval) > 20
+    assert all(set(LOOK_ALIKE) <= {t.shape for t in s.needles} and s.target[0] in LOOK_ALIKE for s in hard_retrieval)
+    assert sum(set(LOOK_ALIKE) <= {t.shape for t in s.needles} for s in plain_retrieval) < len(plain_retrieval) / 3
+    # the other tasks' items, and every item's length and depth, are those of the plain stream
+    assert [(s.task, s.n_frames, s.depth) for s, _, _ in hard] == [(s.task, s.n_frames, s.depth) for s, _, _ in plain]
+    assert [s for s, _, _ in hard if s.task != "retrieval"] == [s for s, _, _ in plain if s.task != "retrieval"]
+    for scene, q, a in hard[:40]:  # answers still come from the drawn scene
+        assert (q, a) == question_answer(scene)
+    with pytest.raises(ValueError, match="needs clutter"):
+        next(iter(iter_training_items(8, lengths=[32], look_alike=0.5, clutter=False)))
+
+
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="unknown task"):
         sample_scene("colour", 16, 0.5, 0)

@@ -112,6 +112,45 @@ def test_gradients_flow_through_adaspark_attention_and_ffn():
         assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
 
 
+def test_a_batched_sparse_step_equals_one_video_at_a_time():
+    """The fine-tune's batch of right-padded videos (one forward per video length) gives each video's loss and
+    gradient as alone: the loss of four videos, two lengths, is the sum of the four one-video losses."""
+    model, processor = build_model(PRESETS["tiny"], seed=5)
+    encoder = Encoder(processor, model.config)
+    cube = (1, 2, 2)
+    state = sparsify(model, AdaSparkConfig(cube=cube, attn_top_p=0.3, ffn_top_p=0.3), kernel="reference")
+    model.eval()  # no dropout: the two ways must see the same function
+    examples = _examples(encoder, n=3, frames=16) + _examples(encoder, n=1, frames=32)
+    assert len({int(e.input_ids.numel()) for e in examples[:3]}) > 1  # the 16-frame ones really are padded
+    params = [model.model.language_model.layers[0].mlp.down_proj.weight, model.model.visual.patch_embed.proj.weight]
+    total = sum(int((e.labels != IGNORE).sum()) for e in examples)
+    batched = sparse_loss(model, encoder, examples, state, cube, torch.device("cpu"))
+    batched_grads = [p.grad.clone() for p in params]
+    # each alone: a one-video call divides by its own answer tokens, so weight it back to the batch's
+    alone, grads = 0.0, [torch.zeros_like(p) for p in params]
+    for e in examples:
+        model.zero_grad(set_to_none=True)
+        weight = int((e.labels != IGNORE).sum()) / total
+        alone += sparse_loss(model, encoder, [e], state, cube, torch.device("cpu")) * weight
+        for g, p in zip(grads, params):
+            g += p.grad * weight
+    model.zero_grad(set_to_none=True)
+    assert batched == pytest.approx(alone, rel=1e-4)
+    for g, want in zip(batched_grads, grads):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(g, want, rtol=1e-3, atol=1e-6)
+
+
+def test_the_fast_kernels_refuse_a_batch():
+    from adaspark_cli.errors import AdasparkError
+
+    model, processor = build_model(PRESETS["tiny"], seed=5)
+    encoder = Encoder(processor, model.config)
+    state = sparsify(model, AdaSparkConfig(cube=(1, 2, 2), attn_top_p=0.3, ffn_top_p=0.3), kernel="auto")
+    with pytest.raises(AdasparkError, match="one sequence at a time"):
+        sparse_loss(model, encoder, _examples(encoder, n=2), state, (1, 2, 2), torch.device("cpu"), backward=False)
+
+
 def test_train_smoke_writes_loadable_checkpoints(tmp_path):
     cfg = TrainConfig(preset="tiny", steps=3, sparse_steps=2, batch=2, lengths=(16,), warmup=1, log_every=1,
                       cube=(1, 2, 2))
@@ -290,7 +329,8 @@ def test_aux_training_saves_only_the_model(tmp_path):
 
 
 def test_gpu_training_script_runs_both_stages_on_the_cpu(tmp_path):
-    """benchmarks/train_gpu.sh --smoke: stage 1, then stage 2 resuming from it; OUT within the device limits."""
+    """benchmarks/train_gpu.sh --smoke: stage 1, stage 2 resuming from it, stage 3 from stage 2's dense checkpoint;
+    OUT within the device limits."""
     import os
     import subprocess
     import sys
@@ -298,9 +338,9 @@ def test_gpu_training_script_runs_both_stages_on_the_cpu(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "ADASPARK_TRAIN_DIR": str(tmp_path / "work"), "SMOKE_BUDGET": "3", "PYTHON": sys.executable}
-    for stage in ("stage1", "stage2"):
-        done = subprocess.run(["bash", str(root / "benchmarks/train_gpu.sh"), stage, str(tmp_path / stage), "--smoke"],
-                              env=env, capture_output=True, text=True, timeout=600)
+    for stage, extra in (("stage1", []), ("stage2", []), ("stage3", ["--init", str(tmp_path / "stage2" / "dense")])):
+        done = subprocess.run(["bash", str(root / "benchmarks/train_gpu.sh"), stage, str(tmp_path / stage), "--smoke",
+                               *extra], env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         files = [p for p in (tmp_path / stage).rglob("*") if p.is_file()]
         assert len(files) <= 8 and all(p.stat().st_size < 16 * 2**20 for p in files)
@@ -308,10 +348,13 @@ def test_gpu_training_script_runs_both_stages_on_the_cpu(tmp_path):
     log2 = (tmp_path / "stage2" / "stage2.log").read_text()
     assert "stage 2 continues from" in log2 and "auxiliary heads from" in log2
     assert (tmp_path / "stage1" / "stage1" / "aux_heads.pt").is_file()
-    for name in ("dense", "adaspark"):
-        with tarfile.open(tmp_path / "stage2" / "processor.tar") as tar:
-            tar.extractall(tmp_path / "stage2" / name, filter="data")
-        assert load_video_qa(str(tmp_path / "stage2" / name), device="cpu").qa.model is not None
+    log3 = json.loads((tmp_path / "stage3" / "stage3_train_log.json").read_text())
+    assert log3["config"]["look_alike"] == 0.5 and log3["dense_steps"] > 0 and log3["adaspark_steps"] > 0
+    for stage in ("stage2", "stage3"):
+        for name in ("dense", "adaspark"):
+            with tarfile.open(tmp_path / stage / "processor.tar") as tar:
+                tar.extractall(tmp_path / stage / name, filter="data")
+            assert load_video_qa(str(tmp_path / stage / name), device="cpu").qa.model is not None
     bad = subprocess.run(["bash", str(root / "benchmarks/train_gpu.sh"), "stage2", str(tmp_path / "x"), "--smoke"],
                          env={**env, "ADASPARK_TRAIN_DIR": str(tmp_path / "empty")}, capture_output=True, text=True,
                          cwd=tmp_path)

@@ -182,20 +182,30 @@ def read_suite(path: str | Path) -> Suite:
         raise ValueError(f"{p} has a malformed item list ({exc})") from None
 
 
+# The two needle shapes the first dense checkpoint of issue 17 took for each other (docs/training.md)
+LOOK_ALIKE = ("heart", "ball")
+LOOK_ALIKE_DRAWS = 200
+
+
 def iter_training_items(
     seed: int, *, lengths: Iterable[int], tasks: Sequence[str] = TASKS, size: tuple[int, int] = DEFAULT_SIZE,
-    needle_share: float | Sequence[float] | None = None, clutter: bool = True,
+    needle_share: float | Sequence[float] | None = None, clutter: bool = True, look_alike: float = 0.0,
 ) -> Iterable[tuple[Scene, str, str]]:
     """An endless stream of (scene, question, answer) with random depth, for training (no files).
 
     Curriculum knobs (`sample_scene`): ``needle_share`` keeps needles on screen for about that share of
     each video's frames (capped per task by `MAX_HOLD_SHARE`; several values: each item draws one, 0 the
-    held-out duration); ``clutter=False`` drops distractors and decoys. The defaults give the held-out
-    distribution.
+    held-out duration); ``clutter=False`` drops distractors and decoys. ``look_alike`` redraws that share
+    of the retrieval items until both `LOOK_ALIKE` shapes are in the video and the question asks for one
+    of them (hard negatives; from a stream of its own, so 0 leaves every other draw as it was). The
+    defaults give the held-out distribution.
 
     Seeds live in a range (2**31 + ...) that `make_suite`'s item seeds never reach, so training
     and held-out items never share a scene."""
+    if look_alike > 0 and not clutter:
+        raise ValueError("look_alike needs clutter: without decoys a video shows one needle")
     rng = np.random.default_rng([seed, 0x7EA1])
+    hard = np.random.default_rng([seed, 0x4A2D])
     lengths = list(lengths)
     shares = [needle_share] if isinstance(needle_share, (int, float)) else list(needle_share or [])
     while True:
@@ -206,5 +216,17 @@ def iter_training_items(
         share = float(rng.choice(shares)) if shares else 0.0
         hold = hold_for_share(task, n, share) if share else None
         scene = sample_scene(task, n, depth, s, size=size, hold=hold, clutter=clutter)
+        if task == "retrieval" and look_alike > 0 and hard.random() < look_alike:
+            # about one draw in ten qualifies (sample_scene is cheap); a hold too long for decoys never does
+            for _ in range(LOOK_ALIKE_DRAWS):
+                if _shows_look_alikes(scene):
+                    break
+                scene = sample_scene(task, n, depth, 2**31 + int(hard.integers(0, 2**31)), size=size, hold=hold,
+                                     clutter=clutter)
         q, a = question_answer(scene)
         yield scene, q, a
+
+
+def _shows_look_alikes(scene: Scene) -> bool:
+    shown = {t.shape for t in scene.needles}
+    return set(LOOK_ALIKE) <= shown and scene.target[0] in LOOK_ALIKE

@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "0 = the held-out duration. Checks report held-out-like items and training-like ones")
     p.add_argument("--no-clutter", action="store_true",
                    help="curriculum: no distractor shapes and no decoy needles in training videos")
+    p.add_argument("--look-alike", type=float, default=d.look_alike,
+                   help="share (0-1) of training retrieval items redrawn until the heart and the ball are both in "
+                        "the video and the question asks for one of them (the pair a checkpoint confused)")
     p.add_argument("--aux-weight", type=float, default=d.aux_weight,
                    help="dense auxiliary targets at every video token (what each token shows, what the video "
                         "has shown so far) at this weight beside the answer loss; 0 = off (train/aux.py)")
@@ -70,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     if not tasks or any(t not in TASKS for t in tasks):
         p.error(f"--tasks takes a comma-separated subset of {', '.join(TASKS)}, got {args.tasks!r}")
+    if not 0 <= args.look_alike <= 1:
+        p.error(f"--look-alike takes a share in [0, 1], got {args.look_alike}")
+    if args.look_alike and args.no_clutter:
+        p.error("--look-alike needs decoys in the videos: drop --no-clutter")
     shares = None if args.needle_share is None else tuple(float(x) for x in args.needle_share.split(","))
     if shares is not None and not all(0 <= x <= 1 for x in shares):
         p.error(f"--needle-share takes shares in [0, 1], got {args.needle_share!r}")
@@ -81,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         attn_top_p=args.attn_top_p, ffn_top_p=args.ffn_top_p, time_budget_s=args.time_budget,
         dense_share=args.dense_share, workers=args.workers,
         save_dtype=args.save_dtype, check_items=args.check_items, check_every=args.check_every, log_every=args.log_every,
-        needle_share=shares, clutter=not args.no_clutter, tasks=tasks, aux_weight=args.aux_weight,
+        needle_share=shares, clutter=not args.no_clutter, look_alike=args.look_alike, tasks=tasks,
+        aux_weight=args.aux_weight,
         batched_vision=not args.no_batched_vision,
         init=args.init, sparse_batch=args.sparse_batch,
         sparse_lengths=None if args.sparse_lengths is None else tuple(int(x) for x in args.sparse_lengths.split(",")),

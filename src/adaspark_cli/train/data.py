@@ -101,6 +101,15 @@ class Encoder:
         merge = self.cfg.vision_config.spatial_merge_size
         return cube_layout(video_spans(ex.types, ex.grid, merge), int(ex.input_ids.numel()), cube)
 
+    def batch_layout(self, input_ids: torch.Tensor, grid: torch.Tensor, cube: tuple[int, int, int]) -> CubeLayout:
+        """The one layout of a right-padded batch (B, L) whose videos sit at the same tokens (one video length:
+        the prompt before the video is the same); padding counts as text."""
+        video = input_ids == self.video_pad
+        if not bool((video == video[:1]).all()) or not bool((grid == grid[:1]).all()):
+            raise ValueError("a sparse training batch needs videos of one length (the same video tokens in every row)")
+        merge = self.cfg.vision_config.spatial_merge_size
+        return cube_layout(video_spans(video[0].long() * 2, grid[:1], merge), int(input_ids.shape[1]), cube)
+
 
 def collate(examples: Sequence[Example], pad_id: int, *, raw_frames: bool = False) -> dict[str, torch.Tensor]:
     """Right-pad a batch: input_ids/labels/attention_mask (B, L), position_ids (3, B, L), pixel values concatenated.
@@ -166,7 +175,8 @@ def example_stream(encoder: Encoder, cfg: TrainConfig, seed: int) -> Iterator[li
     weights = np.asarray(cfg.length_weights or [1.0] * len(cfg.lengths), dtype=np.float64)
     weights = weights / weights.sum()
     streams = {n: iter(iter_training_items(seed * 1000 + n, lengths=[n], tasks=cfg.tasks,
-                                           needle_share=cfg.needle_share, clutter=cfg.clutter))
+                                           needle_share=cfg.needle_share, clutter=cfg.clutter,
+                                           look_alike=cfg.look_alike))
                for n in cfg.lengths}
     while True:
         n = int(rng.choice(cfg.lengths, p=weights))

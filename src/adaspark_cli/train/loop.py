@@ -6,8 +6,8 @@ Phase 1 (dense) trains every weight with teacher forcing on the answer tokens on
 are not saved). Phase 2 (AdaSpark, method.md section 4: "light fine-tuning with the sparsity active")
 continues from phase 1 with `sparsify(model, config)` enabled in every training forward: the reference
 AdaS-Attn (masked SDPA over the selected cubes) and the gathered AdaS-FFN with mean compensation are
-differentiable in the kept paths (selection itself is a hard, gradient-free choice), one sequence per
-forward (AdaS-Attn runs batch 1), gradients accumulated over the batch.
+differentiable in the kept paths (selection itself is a hard, gradient-free choice); both take a
+right-padded batch of videos of one length, each sequence selected and compensated on its own.
 
 Training data is generated on the fly in memory (`data.py`, seeds disjoint from every `make_suite` seed).
 Writes ``OUT/dense/`` and ``OUT/adaspark/`` (safetensors, float32 or --save-dtype, processor files, the

@@ -42,25 +42,35 @@ def dense_loss(model: Any, batch: Sequence[Example] | dict[str, torch.Tensor], p
 
 def sparse_loss(model: Any, encoder: Encoder, examples: Sequence[Example], state: Any, cube: tuple[int, int, int],
                 device: torch.device, *, backward: bool = True) -> float:
-    """AdaSpark active, one sequence per forward; gradients accumulated (mean over answer tokens of the batch)."""
+    """AdaSpark active, one forward per video length (the reference kernels take a right-padded batch whose
+    videos share one layout); gradients accumulated; the mean over answer tokens of all examples."""
     total_tokens = sum(int((e.labels != IGNORE).sum()) for e in examples)
     loss_sum = 0.0
-    for e in examples:
-        batch = model_inputs(collate([e], encoder.tok.pad_token_id), device)
+    for group in _same_video_length(examples):
+        collated = collate(group, encoder.tok.pad_token_id, raw_frames=True)  # patched on the device
+        layout = encoder.batch_layout(collated["input_ids"], collated["video_grid_thw"], cube).to(device)
+        batch = model_inputs(collated, device)
         pop_aux(batch)
-        batch.pop("attention_mask")  # one unpadded sequence: causal SDPA / the sparse path
+        batch.pop("attention_mask")  # right padding after every real token: causal attention never reaches it
         labels = batch.pop("labels")
-        layout = encoder.layout(e, cube).to(device)
         with state.forward_context(layout=layout, offset=0, stats=None), \
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(**batch, use_cache=False).logits
-        shift = logits[0, :-1].float()
-        target = labels[0, 1:]
+        shift = logits[:, :-1].float().flatten(0, 1)
+        target = labels[:, 1:].flatten()
         loss = torch.nn.functional.cross_entropy(shift, target, ignore_index=IGNORE, reduction="sum") / total_tokens
         if backward:
             loss.backward()
         loss_sum += float(loss.detach())
     return loss_sum
+
+
+def _same_video_length(examples: Sequence[Example]) -> list[list[Example]]:
+    """The examples grouped by video length, first appearance first (a batch of `example_stream` is one group)."""
+    groups: dict[int, list[Example]] = {}
+    for e in examples:
+        groups.setdefault(int(e.frames.shape[0]), []).append(e)
+    return list(groups.values())
 
 
 @torch.no_grad()

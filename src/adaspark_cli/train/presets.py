@@ -52,6 +52,7 @@ class TrainConfig:
     check_every: int = 0  # also during the dense phase, every this many steps (0: only at the end)
     needle_share: tuple[float, ...] | None = None  # curriculum: needles on screen this share of the frames (0: as held out)
     clutter: bool = True  # curriculum: False leaves distractors and decoy needles out of training videos
+    look_alike: float = 0.0  # share of retrieval items redrawn to show the heart and the ball (synth.suite)
     log_every: int = 20
     aux_weight: float = 0.0  # dense auxiliary targets (`train.aux`) at this weight beside the answer loss (0: off)
 
