@@ -10,14 +10,15 @@
 #         fine-tune (cube 8x4x4 = one 128-token kernel tile); leaves both checkpoints.
 # stage3: continues a dense checkpoint (--init DIR, default the bundled models/adaspark-synth-small-dense): a short
 #         dense part where half the retrieval items show both the heart and the ball (--look-alike 0.5), then a
-#         long AdaSpark fine-tune (batches of 32 videos of one length, the batched reference kernels).
+#         long AdaSpark fine-tune (batches of 32 videos of one length, the batched reference kernels). The bundled
+#         dense checkpoint is stage 3's own output since 2026-12-02: to reproduce it, pass stage 2's dense/.
 # Stage 1 keeps its run in /tmp/adaspark-train (a warm machine's stage 2 resumes from there); stage 2 falls back
 # to --init DIR, else gpu_stage1/stage1/dense in the repository root (stage 1's OUT, carried back).
 #
 # OUT gets at most 8 files, each under 16 MiB, at most 2 folders down: per checkpoint model.safetensors (bf16)
 # and config.json, the run's log and train_log.json, the processor's files in one tar. Needs only
 # PYTHONPATH=src, torch and transformers (no PyAV, no decord: the videos are rendered in memory).
-# --smoke: the tiny preset on the CPU for a few seconds (tests/test_train.py runs it).
+# --smoke: the tiny preset on the CPU, two steps a part (tests/test_train.py runs it).
 set -euo pipefail
 
 stage=${1:?usage: train_gpu.sh stage1|stage2|stage3 OUT [--smoke] [--init DIR]}
@@ -42,13 +43,15 @@ mkdir -p "$out" "$work"
 log="$out/$stage.log"
 
 if [ "$smoke" = 1 ]; then
-  # every stage's flags below, with the tiny preset and a few seconds
+  # every stage's flags below, with the tiny preset and two steps a part (steps, not seconds: a loaded CPU is slow)
+  dense_steps=2 sparse_steps=2
   common=(--workers 1 --device cpu --batch 4 --check-items 4 --log-every 1 --save-dtype bfloat16 --aux-weight 1)
-  s1=(--preset tiny --lengths 16,32 --time-budget "${SMOKE_BUDGET:-6}")
-  s2=(--lengths 16,32 --time-budget "${SMOKE_BUDGET:-6}" --sparse-lengths 16 --sparse-batch 2)
-  s3=(--lengths 16,32 --time-budget "${SMOKE_BUDGET:-6}" --dense-share 0.5 --look-alike 0.5 --sparse-lengths 16,32
+  s1=(--preset tiny --lengths 16,32 --time-budget "${SMOKE_BUDGET:-300}")
+  s2=(--lengths 16,32 --time-budget "${SMOKE_BUDGET:-300}" --sparse-lengths 16 --sparse-batch 2)
+  s3=(--lengths 16,32 --time-budget "${SMOKE_BUDGET:-300}" --dense-share 0.5 --look-alike 0.5 --sparse-lengths 16,32
       --sparse-batch 4)
 else
+  dense_steps=1000000 sparse_steps=1000000  # the time budgets end each part
   common=(--workers 14 --batch 64 --check-items 128 --check-every 1500 --log-every 100 --save-dtype bfloat16
           --aux-weight 1)
   # stage 1: 440 s of training (+ start, checks and saving: about 500 s of the 540)
@@ -87,9 +90,19 @@ keep_checkpoints() {  # a stage's dense/ and adaspark/, its log, the processor's
   fi
 }
 
+continue_from() {  # INIT STAGE SEED FLAGS...: a dense part, then the AdaSpark fine-tune (cube 8x4x4, top-p 0.3 / 0.1)
+  local from=$1 name=$2 seed=$3
+  shift 3
+  echo "${name/stage/stage }" continues from "$from" | tee -a "$log"
+  rm -rf "${work:?}/$name"
+  "$py" -m adaspark_cli.train --out "$work/$name" --init "$from" "${common[@]}" "$@" --steps "$dense_steps" \
+    --sparse-steps "$sparse_steps" --cube 8x4x4 --attn-top-p 0.3 --ffn-top-p 0.1 --seed "$seed" 2>&1 | tee -a "$log" || status=$?
+  keep_checkpoints "$name"
+}
+
 if [ "$stage" = stage1 ]; then
   rm -rf "$work/stage1"
-  "$py" -m adaspark_cli.train --out "$work/stage1" "${common[@]}" "${s1[@]}" --steps 1000000 --sparse-steps 0 \
+  "$py" -m adaspark_cli.train --out "$work/stage1" "${common[@]}" "${s1[@]}" --steps "$dense_steps" --sparse-steps 0 \
     --seed 1 2>&1 | tee -a "$log" || status=$?
   keep "$work/stage1/dense" "$out/stage1/dense"
   keep_file "$work/stage1/aux_heads.pt" "$out/stage1/aux_heads.pt"  # stage 2 picks them up beside dense/
@@ -100,11 +113,7 @@ elif [ "$stage" = stage3 ]; then
     echo "train_gpu.sh: no checkpoint at $init; pass --init DIR (a dense checkpoint folder)" | tee -a "$log" >&2
     exit 2
   fi
-  echo "stage 3 continues from $init" | tee -a "$log"
-  rm -rf "$work/stage3"
-  "$py" -m adaspark_cli.train --out "$work/stage3" --init "$init" "${common[@]}" "${s3[@]}" --steps 1000000 \
-    --sparse-steps 1000000 --cube 8x4x4 --attn-top-p 0.3 --ffn-top-p 0.1 --seed 3 2>&1 | tee -a "$log" || status=$?
-  keep_checkpoints stage3
+  continue_from "$init" stage3 3 "${s3[@]}"
 else
   if [ -z "$init" ]; then
     for cand in "$work/stage1/dense" gpu_stage1/stage1/dense; do
@@ -116,11 +125,7 @@ else
       "run stage1 first or pass --init DIR" | tee -a "$log" >&2
     exit 2
   fi
-  echo "stage 2 continues from $init" | tee -a "$log"
-  rm -rf "$work/stage2"
-  "$py" -m adaspark_cli.train --out "$work/stage2" --init "$init" "${common[@]}" "${s2[@]}" --steps 1000000 \
-    --sparse-steps 1000000 --cube 8x4x4 --attn-top-p 0.3 --ffn-top-p 0.1 --seed 2 2>&1 | tee -a "$log" || status=$?
-  keep_checkpoints stage2
+  continue_from "$init" stage2 2 "${s2[@]}"
 fi
 date -u >>"$log"
 find "$out" -type f -printf '%s %p\n' | tee -a "$log"
