@@ -46,9 +46,9 @@ if [ "$smoke" = 1 ]; then
   # every stage's flags below, with the tiny preset and two steps a part (steps, not seconds: a loaded CPU is slow)
   dense_steps=2 sparse_steps=2
   common=(--workers 1 --device cpu --batch 4 --check-items 4 --log-every 1 --save-dtype bfloat16 --aux-weight 1)
-  s1=(--preset tiny --lengths 16,32 --time-budget "${SMOKE_BUDGET:-300}")
-  s2=(--lengths 16,32 --time-budget "${SMOKE_BUDGET:-300}" --sparse-lengths 16 --sparse-batch 2)
-  s3=(--lengths 16,32 --time-budget "${SMOKE_BUDGET:-300}" --dense-share 0.5 --look-alike 0.5 --sparse-lengths 16,32
+  s1=(--preset tiny --lengths 16,32 --time-budget 300)
+  s2=(--lengths 16,32 --time-budget 300 --sparse-lengths 16 --sparse-batch 2)
+  s3=(--lengths 16,32 --time-budget 300 --dense-share 0.5 --look-alike 0.5 --sparse-lengths 16,32
       --sparse-batch 4)
 else
   dense_steps=1000000 sparse_steps=1000000  # the time budgets end each part

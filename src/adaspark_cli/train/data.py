@@ -98,8 +98,7 @@ class Encoder:
 
     def layout(self, ex: Example, cube: tuple[int, int, int]) -> CubeLayout:
         """Cube layout over the whole sequence (question and answer tokens are text: dense)."""
-        merge = self.cfg.vision_config.spatial_merge_size
-        return cube_layout(video_spans(ex.types, ex.grid, merge), int(ex.input_ids.numel()), cube)
+        return self.batch_layout(ex.input_ids[None], ex.grid, cube)
 
     def batch_layout(self, input_ids: torch.Tensor, grid: torch.Tensor, cube: tuple[int, int, int]) -> CubeLayout:
         """The one layout of a right-padded batch (B, L) whose videos sit at the same tokens (one video length:
@@ -108,7 +107,8 @@ class Encoder:
         if not bool((video == video[:1]).all()) or not bool((grid == grid[:1]).all()):
             raise ValueError("a sparse training batch needs videos of one length (the same video tokens in every row)")
         merge = self.cfg.vision_config.spatial_merge_size
-        return cube_layout(video_spans(video[0].long() * 2, grid[:1], merge), int(input_ids.shape[1]), cube)
+        types = video[0].long() * 2  # mm_token_type_ids, as `encode` makes them
+        return cube_layout(video_spans(types, grid[:1], merge), int(input_ids.shape[1]), cube)
 
 
 def collate(examples: Sequence[Example], pad_id: int, *, raw_frames: bool = False) -> dict[str, torch.Tensor]:
